@@ -1,0 +1,365 @@
+"""The run configuration: pydantic models for every setting, YAML loading and key=value overrides.
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=2e-5", "teachers.0.model=gpt-4o-mini"])
+
+Every model rejects unknown keys; `load_config` reports all problems of a file at once,
+each with its dotted path, and names the closest valid key for a misspelt one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mapd.errors import MapdError
+
+TaskName = Literal["gsm8k", "svamp", "strategyqa", "logiqa", "jsonl"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(Strict):
+    name: TaskName = Field(description="Which task: gsm8k, svamp, strategyqa, logiqa or jsonl.")
+    source: Literal["hub", "local", "reasoning_gym"] = Field(
+        "hub", description="Where questions come from: the hub id, a local file/folder, or a generator."
+    )
+    hub_id: str | None = Field(None, description="Override the task's default hub dataset id.")
+    path: str | None = Field(
+        None, description="Local file or folder in the dataset's native format (source: local)."
+    )
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per split, a file name inside `path` (defaults per task, e.g. train.jsonl).",
+    )
+    generator: str = Field("gsm_symbolic", description="reasoning-gym dataset name.")
+    sizes: dict[str, int] = Field(
+        default_factory=lambda: {"train": 100, "test": 100},
+        description="Generated questions per split (source: reasoning_gym).",
+    )
+    seeds: dict[str, int] = Field(
+        default_factory=lambda: {"train": 1, "test": 2},
+        description="Generator seed per split; different seeds give disjoint splits.",
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many questions per split.")
+    test_fraction: float = Field(
+        0.3, gt=0, lt=1, description="Held-out fraction when the source has a single file."
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="A malformed row stops with its file and line, or is skipped and counted."
+    )
+    question_field: str = Field("question", description="jsonl: field holding the question.")
+    answer_field: str = Field("answer", description="jsonl: field holding the gold answer.")
+    id_field: str | None = Field(None, description="jsonl: field holding a stable id.")
+    options_field: str | None = Field(None, description="jsonl: field holding the options list.")
+    answer_type: Literal["number", "yesno", "choice", "text"] | None = Field(
+        None, description="jsonl: the answer type (required for jsonl)."
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> TaskConfig:
+        if self.source == "local" and not self.path:
+            raise ValueError("source: local needs `path` (a file or folder)")
+        if self.name == "jsonl" and self.answer_type is None:
+            raise ValueError("task jsonl needs `answer_type` (number, yesno, choice or text)")
+        if self.name == "jsonl" and self.source == "hub":
+            raise ValueError("task jsonl reads a local file: set source: local and path")
+        return self
+
+
+class Limits(Strict):
+    concurrency: int = Field(8, ge=1, description="Most requests in flight at once.")
+    rpm: float | None = Field(None, gt=0, description="Requests per minute, or none.")
+    tpm: float | None = Field(None, gt=0, description="Tokens per minute, or none.")
+    max_attempts: int = Field(6, ge=1, description="Attempts per request before it is failed.")
+    timeout: float = Field(120.0, gt=0, description="Seconds before one attempt times out.")
+
+
+class Price(Strict):
+    input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.8, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    seed: int | None = None
+
+
+class ModelEndpoint(Strict):
+    """A model reached through one backend: a teacher, or the student for inference."""
+
+    name: str = Field("", description="Short label used in records and reports.")
+    model: str = Field(description="Model id, local folder, GGUF path or package:pkg/file.gguf.")
+    backend: Literal["openai", "transformers"] = "openai"
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (.../v1).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (never the key itself)."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    system_prompt: str | None = Field(None, description="System message prepended to every request.")
+    sampling: Sampling = Field(default_factory=Sampling)
+    limits: Limits = Field(default_factory=Limits)
+    price: Price = Field(default_factory=Price)
+    batch_size: int = Field(8, ge=1, description="transformers: prompts generated together.")
+    device: str = Field("auto", description="transformers: cpu, cuda, mps or auto.")
+    dtype: str = Field("auto", description="transformers: float32, bfloat16, float16 or auto.")
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> ModelEndpoint:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend openai needs `base_url`, e.g. https://api.openai.com/v1")
+        if not self.name:
+            self.name = self.model.rsplit("/", 1)[-1]
+        return self
+
+
+class StudentConfig(ModelEndpoint):
+    backend: Literal["openai", "transformers"] = "transformers"
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.3, top_p=0.9, max_tokens=512)
+    )
+    chat_template: bool = Field(True, description="Use the tokenizer's chat template for prompts.")
+
+
+class ReviewConfig(Strict):
+    enabled: bool = Field(True, description="Peer review on; off gives the no-review baselines.")
+    reviewers: int | None = Field(
+        None, ge=1, description="Reviewers per rationale drawn with the seed; none = every other teacher."
+    )
+    scale_min: int = 1
+    scale_max: int = 5
+    threshold: float = Field(3.0, description="Accept when the aggregated score is above this.")
+    aggregate: Literal["mean", "median", "min"] = "mean"
+    require_correct_answer: bool = Field(
+        True, description="The rationale's own final answer must also match the gold answer."
+    )
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> ReviewConfig:
+        if self.scale_min >= self.scale_max:
+            raise ValueError("scale_min must be below scale_max")
+        return self
+
+
+class DatasetConfig(Strict):
+    pick: Literal["random", "all"] = Field(
+        "random", description="One feedback and one accepted rationale per mistake, or all."
+    )
+    mode: Literal["mapd", "single_teacher", "committee_no_review"] = "mapd"
+    teacher: str | None = Field(None, description="mode single_teacher: which teacher.")
+    answer_line: bool = Field(
+        True, description="End rationale targets with 'The answer is N.' when they do not."
+    )
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ]
+    )
+
+
+class TrainConfig(Strict):
+    method: Literal["lora", "full"] = "lora"
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
+    lr: float = Field(2e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the feedback task in the loss.")
+    max_length: int = Field(512, ge=8)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    prompt_format: Literal["chat", "plain"] = "chat"
+    on_overlong: Literal["error", "drop"] = "error"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    merge: bool = Field(False, description="Also save the adapter merged into the base model.")
+    report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
+    gradient_checkpointing: bool = False
+
+
+class EvalConfig(Strict):
+    split: str = "test"
+    limit: int | None = Field(None, ge=1)
+    samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
+    max_tokens: int = Field(512, ge=1)
+    exam_test: bool = Field(True, description="Also measure the untrained student on the test split.")
+
+
+class BudgetConfig(Strict):
+    usd: float | None = Field(None, gt=0, description="Stop new requests after this spend.")
+    tokens: int | None = Field(None, gt=0, description="Stop new requests after this many tokens.")
+
+
+class RunConfig(Strict):
+    name: str
+    output_dir: str | None = Field(None, description="Run folder; default runs/<name>.")
+    seed: int = 731
+    task: TaskConfig
+    student: StudentConfig
+    teachers: list[ModelEndpoint] = Field(min_length=1)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    rounds: int = Field(1, ge=1)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    cache: Literal["use", "refresh", "off"] = "use"
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Template overrides by prompt name (see `mapd prompts`)."
+    )
+
+    @model_validator(mode="after")
+    def _check_committee(self) -> RunConfig:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be distinct, got {names}")
+        if self.review.enabled and self.dataset.mode == "mapd" and len(self.teachers) < 2:
+            raise ValueError("peer review needs at least two teachers")
+        if self.dataset.mode == "single_teacher" and self.dataset.teacher not in names:
+            raise ValueError(f"dataset.teacher must name one of the teachers {names}")
+        if self.output_dir is None:
+            self.output_dir = f"runs/{self.name}"
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MapdError(f"override {item!r} is not KEY=VALUE", "e.g. train.lr=2e-5")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[:i]) or "(top)"
+                raise MapdError(
+                    f"override {'.'.join(path)}: {where} has {len(node)} items, no index {part}",
+                    "use an index from 0",
+                )
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict | list):
+                    raise MapdError(
+                        f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section",
+                        "check the key path",
+                    )
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid field names of the section that `loc` points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", None)
+        if args:
+            annotation = next((a for a in args if hasattr(a, "model_fields")), annotation)
+        current = annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "(top)"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(RunConfig, loc)
+            guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean `{guess[0]}`?" if guess else f"; valid keys: {', '.join(valid)}"
+            lines.append(f"{path}: unknown key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (got {e['input']!r})" if e["type"] != "missing"
+                         else f"{path}: required key is missing")
+    return lines
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MapdError(f"config file {path} not found", "check the path") from None
+    except UnicodeDecodeError:
+        raise MapdError(f"config file {path} is not UTF-8 text", "save it as UTF-8") from None
+    except OSError as exc:
+        raise MapdError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise MapdError(f"{path}: malformed YAML{where}: {problem}", "fix the YAML syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MapdError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply key=value overrides, validate; raise MapdError listing every problem."""
+    data = read_yaml(path)
+    for keys, value in parse_overrides(overrides or []):
+        apply_override(data, keys, value)
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        problems = format_errors(err)
+        raise MapdError(
+            f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
+            "fix these keys, then run `mapd validate` again",
+        ) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

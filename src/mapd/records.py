@@ -35,3 +35,23 @@ class Question(Record):
     options: list[str] = []
     gold_rationale: str | None = None
     source: str = ""
+
+
+class Example(Record):
+    """One training example of `dataset/train.jsonl`.
+
+    The prompt is `instruction` followed by a blank line and `input` (as the user turn of
+    the student's chat template, or in the paper's plain instruction/input/response
+    format); `output` is the target. `kind` says which term of the two-task loss it feeds.
+    """
+
+    id: str
+    kind: Literal["feedback", "rationale"]
+    question_id: str
+    teacher: str
+    instruction: str
+    input: str
+    output: str
+
+    def prompt_text(self) -> str:
+        return f"{self.instruction}\n\n{self.input}" if self.input else self.instruction

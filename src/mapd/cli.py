@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 CONFIG_ARG = typer.Argument(..., help="Run config (YAML).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="KEY=VALUE overrides with dotted keys.")

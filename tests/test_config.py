@@ -1,0 +1,134 @@
+"""Run configs: shipped configs validate, errors are all reported with dotted paths and hints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mapd.config import load_config
+from mapd.errors import MapdError
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+RUN_CONFIGS = [p for p in SHIPPED if "accelerate" not in p.parts]
+
+
+def mapd(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mapd", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_there_are_shipped_configs():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in RUN_CONFIGS}
+    assert "demo.yaml" in names
+    assert {f"paper/{t}.yaml" for t in ("gsm8k", "svamp", "strategyqa", "logiqa")} <= names
+    assert any(n.startswith("examples/") for n in names)
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.teachers
+    assert cfg.run_dir == Path(f"runs/{cfg.name}")
+
+
+def test_paper_preset_carries_the_paper_settings():
+    cfg = load_config(ROOT / "configs/paper/svamp.yaml")
+    assert len(cfg.teachers) == 3
+    assert all(t.sampling.temperature == 0.8 and t.sampling.max_tokens == 512 for t in cfg.teachers)
+    assert (cfg.student.sampling.temperature, cfg.student.sampling.top_p) == (0.3, 0.9)
+    assert cfg.review.require_correct_answer is False and cfg.dataset.answer_line is False
+    assert (cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.train.alpha) == ("full", 1e-5, 10, 0.5)
+    assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.seed) == (8, 2, 731)
+    assert all(t.api_key_env for t in cfg.teachers)
+
+
+def test_overrides_use_dotted_paths_and_list_indexes():
+    cfg = load_config(
+        ROOT / "configs/paper/gsm8k.yaml",
+        ["train.lr=2e-5", "teachers.0.model=gpt-4o-mini", "review.reviewers=1", "output_dir=x"],
+    )
+    assert cfg.train.lr == 2e-5
+    assert cfg.teachers[0].model == "gpt-4o-mini"
+    assert cfg.review.reviewers == 1
+    assert cfg.run_dir == Path("x")
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("teachers.9.model=x", "no index 9"), ("trainlr", "not KEY=VALUE"), ("train.lr=fast", "train.lr")],
+)
+def test_bad_overrides_are_clear(override, needle):
+    with pytest.raises(MapdError) as err:
+        load_config(ROOT / "configs/demo.yaml", [override])
+    assert needle in str(err.value)
+
+
+BROKEN = """\
+name: broken
+task: {name: gsm8k, sourc: hub}
+student: {model: x}
+teachers:
+  - {model: a, base_url: "http://127.0.0.1:1/v1", temprature: 0.3}
+  - {model: b, base_url: "http://127.0.0.1:1/v1"}
+train: {lr: -1}
+"""
+
+
+def test_validate_reports_every_error_with_suggestions(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    result = mapd("validate", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "3 problem(s)" in result.stderr
+    assert "task.sourc: unknown key; did you mean `source`?" in result.stderr
+    assert "teachers.0.temprature: unknown key" in result.stderr
+    assert "train.lr" in result.stderr
+
+
+def test_validate_accepts_a_shipped_config():
+    result = mapd("validate", str(ROOT / "configs/demo.yaml"), "train.epochs=2")
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: [unclosed\n", "malformed YAML at line"),
+        ("- a\n- b\n", "mapping"),
+        ("name: x\n", "task: required key is missing"),
+    ],
+)
+def test_malformed_configs_exit_2_with_one_clear_message(tmp_path, text, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = mapd("validate", str(path))
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_not_utf8_and_missing_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    assert "not UTF-8" in mapd("validate", str(path)).stderr
+    missing = mapd("validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_single_teacher_mode_must_name_a_teacher():
+    with pytest.raises(MapdError, match="dataset.teacher"):
+        load_config(ROOT / "configs/demo.yaml", ["dataset.mode=single_teacher", "dataset.teacher=nobody"])
+
+
+def test_help_lists_commands_with_examples():
+    result = mapd("--help")
+    assert result.returncode == 0
+    assert "validate" in result.stdout
+    assert mapd("--version").stdout.startswith("mapd ")

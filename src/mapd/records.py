@@ -37,6 +37,77 @@ class Question(Record):
     source: str = ""
 
 
+
+class Attempt(Record):
+    """The student's answer to one exam question."""
+
+    question_id: str
+    output: str
+    extracted: str | None
+    correct: bool
+
+
+class Mistake(Record):
+    """A question the student got wrong, with everything the teachers need to see."""
+
+    question_id: str
+    question: str
+    answer: str
+    answer_type: AnswerType
+    options: list[str] = []
+    student_output: str
+    student_answer: str | None
+
+
+class Feedback(Record):
+    """One teacher's explanation of one mistake. Feedback is not peer-reviewed."""
+
+    id: str
+    question_id: str
+    teacher: str
+    text: str
+
+
+class Rationale(Record):
+    """One teacher's own step-by-step solution of a mistake's question (no hint given).
+
+    `extracted` and `correct` are the answer check: the rationale's own final answer
+    against the gold answer.
+    """
+
+    id: str
+    question_id: str
+    teacher: str
+    text: str
+    extracted: str | None
+    correct: bool
+
+
+class Review(Record):
+    """One reviewer's score of one rationale; `score` is None when the reply had no valid score."""
+
+    id: str
+    rationale_id: str
+    question_id: str
+    author: str
+    reviewer: str
+    score: float | None
+    raw: str
+
+
+class Decision(Record):
+    """Whether a rationale is kept for training, and why."""
+
+    rationale_id: str
+    question_id: str
+    teacher: str
+    accepted: bool
+    reason: Literal["accepted", "unreviewed", "low_score", "no_valid_review", "wrong_answer"]
+    scores: dict[str, float] = {}
+    aggregate: float | None = None
+    answer_correct: bool
+
+
 class Example(Record):
     """One training example of `dataset/train.jsonl`.
 

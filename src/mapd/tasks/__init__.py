@@ -1,0 +1,141 @@
+"""The task registry and the one way to load questions: `load_questions(cfg, split, seed)`.
+
+    from mapd.tasks import get_task, load_questions, question_text
+    loaded = load_questions(cfg.task, "train", seed=731)
+    loaded.questions[0].id   # "gsm8k-train-00000"; loaded.skipped counts rows skipped
+
+Sources: `hub` (datasets.load_dataset, online), `local` (a file or folder in the dataset's
+native format), `reasoning_gym` (generated offline). Splits are "train" and "test".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mapd.config import TaskConfig
+from mapd.errors import MapdError
+from mapd.records import Question
+from mapd.tasks import gsm8k, jsonl, logiqa, strategyqa, svamp
+from mapd.tasks.files import read_json_rows
+from mapd.tasks.hub import read_hub_rows
+from mapd.tasks.reasoning_gym import generate_questions
+from mapd.tasks.spec import LoadedSplit, RowError, Task
+from mapd.tasks.splits import split_by_hash, take_limit
+
+__all__ = ["TASKS", "LoadedSplit", "Task", "get_task", "load_questions", "question_text"]
+
+TASKS: dict[str, Task] = {
+    t.name: t for t in (gsm8k.TASK, svamp.TASK, strategyqa.TASK, logiqa.TASK, jsonl.TASK)
+}
+SPLITS = ("train", "test")
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise MapdError(f"unknown task {name!r}", f"choose one of: {', '.join(TASKS)}") from None
+
+
+def question_text(q: Question) -> str:
+    """The question as shown to a model: for choice questions, followed by lettered options."""
+    if not q.options:
+        return q.question
+    lines = [f"({chr(ord('A') + i)}) {option}" for i, option in enumerate(q.options)]
+    return q.question + "\n" + "\n".join(lines)
+
+
+def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:
+    """The questions of one split ("train" or "test") from the configured source, limit applied."""
+    task = get_task(cfg.name)
+    if split not in SPLITS:
+        raise MapdError(f"unknown split {split!r}", "use train or test")
+    if cfg.source not in task.sources:
+        raise MapdError(
+            f"task {task.name} cannot use source {cfg.source!r}",
+            f"set task.source to one of: {', '.join(task.sources)}",
+        )
+    if cfg.source == "reasoning_gym":
+        questions = generate_questions(cfg.generator, cfg.sizes[split], cfg.seeds[split])
+        return LoadedSplit(take_limit(questions, cfg.limit, seed))
+    if cfg.source == "hub":
+        hub_id = cfg.hub_id or task.hub_id or ""
+        rows = read_hub_rows(
+            hub_id, task.hub_config if not cfg.hub_id else None, split, _offline_hint(task)
+        )
+        loaded = _parse_rows(task, cfg, rows, f"{task.name}-{split}", f"hub:{hub_id}")
+    else:
+        path, single = _local_file(task, cfg, split)
+        reader = task.read_local or read_json_rows
+        stem = path.stem.lower()
+        loaded = _parse_rows(task, cfg, reader(path), f"{task.name}-{stem}", f"local:{path.name}")
+        if single:
+            loaded.questions = split_by_hash(loaded.questions, split, seed, cfg.test_fraction)
+    _check_unique_ids(loaded.questions)
+    loaded.questions = take_limit(loaded.questions, cfg.limit, seed)
+    return loaded
+
+
+def _offline_hint(task: Task) -> str:
+    hint = "download the dataset files and set task.source=local with task.path"
+    if "reasoning_gym" in task.sources:
+        hint += ", or use task.source=reasoning_gym to generate questions offline"
+    return hint
+
+
+def _local_file(task: Task, cfg: TaskConfig, split: str) -> tuple[Path, bool]:
+    """The file to read for `split`, and whether it holds every split (then split by id hash)."""
+    path = Path(cfg.path or "")
+    if not path.exists():
+        raise MapdError(f"{path}: no such file or folder", "check task.path")
+    if path.is_file():
+        return path, True
+    if split in cfg.files:
+        return path / cfg.files[split], False
+    if (path / task.split_files.get(split, "\0")).is_file():
+        return path / task.split_files[split], False
+    for name in task.single_files:
+        if (path / name).is_file():
+            return path / name, True
+    expected = [task.split_files[s] for s in SPLITS if s in task.split_files] + list(
+        task.single_files
+    )
+    raise MapdError(
+        f"{path}: found no {split} file (looked for {', '.join(expected) or 'task.files'})",
+        f"name the file with task.files.{split}=FILE, or point task.path at the file itself",
+    )
+
+
+def _parse_rows(
+    task: Task, cfg: TaskConfig, rows: Iterator[tuple[str, Any]], id_prefix: str, source: str
+) -> LoadedSplit:
+    questions, skipped = [], 0
+    for index, (location, row) in enumerate(rows):
+        try:
+            if isinstance(row, Exception):
+                raise RowError(str(row))
+            question = task.parse_row(row, f"{id_prefix}-{index:05d}", cfg)
+        except RowError as exc:
+            if cfg.on_bad_row == "skip":
+                skipped += 1
+                continue
+            raise MapdError(
+                f"{location}: {exc}",
+                "fix the row, or set task.on_bad_row=skip to skip malformed rows",
+            ) from None
+        questions.append(question.model_copy(update={"source": source}))
+    if not questions:
+        raise MapdError(f"{source}: no usable rows ({skipped} skipped)", "check the file's format")
+    return LoadedSplit(questions, skipped)
+
+
+def _check_unique_ids(questions: list[Question]) -> None:
+    seen: set[str] = set()
+    for q in questions:
+        if q.id in seen:
+            raise MapdError(
+                f"duplicate question id {q.id!r}", "ids must be unique within a dataset"
+            )
+        seen.add(q.id)

@@ -62,6 +62,26 @@ def validate(
               f"teachers {teachers}, output {cfg.run_dir}")
 
 
+@app.command()
+def train(
+    config: Path = CONFIG_ARG,
+    overrides: list[str] = OVERRIDES_ARG,
+) -> None:
+    """Fine-tune the student on the run folder's dataset/train.jsonl (LoRA or full) into student/.
+
+    Re-running after a kill resumes from the last checkpoint in student/checkpoints/.
+    Several processes or machines: accelerate launch --config_file
+    configs/accelerate/ddp.yaml -m mapd train CONFIG.
+
+    Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
+    """
+    from mapd.config import load_config
+    from mapd.train import run
+
+    cfg = load_config(config, overrides or [])
+    run(cfg, cfg.run_dir)
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:

@@ -1,0 +1,197 @@
+"""The train stage: fine-tune the student on `dataset/train.jsonl` with the two-task loss.
+
+    summary = run(cfg, run_dir)          # or: mapd train CONFIG, accelerate launch -m mapd train CONFIG
+
+Reads `dataset/train.jsonl`. Writes into `student/`: `adapter/` (LoRA) or `model/` (full
+fine-tuning), `merged/` with `train.merge`, `checkpoints/checkpoint-N/` after every epoch,
+`train_log.jsonl` (loss, feedback_loss, rationale_loss, learning rate per log step) and
+`manifest.json` last; then `manifests/train.json`. Re-running after a kill resumes from
+the last checkpoint when the settings and the dataset are unchanged (otherwise the stale
+checkpoints are removed); re-running after a finished run with the same settings skips.
+With several processes every process trains and only the main one writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from mapd.config import RunConfig
+from mapd.errors import MapdError
+from mapd.records import Example
+from mapd.stages.rundir import (
+    fingerprint,
+    read_json,
+    read_jsonl,
+    stage_is_done,
+    write_json,
+    write_manifest,
+    write_text_atomic,
+)
+from mapd.train.collate import PadCollator
+from mapd.train.model import load_student, merge_adapter
+from mapd.train.tokenize import TASK_IDS, EncodedSet, encode_examples
+from mapd.train.trainer import JsonlLogCallback, TwoTaskTrainer
+
+STAGE = "train"
+
+
+def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    t = cfg.train
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length",
+        save_strategy="epoch",
+        save_total_limit=2,
+        logging_steps=t.logging_steps,
+        report_to=t.report_to or "none",
+        remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
+    )
+
+
+def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str | None:
+    """The last checkpoint of an interrupted run with the same fingerprint; stale ones are removed."""
+    marker = checkpoints / "fingerprint.txt"
+    same = marker.exists() and marker.read_text(encoding="utf-8").strip() == fp
+    last = get_last_checkpoint(str(checkpoints)) if same else None
+    state.wait_for_everyone()
+    if state.is_main_process and not same:
+        if checkpoints.exists():
+            print(f"settings or dataset changed: removing old checkpoints in {checkpoints}")
+            shutil.rmtree(checkpoints)
+        write_text_atomic(marker, fp + "\n")
+    state.wait_for_everyone()
+    return last
+
+
+def build_manifest(
+    cfg: RunConfig,
+    encoded: EncodedSet,
+    trainer: TwoTaskTrainer,
+    log: JsonlLogCallback,
+    resume: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    t = cfg.train
+    last = log.last
+    return {
+        "base_model": cfg.student.model,
+        "method": t.method,
+        "prompt_format": t.prompt_format,
+        "model_dir": "adapter" if t.method == "lora" else "model",
+        "merged_dir": "merged" if t.method == "lora" and t.merge else None,
+        "alpha": t.alpha,
+        "max_length": t.max_length,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "final_losses": {
+            k: last[k] for k in ("loss", "feedback_loss", "rationale_loss") if k in last
+        },
+        "examples": {kind: sum(r.task == i for r in encoded.rows) for kind, i in TASK_IDS.items()},
+        "trained_tokens_per_epoch": sum(sum(lab != -100 for lab in r.labels) for r in encoded.rows),
+        "dropped_overlong": len(encoded.overlong),
+        "dropped_ids": encoded.overlong,
+        "truncated_targets": len(encoded.truncated),
+        "resumed_from": Path(resume).name if resume else None,
+        "processes": trainer.accelerator.num_processes,
+        "seconds": round(seconds, 2),
+    }
+
+
+def run(
+    cfg: RunConfig, run_dir: Path | None = None, callbacks: list[TrainerCallback] | None = None
+) -> dict[str, Any]:
+    """Train the student; return the manifest (also written to `student/manifest.json`)."""
+    started = time.time()
+    run_dir = Path(run_dir or cfg.run_dir)
+    data_path = run_dir / "dataset" / "train.jsonl"
+    student_dir = run_dir / "student"
+    examples = read_jsonl(data_path, Example)
+    if not examples:
+        raise MapdError(
+            f"{data_path} has no examples", "run the dataset stage first (mapd run ...)"
+        )
+    settings = {
+        "train": cfg.train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
+        "student": cfg.student.model,
+        "seed": cfg.seed,
+    }
+    fp = fingerprint(settings, [data_path])
+    state = PartialState()
+    if stage_is_done(run_dir, STAGE, fp) and (student_dir / "manifest.json").exists():
+        if state.is_main_process:
+            print(f"{student_dir} is already trained with these settings; delete it to retrain")
+        return read_json(student_dir / "manifest.json") | {"skipped": True}
+
+    t = cfg.train
+    set_seed(cfg.seed)
+    model, tokenizer = load_student(cfg.student.model, t)
+    encoded = encode_examples(examples, tokenizer, t.prompt_format, t.max_length, t.on_overlong)
+    if not encoded.rows:
+        raise MapdError(
+            "no training example is left after dropping overlong ones", "raise train.max_length"
+        )
+    checkpoints = student_dir / "checkpoints"
+    resume = checkpoint_to_resume(checkpoints, fp, state)
+    log = JsonlLogCallback(student_dir / "train_log.jsonl")
+    trainer = TwoTaskTrainer(
+        model=model,
+        args=training_args(cfg, checkpoints),
+        alpha=t.alpha,
+        train_dataset=[asdict(row) for row in encoded.rows],
+        data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[log, *(callbacks or [])],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    out_dir = student_dir / ("adapter" if t.method == "lora" else "model")
+    trainer.save_model(str(out_dir))  # main process only; gathers FSDP/ZeRO-3 shards
+    state.wait_for_everyone()
+    manifest = build_manifest(cfg, encoded, trainer, log, resume, time.time() - started)
+    if state.is_main_process:
+        if t.method == "lora" and t.merge:
+            merge_adapter(cfg.student.model, out_dir, student_dir / "merged")
+        write_json(student_dir / "manifest.json", manifest)
+        write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
+        print(format_summary(manifest, student_dir))
+    state.wait_for_everyone()
+    return manifest
+
+
+def format_summary(m: dict[str, Any], student_dir: Path) -> str:
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in m["final_losses"].items())
+    ex = m["examples"]
+    lines = [
+        f"trained {m['base_model']} ({m['method']}, {m['prompt_format']} prompts, alpha {m['alpha']}) "
+        f"for {m['steps']} steps / {m['epochs']} epochs in {m['seconds']:.1f} s"
+        + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else ""),
+        f"  examples: {ex['feedback']} feedback, {ex['rationale']} rationale; "
+        f"{m['dropped_overlong']} dropped as overlong, {m['truncated_targets']} targets truncated",
+        f"  final losses: {losses or 'none logged'}",
+        f"  saved: {student_dir / m['model_dir']}"
+        + (f" and {student_dir / m['merged_dir']}" if m["merged_dir"] else ""),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""The two-task Trainer: loss = α·CE(feedback) + (1−α)·CE(rationale), each a mean over its own tokens.
+
+    trainer = TwoTaskTrainer(model=model, args=args, alpha=0.5, train_dataset=rows,
+                             data_collator=PadCollator(pad_id), processing_class=tokenizer)
+
+Each task's CE is the mean over that task's trained tokens in the whole optimizer step (all
+micro-batches of the gradient accumulation and all processes), the same token-level
+normalisation transformers uses to make gradient accumulation exact.
+
+A step with no token of one task: that term is 0 and the other keeps its own weight (α or
+1−α); nothing is renormalised. This keeps α's meaning in every step (α = 0 never trains
+feedback, whatever the batch holds) and keeps each step an unbiased estimate of the
+objective α·E[CE_f] + (1−α)·E[CE_r]. Renormalising would give a lone task weight 1, so the
+effective α would depend on batch composition, which length grouping makes uneven
+(feedback and rationales have different typical lengths).
+
+The per-task losses are logged as `feedback_loss` and `rationale_loss` next to `loss`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from mapd.train.tokenize import IGNORE
+
+TASK_NAMES = ("feedback", "rationale")
+
+
+def task_token_counts(labels: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """Trained (predicted) tokens per task, shape [2]; position 0 of a row is never predicted."""
+    per_row = (labels[:, 1:] != IGNORE).sum(dim=1).to(torch.float32)
+    return torch.zeros(2, dtype=torch.float32, device=labels.device).index_add_(0, task, per_row)
+
+
+def two_task_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    task: torch.Tensor,
+    alpha: float,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The α-weighted loss, the per-task CE sums and the per-task token counts of this batch.
+
+    `counts` are the per-task token counts to divide by (those of the whole optimizer step);
+    without them, this batch's own counts are used.
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="none",
+    ).view_as(targets)
+    per_row = ce.sum(dim=1)
+    sums = torch.zeros(2, dtype=ce.dtype, device=ce.device).index_add(0, task, per_row)
+    local = task_token_counts(labels, task)
+    denom = (local if counts is None else counts.to(ce.device)).clamp(min=1)
+    weights = torch.tensor([alpha, 1.0 - alpha], dtype=ce.dtype, device=ce.device)
+    return (weights * sums / denom).sum(), sums, local
+
+
+class TwoTaskTrainer(Trainer):
+    """A Trainer whose loss is the α-weighted two-task CE; batches carry a `task` tensor."""
+
+    loss_is_scaled_for_ga = True  # normalised by the whole step's token counts
+
+    def __init__(self, *args: Any, alpha: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+        self._task_stats: torch.Tensor | None = None  # CE sums and token counts since last log
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor]:
+        """The step's micro-batches, with per-task trained-token counts over all processes."""
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(2, dtype=torch.float32, device=device)
+        for batch in batches:
+            counts += task_token_counts(batch["labels"], batch["task"]).to(device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return batches, counts
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        labels, task = inputs.pop("labels"), inputs.pop("task")
+        outputs = model(**inputs)
+        step_counts = num_items_in_batch if torch.is_tensor(num_items_in_batch) else None
+        if step_counts is not None and step_counts.numel() != 2:
+            step_counts = None  # an evaluation call with transformers' own item count
+        loss, sums, counts = two_task_loss(outputs.logits, labels, task, self.alpha, step_counts)
+        if step_counts is not None:
+            # counts are global, and DDP/FSDP/DeepSpeed average gradients over processes
+            loss = loss * self.accelerator.num_processes
+        if model.training:
+            stats = torch.cat([sums.detach(), counts])
+            self._task_stats = stats if self._task_stats is None else self._task_stats + stats
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add feedback_loss and rationale_loss (means since the last log) to the training logs."""
+        if "loss" in logs and self._task_stats is not None:
+            stats = self._task_stats
+            if self.accelerator.num_processes > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            for k, name in enumerate(TASK_NAMES):
+                if stats[2 + k] > 0:
+                    logs[f"{name}_loss"] = round(float(stats[k] / stats[2 + k]), 4)
+            self._task_stats = None
+        super().log(logs, start_time)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every log entry (with its step and epoch) to a JSONL file, on the main process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last: dict[str, Any] = {}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # so the final losses are always logged
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any):
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        if "loss" in logs:
+            self.last = entry
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")

@@ -1,0 +1,127 @@
+"""LLM calls for mapd: one interface over OpenAI-compatible HTTP and in-process transformers models.
+
+Public API
+----------
+Request(messages, model=None, temperature=None, top_p=None, max_tokens=None, stop=None,
+        seed=None, sample=0, tag=None)          fields left None come from the endpoint config
+Request.user(prompt, **fields) -> Request       one user message
+Completion: text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model, cached
+CallResult: request, completion | None, error | None, attempts, skipped; .ok, .text
+
+open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
+make_clients(cfg, *, run_dir, stage, store=None, budget=None)
+    async context manager -> dict[str, Client]: every teacher by name, plus "student"
+client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use") -> Client
+Client.complete(request) -> Completion          raises CallFailed (a MapdError) on failure
+Client.complete_many(requests, *, desc=None, progress=None) -> list[CallResult]
+    concurrent, limited, retried, cached; results in input order. Failed items carry their
+    error. Raises BudgetExceeded / EndpointUnavailable (CallsStopped, with .results) after
+    the batch when items could not be sent.
+Budget.for_run(cfg.budget, store, run) -> Budget     shared cap; counts earlier invocations
+run_id(run_dir) -> str                          a run is its run folder's absolute path
+cache_stats(store) -> CacheStats; clear_cache(store, model=None) -> int
+ledger_totals(store, run_dir) -> list[LedgerRow]     per stage and endpoint
+load_model(spec, device="auto", dtype="auto") -> LoadedModel   (in-process models, shared)
+
+Example
+-------
+    from mapd.llm import Request, make_clients, open_store
+
+    async def teach(cfg, run_dir, prompts):
+        async with make_clients(cfg, run_dir=run_dir, stage="teach") as clients:
+            requests = [Request.user(p, tag=qid) for qid, p in prompts]
+            results = await clients["gpt"].complete_many(requests, desc="feedback gpt")
+        return {r.request.tag: r.text for r in results if r.ok}
+
+    asyncio.run(teach(cfg, cfg.run_dir, prompts))        # only at the CLI boundary
+
+Keys: `api_key_env` names an environment variable; its value is read when the client
+first sends and never reaches the cache, the ledger, logs or error messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mapd.config import RunConfig
+from mapd.errors import MapdError
+from mapd.llm.cache import CacheMode, CacheStats, cache_stats, clear_cache, request_key
+from mapd.llm.client import (
+    BudgetExceeded,
+    CallFailed,
+    CallsStopped,
+    Client,
+    EndpointUnavailable,
+    client_for,
+)
+from mapd.llm.ledger import Budget, LedgerRow, ledger_totals, run_id
+from mapd.llm.model_loading import LoadedModel, load_model
+from mapd.llm.store import CallStore, open_store
+from mapd.llm.types import CallResult, Completion, Request
+
+STUDENT = "student"
+
+
+@asynccontextmanager
+async def make_clients(
+    cfg: RunConfig,
+    *,
+    run_dir: str | Path,
+    stage: str,
+    store: CallStore | None = None,
+    budget: Budget | None = None,
+) -> AsyncIterator[dict[str, Client]]:
+    """Clients for every teacher (by name) and the student (key "student"), closed on exit.
+
+    They share one store and one budget (by default `cfg.budget`, minus what this run
+    already spent). Backends are created on first use: a stage that only calls teachers
+    never loads the student's weights.
+    """
+    if STUDENT in {t.name for t in cfg.teachers}:
+        raise MapdError("a teacher is named 'student'", "give that teacher another name")
+    own_store = store is None
+    store = store or open_store()
+    run = run_id(run_dir)
+    budget = budget or Budget.for_run(cfg.budget, store, run)
+    clients = {
+        e.name if e is not cfg.student else STUDENT: client_for(
+            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache
+        )
+        for e in [*cfg.teachers, cfg.student]
+    }
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        if own_store:
+            store.close()
+
+
+__all__ = [
+    "Budget",
+    "BudgetExceeded",
+    "CacheMode",
+    "CacheStats",
+    "CallFailed",
+    "CallResult",
+    "CallStore",
+    "CallsStopped",
+    "Client",
+    "Completion",
+    "EndpointUnavailable",
+    "LedgerRow",
+    "LoadedModel",
+    "Request",
+    "cache_stats",
+    "clear_cache",
+    "client_for",
+    "ledger_totals",
+    "load_model",
+    "make_clients",
+    "open_store",
+    "request_key",
+    "run_id",
+]

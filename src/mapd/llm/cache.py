@@ -1,0 +1,107 @@
+"""The response cache: a reply stored under a tagged hash of the canonical request.
+
+The key covers the backend kind, base URL, model, messages, every sampling parameter and
+the sample index, never the API key. Only complete replies are stored: errors, empty
+texts and replies stopped by a content filter or an error never are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from mapd.llm.store import CallStore
+from mapd.llm.types import Completion, Request
+
+CacheMode = Literal["use", "refresh", "off"]
+
+# Finish reasons that mean the text is not a whole answer worth keeping.
+UNCACHEABLE_FINISH = {"content_filter", "error"}
+
+
+def request_key(request: Request, backend: str, base_url: str | None) -> str:
+    """`sha256:<hex>` of the canonical JSON of everything that decides the reply."""
+    canonical = {"backend": backend, "base_url": base_url, **request.canonical()}
+    blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def cacheable(completion: Completion) -> bool:
+    return bool(completion.text.strip()) and completion.finish_reason not in UNCACHEABLE_FINISH
+
+
+class ResponseCache:
+    """Reads and writes replies in the store's `responses` table."""
+
+    def __init__(self, store: CallStore) -> None:
+        self.store = store
+
+    def get(self, key: str) -> Completion | None:
+        row = self.store.db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model"
+            " FROM responses WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        text, finish, pt, ct, latency, backend, model = row
+        return Completion(text, finish, pt, ct, latency, backend, model, cached=True)
+
+    def put(self, key: str, request: Request, completion: Completion) -> None:
+        if not cacheable(completion):
+            return
+        self.store.db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                completion.backend,
+                completion.model,
+                json.dumps(request.canonical(), ensure_ascii=False),
+                completion.text,
+                completion.finish_reason,
+                completion.prompt_tokens,
+                completion.completion_tokens,
+                completion.latency,
+                time.time(),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class CacheModelStats:
+    backend: str
+    model: str
+    replies: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    path: str
+    size_bytes: int
+    replies: int
+    by_model: list[CacheModelStats]
+
+
+def cache_stats(store: CallStore) -> CacheStats:
+    """Replies and tokens held per backend and model (for `mapd cache stats`)."""
+    rows = store.db.execute(
+        "SELECT backend, model, COUNT(*), SUM(prompt_tokens + completion_tokens)"
+        " FROM responses GROUP BY backend, model ORDER BY COUNT(*) DESC"
+    ).fetchall()
+    by_model = [CacheModelStats(b, m, n, t or 0) for b, m, n, t in rows]
+    size = sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*"))
+    return CacheStats(str(store.path), size, sum(s.replies for s in by_model), by_model)
+
+
+def clear_cache(store: CallStore, model: str | None = None) -> int:
+    """Delete cached replies (all, or one model's); return how many. The ledger is kept."""
+    if model is None:
+        cur = store.db.execute("DELETE FROM responses")
+    else:
+        cur = store.db.execute("DELETE FROM responses WHERE model = ?", (model,))
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return cur.rowcount

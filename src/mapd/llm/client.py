@@ -1,0 +1,292 @@
+"""The client in front of every backend: cache, limits, retries, ledger and budget.
+
+    store = open_store()
+    client = client_for(endpoint, store=store, run=run_id("runs/demo"), stage="teach")
+    results = await client.complete_many(requests, desc="feedback gpt")
+    await client.aclose()
+
+`complete` returns a Completion or raises CallFailed; `complete_many` never drops an item:
+it returns one CallResult per request, in input order, and raises (after every in-flight
+call has finished, with the results attached) only when the run cannot go on: the budget
+is spent, or the endpoint is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from mapd.config import ModelEndpoint
+from mapd.errors import MapdError
+from mapd.llm import limits
+from mapd.llm.cache import CacheMode, ResponseCache, request_key
+from mapd.llm.ledger import Budget, CallRecord, call_cost, record_call
+from mapd.llm.limits import EndpointLimiter, retry_delay
+from mapd.llm.progress import BatchProgress
+from mapd.llm.store import CallStore
+from mapd.llm.types import Backend, BackendError, CallResult, Completion, Request
+
+BUDGET_REACHED = "not sent: the budget is spent"
+
+
+class CallFailed(MapdError):
+    """One request failed for good (raised by `Client.complete`)."""
+
+
+class CallsStopped(MapdError):
+    """A batch stopped early; `results` holds every item, finished or not."""
+
+    def __init__(self, message: str, hint: str, results: list[CallResult]) -> None:
+        super().__init__(message, hint)
+        self.results = results
+
+
+class BudgetExceeded(CallsStopped):
+    """budget.usd or budget.tokens was reached; finished calls are cached and kept."""
+
+
+class EndpointUnavailable(CallsStopped):
+    """The endpoint cannot serve any request (unreachable, bad key, unknown model)."""
+
+
+def create_backend(endpoint: ModelEndpoint) -> Backend:
+    """The one registry: backends by the name in `backend:`. Imports are lazy (torch is slow)."""
+    if endpoint.backend == "openai":
+        from mapd.llm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(endpoint)
+    from mapd.llm.hf_backend import HFBackend
+
+    return HFBackend(endpoint)
+
+
+def estimate_tokens(request: Request) -> int:
+    chars = sum(len(m.get("content", "")) for m in request.messages)
+    return chars // 4 + (request.max_tokens or 0)
+
+
+class Client:
+    """One endpoint with its cache, limits, retries, ledger and budget."""
+
+    def __init__(
+        self,
+        endpoint: ModelEndpoint,
+        *,
+        store: CallStore | None,
+        run: str = "",
+        stage: str = "",
+        budget: Budget | None = None,
+        cache_mode: CacheMode = "use",
+        backend: Backend | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.store = store
+        self.run, self.stage = run, stage
+        self.budget = budget
+        self.cache_mode = cache_mode
+        self.cache = ResponseCache(store) if store is not None and cache_mode != "off" else None
+        self.limiter = EndpointLimiter(endpoint.limits)
+        self._backend = backend
+        self.down: str | None = None  # why the endpoint cannot serve, once known
+        self.last_success = 0.0
+
+    @property
+    def backend(self) -> Backend:
+        """Created on first use, so a stage that never calls the student never loads it."""
+        if self._backend is None:
+            self._backend = create_backend(self.endpoint)
+        return self._backend
+
+    def resolve(self, request: Request) -> Request:
+        """Fill the fields left as None from the endpoint's config; prepend its system prompt."""
+        ep, s = self.endpoint, self.endpoint.sampling
+        messages = request.messages
+        if ep.system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages = ({"role": "system", "content": ep.system_prompt}, *messages)
+        return request.replace(
+            messages=messages,
+            model=request.model or ep.model,
+            temperature=s.temperature if request.temperature is None else request.temperature,
+            top_p=s.top_p if request.top_p is None else request.top_p,
+            max_tokens=request.max_tokens or s.max_tokens,
+            seed=s.seed if request.seed is None else request.seed,
+        )
+
+    def scrub(self, text: str) -> str:
+        for secret in self.backend.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _counts_budget(self) -> bool:
+        return self.budget is not None and self.backend.kind != "transformers"
+
+    async def call(self, request: Request) -> CallResult:
+        """One request through cache, budget, limits and retries; never raises for call errors."""
+        backend = self.backend
+        req = self.resolve(request)
+        key = request_key(req, backend.kind, backend.base_url)
+        if self.cache is not None and self.cache_mode == "use":
+            hit = self.cache.get(key)
+            if hit is not None:
+                self._record(req, key, hit, 0.0, None, 0)
+                return CallResult(request, hit)
+        if self.down:
+            return CallResult(request, error=self.down, skipped=True)
+        if self._counts_budget() and self.budget.exhausted():  # type: ignore[union-attr]
+            return CallResult(request, error=BUDGET_REACHED, skipped=True)
+        completion, error, attempts = await self._send(req)
+        cost = 0.0
+        if completion is not None:
+            cost = call_cost(
+                self.endpoint.price, completion.prompt_tokens, completion.completion_tokens
+            )
+            if self._counts_budget():
+                self.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
+            if not completion.text.strip():
+                error = f"empty reply (finish reason {completion.finish_reason})"
+            elif self.cache is not None:
+                self.cache.put(key, req, completion)
+        self._record(req, key, completion, cost, error, attempts)
+        if error is not None:
+            return CallResult(request, error=error, attempts=attempts)
+        return CallResult(request, completion, None, attempts)
+
+    async def _send(self, req: Request) -> tuple[Completion | None, str | None, int]:
+        backend, started = self.backend, time.monotonic()
+        max_attempts = self.endpoint.limits.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            if self.down:
+                return None, self.down, attempt - 1
+            try:
+                if backend.rate_limited:
+                    async with self.limiter.slot(estimate_tokens(req)) as slot:
+                        completion = await backend.generate(req)
+                        slot.settle(completion.tokens)
+                else:
+                    completion = await backend.generate(req)
+            except BackendError as exc:
+                failure = exc
+            except Exception as exc:  # a bug or an unexpected library error: fail the item
+                failure = BackendError(f"{type(exc).__name__}: {exc}")
+            else:
+                self.last_success = time.monotonic()
+                return completion, None, attempt
+            message = self.scrub(failure.message)
+            if failure.fatal or (
+                failure.retryable and attempt == max_attempts and self.last_success < started
+            ):
+                # Nothing has succeeded while this request tried every attempt: the
+                # endpoint is down, and the rest of the batch should not wait for it.
+                self.down = f"{self.name} ({backend.base_url or req.model}): {message}"
+            if not failure.retryable or attempt == max_attempts:
+                return None, message, attempt
+            await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
+        raise AssertionError("unreachable")
+
+    def _record(
+        self,
+        req: Request,
+        key: str,
+        completion: Completion | None,
+        cost: float,
+        error: str | None,
+        attempts: int,
+    ) -> None:
+        if self.store is None:
+            return
+        record_call(
+            self.store,
+            CallRecord(
+                self.run,
+                self.stage,
+                self.name,
+                self.backend.kind,
+                req.model or self.endpoint.model,
+                key,
+                completion,
+                cost,
+                error,
+                attempts,
+            ),
+        )
+
+    async def complete(self, request: Request) -> Completion:
+        """The completion for one request, or CallFailed with the reason."""
+        result = await self.call(request)
+        if result.completion is None:
+            raise CallFailed(
+                f"call to {self.name} failed: {result.error}",
+                "see the message; finished calls are cached, so re-running is cheap",
+            )
+        return result.completion
+
+    async def complete_many(
+        self,
+        requests: Sequence[Request],
+        *,
+        desc: str | None = None,
+        progress: bool | None = None,
+    ) -> list[CallResult]:
+        """Run every request concurrently (within the limits); results in input order.
+
+        Raises BudgetExceeded or EndpointUnavailable (with `.results`) after the batch when
+        items were not sent for those reasons; other failures are items with an `error`.
+        """
+        self.backend  # noqa: B018 -- create it now: a missing key or model raises here, once
+        bar = BatchProgress(desc or self.name, len(requests), progress)
+
+        async def one(request: Request) -> CallResult:
+            result = await self.call(request)
+            c = result.completion
+            bar.advance(
+                cached=bool(c and c.cached),
+                failed=not result.ok,
+                tokens=c.tokens if c else 0,
+                cost=0.0
+                if c is None or c.cached
+                else call_cost(self.endpoint.price, c.prompt_tokens, c.completion_tokens),
+            )
+            return result
+
+        with bar:
+            results = list(await asyncio.gather(*(one(r) for r in requests)))
+        self._raise_if_stopped(results)
+        return results
+
+    def _raise_if_stopped(self, results: list[CallResult]) -> None:
+        done = sum(r.ok for r in results)
+        unsent = sum(r.skipped for r in results)
+        if self.down:
+            raise EndpointUnavailable(
+                f"endpoint {self.down}; {done} of {len(results)} calls done, {unsent} not sent",
+                "check that the server is running, the base_url, model and key; "
+                "finished calls are cached, so re-running resumes",
+                results,
+            )
+        if any(r.error == BUDGET_REACHED for r in results):
+            raise BudgetExceeded(
+                f"budget reached ({self.budget.describe() if self.budget else ''}): "
+                f"{done} of {len(results)} calls done, {unsent} not sent",
+                "raise budget.usd (or budget.tokens) and re-run; cached work is free",
+                results,
+            )
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
+
+
+def client_for(
+    endpoint: ModelEndpoint,
+    *,
+    store: CallStore | None,
+    run: str = "",
+    stage: str = "",
+    budget: Budget | None = None,
+    cache_mode: CacheMode = "use",
+) -> Client:
+    """A client for one configured endpoint (teacher or student)."""
+    return Client(endpoint, store=store, run=run, stage=stage, budget=budget, cache_mode=cache_mode)

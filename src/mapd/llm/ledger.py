@@ -1,0 +1,142 @@
+"""The call ledger and the budget: every call, cached or not, with its tokens, latency and cost.
+
+A run is identified by the absolute path of its run folder (`run_id(run_dir)`), so
+`mapd ledger runs/demo` finds the calls of every invocation of that run. Moving a run
+folder starts a new ledger for it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mapd.config import BudgetConfig, Price
+from mapd.errors import MapdError
+from mapd.llm.store import CallStore
+from mapd.llm.types import Completion
+
+
+def run_id(run_dir: str | Path) -> str:
+    return str(Path(run_dir).expanduser().resolve())
+
+
+def call_cost(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    run: str
+    stage: str
+    endpoint: str
+    backend: str
+    model: str
+    key: str
+    completion: Completion | None
+    cost: float
+    error: str | None
+    attempts: int
+
+
+def record_call(store: CallStore, rec: CallRecord) -> None:
+    c = rec.completion
+    store.db.execute(
+        "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
+        " completion_tokens, latency, cost, cached, ok, error, attempts, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rec.run,
+            rec.stage,
+            rec.endpoint,
+            rec.backend,
+            rec.model,
+            rec.key,
+            c.prompt_tokens if c else 0,
+            c.completion_tokens if c else 0,
+            c.latency if c else 0.0,
+            rec.cost,
+            int(bool(c and c.cached)),
+            int(rec.error is None),
+            rec.error,
+            rec.attempts,
+            time.time(),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    stage: str
+    endpoint: str
+    model: str
+    calls: int
+    cached: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+
+
+def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
+    """Totals per stage and endpoint for one run, in the order the stages first called."""
+    rows = store.db.execute(
+        "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
+        " SUM(completion_tokens), SUM(cost), SUM(latency) FROM calls WHERE run = ?"
+        " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
+        (run_id(run_dir),),
+    ).fetchall()
+    if not rows:
+        raise MapdError(
+            f"no calls recorded for run folder {run_dir}",
+            "give the run folder of a run that made LLM calls, e.g. runs/demo",
+        )
+    return [LedgerRow(*row) for row in rows]
+
+
+def spent(store: CallStore, run: str) -> tuple[float, int]:
+    """USD and tokens already paid in this run (calls to the in-process backend are free)."""
+    usd, tokens = store.db.execute(
+        "SELECT SUM(cost), SUM(prompt_tokens + completion_tokens) FROM calls"
+        " WHERE run = ? AND cached = 0 AND backend != 'transformers'",
+        (run,),
+    ).fetchone()
+    return usd or 0.0, tokens or 0
+
+
+class Budget:
+    """A spending cap shared by every client of a run; once reached, no new request starts."""
+
+    def __init__(
+        self,
+        usd: float | None = None,
+        tokens: int | None = None,
+        spent_usd: float = 0.0,
+        spent_tokens: int = 0,
+    ) -> None:
+        self.usd, self.tokens = usd, tokens
+        self.spent_usd, self.spent_tokens = spent_usd, spent_tokens
+
+    @classmethod
+    def for_run(cls, config: BudgetConfig, store: CallStore, run: str) -> Budget:
+        """The configured cap, counting what earlier invocations of this run already spent."""
+        usd, tokens = spent(store, run)
+        return cls(config.usd, config.tokens, usd, tokens)
+
+    def exhausted(self) -> bool:
+        return (self.usd is not None and self.spent_usd >= self.usd) or (
+            self.tokens is not None and self.spent_tokens >= self.tokens
+        )
+
+    def charge(self, usd: float, tokens: int) -> None:
+        self.spent_usd += usd
+        self.spent_tokens += tokens
+
+    def describe(self) -> str:
+        parts = []
+        if self.usd is not None:
+            parts.append(f"${self.spent_usd:.4f} of budget.usd {self.usd}")
+        if self.tokens is not None:
+            parts.append(f"{self.spent_tokens} of budget.tokens {self.tokens}")
+        return ", ".join(parts)

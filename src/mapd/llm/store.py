@@ -1,0 +1,87 @@
+"""The call database: one SQLite file in the mapd home holding the response cache and the ledger.
+
+    store = open_store()            # $MAPD_HOME/calls.sqlite, WAL mode
+    store.close()
+
+WAL mode with a busy timeout lets two processes (say, two runs sharing teachers) read and
+write the same file at once. Every write is its own short transaction, so a run killed at
+any point keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mapd.errors import MapdError
+from mapd.llm.home import mapd_home
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    text TEXT NOT NULL,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    latency REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    latency REAL NOT NULL,
+    cost REAL NOT NULL,
+    cached INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_by_run ON calls (run);
+"""
+
+DB_NAME = "calls.sqlite"
+
+
+class CallStore:
+    """An open call database. Used from one event loop; other processes may use the file too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise MapdError(
+                f"cannot open the call database {path}: {exc}",
+                "check that MAPD_HOME points to a writable folder",
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> CallStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(path: str | Path | None = None) -> CallStore:
+    """Open (creating if needed) the call database; default `$MAPD_HOME/calls.sqlite`."""
+    return CallStore(Path(path) if path else mapd_home() / DB_NAME)

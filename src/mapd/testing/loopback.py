@@ -1,0 +1,275 @@
+"""A loopback OpenAI-compatible server with scripted replies, latency and injected faults.
+
+    with LoopbackServer(reply=lambda req: "The answer is 5.", latency=0.01) as server:
+        teacher = ModelEndpoint(name="t", model="fake", base_url=server.base_url)
+        server.faults.extend([Fault.error(429, retry_after="2"), Fault("reset")])
+        ...
+        assert server.max_in_flight <= 4
+
+`reply(request_json)` returns the reply text (or a Fault) for each chat request, so
+tests can script a teacher or a student per prompt. `faults` is a queue consumed by the
+next requests, in arrival order, before `reply` is asked. The server runs its own event
+loop in a thread and speaks plain HTTP/1.1 on raw sockets, so it can reset connections
+and cut bodies short. It also runs as a process for benchmarks:
+
+    python -m mapd.testing.loopback --latency 0.1      # prints the port, serves until killed
+
+and answers `GET /stats` with its counters as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FaultKind = Literal["error", "reset", "cut", "hang", "malformed", "empty"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure.
+
+    error: an HTTP error status with optional headers (e.g. Retry-After); `echo_auth` puts
+    the request's Authorization header in the error body, as some providers do.
+    reset: the connection is reset (RST) without a reply. cut: the headers and half the
+    body are sent, then the connection is dropped. hang: no reply for `seconds`.
+    malformed: a 200 whose body is not JSON. empty: a 200 with empty content.
+    """
+
+    kind: FaultKind
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    echo_auth: bool = False
+    seconds: float = 3600.0
+
+    @classmethod
+    def error(cls, status: int, retry_after: str | None = None, **headers: str) -> Fault:
+        extra = dict(headers)
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after
+        return cls("error", status=status, headers=extra)
+
+
+Reply = Callable[[dict[str, Any]], "str | Fault"]
+
+
+def echo_reply(request: dict[str, Any]) -> str:
+    """The default reply: names the model and repeats the start of the last message."""
+    last = request["messages"][-1]["content"]
+    return f"[{request.get('model')}] reply to: {last[:60]}"
+
+
+def words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def http_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} X",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chat_body(request: dict[str, Any], text: str) -> bytes:
+    prompt = sum(words(m.get("content", "")) for m in request.get("messages", []))
+    return json.dumps(
+        {
+            "id": "chatcmpl-loopback",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "loopback"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": words(text) if text else 0,
+                "total_tokens": prompt + (words(text) if text else 0),
+            },
+        }
+    ).encode()
+
+
+class LoopbackServer:
+    """Serves `/v1/chat/completions` on 127.0.0.1 from a background thread."""
+
+    def __init__(self, reply: Reply | None = None, latency: float = 0.0, port: int = 0) -> None:
+        self.reply = reply or echo_reply
+        self.latency = latency
+        self.port = port
+        self.faults: deque[Fault] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each chat request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread: threading.Thread | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.requests),
+            "max_in_flight": self.max_in_flight,
+            "arrivals": list(self.arrivals),
+        }
+
+    def start(self) -> LoopbackServer:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            server = self.loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", self.port, backlog=1024)
+            )
+            self.port = server.sockets[0].getsockname()[1]
+            self.server = server
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="loopback-server", daemon=True)
+        self.thread.start()
+        ready.wait()
+        return self
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            self.loop.stop()
+
+        if self.thread is not None:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+            self.thread.join(timeout=10)
+            self.thread = None
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.tasks.discard(task)
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = request_line.split(" ", 2)
+        headers = {}
+        for line in header_lines:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if method == "GET" and path.endswith("/stats"):
+            writer.write(http_response(200, json.dumps(self.stats()).encode()))
+            await writer.drain()
+            return True
+        if not path.endswith("/chat/completions"):
+            writer.write(http_response(404, b'{"error": {"message": "not found"}}'))
+            await writer.drain()
+            return True
+        request = json.loads(body)
+        self.requests.append(request)
+        self.headers.append(headers)
+        self.arrivals.append(time.monotonic())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            outcome = self.faults.popleft() if self.faults else self.reply(request)
+            return await self._answer(writer, request, headers, outcome)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        request: dict[str, Any],
+        headers: dict[str, str],
+        outcome: str | Fault,
+    ) -> bool:
+        if isinstance(outcome, str):
+            writer.write(http_response(200, chat_body(request, outcome)))
+            await writer.drain()
+            return True
+        fault = outcome
+        if fault.kind == "error":
+            message = f"injected error {fault.status}"
+            if fault.echo_auth:
+                message += f"; incorrect API key provided: {headers.get('authorization', '')}"
+            body = json.dumps({"error": {"message": message, "type": "loopback"}}).encode()
+            writer.write(http_response(fault.status, body, fault.headers))
+        elif fault.kind == "malformed":
+            writer.write(http_response(200, b'{"id": "chatcmpl-x", "choices": [{"ind'))
+        elif fault.kind == "empty":
+            writer.write(http_response(200, chat_body(request, "")))
+        elif fault.kind == "hang":
+            await asyncio.sleep(fault.seconds)
+            return False
+        elif fault.kind == "cut":
+            whole = http_response(200, chat_body(request, "this reply is cut off midway"))
+            writer.write(whole[: len(whole) - 40])
+            await writer.drain()
+            writer.transport.abort()
+            return False
+        elif fault.kind == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return False
+        await writer.drain()
+        return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    args = parser.parse_args()
+    server = LoopbackServer(latency=args.latency, port=args.port).start()
+    print(server.port, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

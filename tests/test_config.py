@@ -42,7 +42,12 @@ def test_paper_preset_carries_the_paper_settings():
     assert all(t.sampling.temperature == 0.8 and t.sampling.max_tokens == 512 for t in cfg.teachers)
     assert (cfg.student.sampling.temperature, cfg.student.sampling.top_p) == (0.3, 0.9)
     assert cfg.review.require_correct_answer is False and cfg.dataset.answer_line is False
-    assert (cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.train.alpha) == ("full", 1e-5, 10, 0.5)
+    assert (cfg.train.method, cfg.train.lr, cfg.train.epochs, cfg.train.alpha) == (
+        "full",
+        1e-5,
+        10,
+        0.5,
+    )
     assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.seed) == (8, 2, 731)
     assert all(t.api_key_env for t in cfg.teachers)
 
@@ -60,7 +65,11 @@ def test_overrides_use_dotted_paths_and_list_indexes():
 
 @pytest.mark.parametrize(
     "override, needle",
-    [("teachers.9.model=x", "no index 9"), ("trainlr", "not KEY=VALUE"), ("train.lr=fast", "train.lr")],
+    [
+        ("teachers.9.model=x", "no index 9"),
+        ("trainlr", "not KEY=VALUE"),
+        ("train.lr=fast", "train.lr"),
+    ],
 )
 def test_bad_overrides_are_clear(override, needle):
     with pytest.raises(MapdError) as err:
@@ -124,7 +133,9 @@ def test_not_utf8_and_missing_config(tmp_path):
 
 def test_single_teacher_mode_must_name_a_teacher():
     with pytest.raises(MapdError, match="dataset.teacher"):
-        load_config(ROOT / "configs/demo.yaml", ["dataset.mode=single_teacher", "dataset.teacher=nobody"])
+        load_config(
+            ROOT / "configs/demo.yaml", ["dataset.mode=single_teacher", "dataset.teacher=nobody"]
+        )
 
 
 def test_help_lists_commands_with_examples():

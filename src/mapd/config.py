@@ -27,7 +27,8 @@ class Strict(BaseModel):
 class TaskConfig(Strict):
     name: TaskName = Field(description="Which task: gsm8k, svamp, strategyqa, logiqa or jsonl.")
     source: Literal["hub", "local", "reasoning_gym"] = Field(
-        "hub", description="Where questions come from: the hub id, a local file/folder, or a generator."
+        "hub",
+        description="Where questions come from: the hub id, a local file/folder, or a generator.",
     )
     hub_id: str | None = Field(None, description="Override the task's default hub dataset id.")
     path: str | None = Field(
@@ -51,7 +52,8 @@ class TaskConfig(Strict):
         0.3, gt=0, lt=1, description="Held-out fraction when the source has a single file."
     )
     on_bad_row: Literal["error", "skip"] = Field(
-        "error", description="A malformed row stops with its file and line, or is skipped and counted."
+        "error",
+        description="A malformed row stops with its file and line, or is skipped and counted.",
     )
     question_field: str = Field("question", description="jsonl: field holding the question.")
     answer_field: str = Field("answer", description="jsonl: field holding the gold answer.")
@@ -103,7 +105,9 @@ class ModelEndpoint(Strict):
         None, description="Environment variable holding the API key (never the key itself)."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
-    system_prompt: str | None = Field(None, description="System message prepended to every request.")
+    system_prompt: str | None = Field(
+        None, description="System message prepended to every request."
+    )
     sampling: Sampling = Field(default_factory=Sampling)
     limits: Limits = Field(default_factory=Limits)
     price: Price = Field(default_factory=Price)
@@ -129,9 +133,10 @@ class StudentConfig(ModelEndpoint):
 
 
 class ReviewConfig(Strict):
-    enabled: bool = Field(True, description="Peer review on; off gives the no-review baselines.")
     reviewers: int | None = Field(
-        None, ge=1, description="Reviewers per rationale drawn with the seed; none = every other teacher."
+        None,
+        ge=1,
+        description="Reviewers per rationale drawn with the seed; none = every other teacher.",
     )
     scale_min: int = 1
     scale_max: int = 5
@@ -152,7 +157,11 @@ class DatasetConfig(Strict):
     pick: Literal["random", "all"] = Field(
         "random", description="One feedback and one accepted rationale per mistake, or all."
     )
-    mode: Literal["mapd", "single_teacher", "committee_no_review"] = "mapd"
+    mode: Literal["mapd", "single_teacher", "committee_no_review"] = Field(
+        "mapd",
+        description="mapd: peer-reviewed committee; the other two are the paper's baselines "
+        "without review (one teacher, or every teacher).",
+    )
     teacher: str | None = Field(None, description="mode single_teacher: which teacher.")
     answer_line: bool = Field(
         True, description="End rationale targets with 'The answer is N.' when they do not."
@@ -165,7 +174,13 @@ class LoraConfig(Strict):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str = Field(
         default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
         ]
     )
 
@@ -187,6 +202,7 @@ class TrainConfig(Strict):
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
     gradient_checkpointing: bool = False
+    logging_steps: int = Field(10, ge=1, description="Log the losses every this many steps.")
 
 
 class EvalConfig(Strict):
@@ -195,7 +211,9 @@ class EvalConfig(Strict):
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
     max_tokens: int = Field(512, ge=1)
-    exam_test: bool = Field(True, description="Also measure the untrained student on the test split.")
+    exam_test: bool = Field(
+        True, description="Also measure the untrained student on the test split."
+    )
 
 
 class BudgetConfig(Strict):
@@ -205,7 +223,9 @@ class BudgetConfig(Strict):
 
 class RunConfig(Strict):
     name: str
-    output_dir: str | None = Field(None, description="Run folder; default runs/<name>.")
+    output_dir: str | None = Field(
+        None, description="Run folder; default runs/<name>; `.` is the folder holding the config."
+    )
     seed: int = 731
     task: TaskConfig
     student: StudentConfig
@@ -226,7 +246,7 @@ class RunConfig(Strict):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be distinct, got {names}")
-        if self.review.enabled and self.dataset.mode == "mapd" and len(self.teachers) < 2:
+        if self.dataset.mode == "mapd" and len(self.teachers) < 2:
             raise ValueError("peer review needs at least two teachers")
         if self.dataset.mode == "single_teacher" and self.dataset.teacher not in names:
             raise ValueError(f"dataset.teacher must name one of the teachers {names}")
@@ -313,8 +333,11 @@ def format_errors(err: ValidationError) -> list[str]:
             lines.append(f"{path}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {msg} (got {e['input']!r})" if e["type"] != "missing"
-                         else f"{path}: required key is missing")
+            lines.append(
+                f"{path}: {msg} (got {e['input']!r})"
+                if e["type"] != "missing"
+                else f"{path}: required key is missing"
+            )
     return lines
 
 
@@ -334,7 +357,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise MapdError(f"{path}: malformed YAML{where}: {problem}", "fix the YAML syntax") from None
+        raise MapdError(
+            f"{path}: malformed YAML{where}: {problem}", "fix the YAML syntax"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -347,6 +372,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = read_yaml(path)
     for keys, value in parse_overrides(overrides or []):
         apply_override(data, keys, value)
+    if data.get("output_dir") == ".":
+        # the config.yaml kept in a run folder points at the folder that holds it
+        data["output_dir"] = str(Path(path).parent)
     return validate_config(data, source=str(path))
 
 
@@ -361,5 +389,19 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         ) from None
 
 
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def preset_path(name: str) -> Path:
+    """A config shipped inside the package, e.g. `paper/svamp`."""
+    path = Path(__file__).parent / "presets" / f"{name}.yaml"
+    if not path.exists():
+        raise MapdError(
+            f"no preset {name!r}",
+            "presets: paper/gsm8k, paper/svamp, paper/strategyqa, paper/logiqa",
+        )
+    return path
+
+
+def dump_run_config(cfg: RunConfig) -> str:
+    """The resolved config as kept in the run folder: `output_dir: .` so the folder can move."""
+    data = cfg.model_dump(mode="json")
+    data["output_dir"] = "."
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -21,6 +21,7 @@ import string
 from dataclasses import dataclass
 
 from mapd.errors import MapdError
+from mapd.records import Mistake
 
 ANSWER_FORMATS = {
     "number": 'End with a final line of the form "The answer is N." where N is a number.',
@@ -81,7 +82,8 @@ def check_templates(overrides: dict[str, str]) -> None:
     for name, template in overrides.items():
         if name not in DEFAULTS and name != "answer_format":
             raise MapdError(
-                f"prompts.{name}: unknown prompt", f"valid names: {', '.join([*DEFAULTS, 'answer_format'])}"
+                f"prompts.{name}: unknown prompt",
+                f"valid names: {', '.join([*DEFAULTS, 'answer_format'])}",
             )
         allowed = FIELDS.get(name, set())
         try:
@@ -108,7 +110,40 @@ class Prompts:
     def answer_format(self, answer_type: str) -> str:
         return self.answer_format_override or ANSWER_FORMATS[answer_type]
 
+    def rationale(self, question: str, options: list[str], answer_type: str) -> Prompt:
+        """Solve from scratch: the exam, the teachers' rationales, the rationale task, eval."""
+        return self.render("rationale", answer_type, question=with_options(question, options))
+
+    def feedback(self, m: Mistake) -> Prompt:
+        """Point out the student's mistakes, with the correct answer as a hint."""
+        return self.render(
+            "feedback",
+            m.answer_type,
+            question=with_options(m.question, m.options),
+            student_answer=m.student_output,
+            gold=m.answer,
+        )
+
+    def review(self, m: Mistake, rationale: str, scale_min: int, scale_max: int) -> Prompt:
+        """Score another teacher's rationale; the rationale is fenced."""
+        return self.render(
+            "review",
+            m.answer_type,
+            question=with_options(m.question, m.options),
+            gold=m.answer,
+            rationale=rationale,
+            scale_min=scale_min,
+            scale_max=scale_max,
+        )
+
     def render(self, name: str, answer_type: str, **fields: object) -> Prompt:
         text = self.templates[name].format(answer_format=self.answer_format(answer_type), **fields)
         instruction, sep, rest = text.partition("\n---\n")
         return Prompt(instruction.strip(), rest.strip()) if sep else Prompt(text.strip(), "")
+
+
+def with_options(question: str, options: list[str]) -> str:
+    """The question followed by its lettered options, as every prompt shows a choice question."""
+    if not options:
+        return question
+    return question + "\n" + "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(options))

@@ -37,7 +37,6 @@ class Question(Record):
     source: str = ""
 
 
-
 class Attempt(Record):
     """The student's answer to one exam question."""
 

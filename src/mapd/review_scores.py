@@ -19,7 +19,8 @@ _NUM = r"(\d+(?:\.\d+)?)"
 _PATTERNS = [
     re.compile(r"\[\s*(?:score\s*[:=]?\s*)?" + _NUM + r"\s*(?:/\s*\d+(?:\.\d+)?\s*)?\]", re.I),
     re.compile(
-        r"\b(?:score|rating|rate(?: it| this)?|grade|give(?: it| this)?)\b[^\d\n]{0,12}?" + _NUM, re.I
+        r"\b(?:score|rating|rate(?: it| this)?|grade|give(?: it| this)?)\b[^\d\n]{0,12}?" + _NUM,
+        re.I,
     ),
     re.compile(_NUM + r"\s*(?:/|out of)\s*\d+(?:\.\d+)?", re.I),
     re.compile(r"(?<![\d.])" + _NUM + r"(?![\d.]*%)"),

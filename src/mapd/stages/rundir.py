@@ -30,9 +30,14 @@ R = TypeVar("R", bound=BaseModel)
 
 def _disk_error(path: Path, exc: OSError) -> MapdError:
     if exc.errno == errno.ENOSPC:
-        return MapdError(f"disk full while writing {path}", "free some space and run again; finished work is kept")
+        return MapdError(
+            f"disk full while writing {path}",
+            "free some space and run again; finished work is kept",
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return MapdError(f"cannot write {path}: permission denied", "choose a writable output_dir=...")
+        return MapdError(
+            f"cannot write {path}: permission denied", "choose a writable output_dir=..."
+        )
     return MapdError(f"cannot write {path}: {exc.strerror}")
 
 
@@ -76,7 +81,9 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError:
         raise MapdError(f"{path} not found", "run the stage that writes it first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MapdError(f"{path} is not valid JSON: {exc}", "delete it and re-run its stage") from None
+        raise MapdError(
+            f"{path} is not valid JSON: {exc}", "delete it and re-run its stage"
+        ) from None
 
 
 def read_jsonl(path: Path, model: type[R]) -> list[R]:

@@ -1,0 +1,167 @@
+"""Stage `build`: turn mistakes, feedback and accepted rationales into the training set.
+
+Reads  mistakes.jsonl, feedback.jsonl, rationales.jsonl, decisions.jsonl
+Writes dataset/train.jsonl (one Example a line), dataset/hf/ (a `datasets` dataset),
+       dataset/trl.jsonl (TRL prompt-completion), dataset/alpaca.json and
+       dataset/dataset_info.json (LLaMA-Factory), dataset/stats.json
+
+Per mistake: feedback-task examples (the prompt shows the question, the student's answer
+and the correct answer as a hint; the target is a teacher's feedback) and rationale-task
+examples (the prompt is the question alone; the target is an accepted rationale). A mistake
+with no accepted rationale is dropped. `dataset.pick: random` takes one of each at random,
+seeded per question so that the choice does not depend on file order; `all` takes every one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mapd.answers import answer_line, ends_with_answer_line
+from mapd.config import RunConfig
+from mapd.prompts import Prompts
+from mapd.records import Decision, Example, Feedback, Mistake, Rationale
+from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
+
+INPUTS = ["mistakes.jsonl", "feedback.jsonl", "rationales.jsonl", "decisions.jsonl"]
+OUTPUTS = ["dataset/train.jsonl", "dataset/trl.jsonl", "dataset/alpaca.json", "dataset/stats.json"]
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    return {"dataset": cfg.dataset.model_dump(), "seed": cfg.seed, "prompts": cfg.prompts}
+
+
+def with_answer_line(text: str, mistake: Mistake) -> str:
+    if ends_with_answer_line(text, mistake.answer, mistake.answer_type):
+        return text
+    return f"{text.rstrip()}\n\n{answer_line(mistake.answer, mistake.answer_type)}"
+
+
+def build_examples(
+    cfg: RunConfig,
+    mistakes: list[Mistake],
+    feedback: list[Feedback],
+    rationales: list[Rationale],
+    decisions: list[Decision],
+) -> tuple[list[Example], dict[str, Any]]:
+    """The training examples and the counts of what was kept and dropped."""
+    prompts = Prompts(cfg.prompts)
+    only = cfg.dataset.teacher if cfg.dataset.mode == "single_teacher" else None
+    accepted = {d.rationale_id for d in decisions if d.accepted}
+    feedback_by_q: dict[str, list[Feedback]] = {}
+    for f in feedback:
+        if only is None or f.teacher == only:
+            feedback_by_q.setdefault(f.question_id, []).append(f)
+    rationales_by_q: dict[str, list[Rationale]] = {}
+    for r in rationales:
+        if r.id in accepted and (only is None or r.teacher == only):
+            rationales_by_q.setdefault(r.question_id, []).append(r)
+
+    examples: list[Example] = []
+    counts: Counter[str] = Counter()
+    for m in mistakes:
+        fb = sorted(feedback_by_q.get(m.question_id, []), key=lambda f: f.teacher)
+        rats = sorted(rationales_by_q.get(m.question_id, []), key=lambda r: r.teacher)
+        if not rats:
+            counts["dropped_no_accepted_rationale"] += 1
+            continue
+        if cfg.dataset.pick == "random":
+            rng = random.Random(f"{cfg.seed}:{m.question_id}")
+            fb = [rng.choice(fb)] if fb else []
+            rats = [rng.choice(rats)]
+        counts["mistakes_used"] += 1
+        fb_prompt = prompts.feedback(m)
+        for f in fb:
+            examples.append(
+                Example(
+                    id=f"{f.id}:feedback",
+                    kind="feedback",
+                    question_id=m.question_id,
+                    teacher=f.teacher,
+                    instruction=fb_prompt.instruction,
+                    input=fb_prompt.input,
+                    output=f.text.strip(),
+                )
+            )
+        r_prompt = prompts.rationale(m.question, m.options, m.answer_type)
+        for r in rats:
+            target = (
+                with_answer_line(r.text.strip(), m) if cfg.dataset.answer_line else r.text.strip()
+            )
+            counts["answer_lines_added"] += target != r.text.strip()
+            examples.append(
+                Example(
+                    id=f"{r.id}:rationale",
+                    kind="rationale",
+                    question_id=m.question_id,
+                    teacher=r.teacher,
+                    instruction=r_prompt.instruction,
+                    input=r_prompt.input,
+                    output=target,
+                )
+            )
+    kinds = Counter(e.kind for e in examples)
+    stats = {
+        "mistakes": len(mistakes),
+        "mistakes_used": counts["mistakes_used"],
+        "dropped_no_accepted_rationale": counts["dropped_no_accepted_rationale"],
+        "feedback_examples": kinds["feedback"],
+        "rationale_examples": kinds["rationale"],
+        "answer_lines_added": counts["answer_lines_added"],
+        "rationale_examples_per_teacher": dict(
+            sorted(Counter(e.teacher for e in examples if e.kind == "rationale").items())
+        ),
+        "mode": cfg.dataset.mode,
+        "pick": cfg.dataset.pick,
+    }
+    return examples, stats
+
+
+def export(examples: list[Example], out: Path) -> None:
+    """Write the training set in our format and in TRL's, LLaMA-Factory's and `datasets`' formats."""
+    write_jsonl(out / "train.jsonl", examples)
+    write_jsonl(
+        out / "trl.jsonl",
+        (
+            {
+                "prompt": [{"role": "user", "content": e.prompt_text()}],
+                "completion": [{"role": "assistant", "content": e.output}],
+                "kind": e.kind,
+            }
+            for e in examples
+        ),
+    )
+    write_json(
+        out / "alpaca.json",
+        [
+            {"instruction": e.instruction, "input": e.input, "output": e.output, "kind": e.kind}
+            for e in examples
+        ],
+    )
+    write_json(
+        out / "dataset_info.json",
+        {
+            "mapd": {
+                "file_name": "alpaca.json",
+                "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            }
+        },
+    )
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    Dataset.from_list([e.model_dump() for e in examples]).save_to_disk(str(out / "hf"))
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    mistakes = read_jsonl(run_dir / "mistakes.jsonl", Mistake)
+    feedback = read_jsonl(run_dir / "feedback.jsonl", Feedback)
+    rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
+    decisions = read_jsonl(run_dir / "decisions.jsonl", Decision)
+    examples, stats = build_examples(cfg, mistakes, feedback, rationales, decisions)
+    export(examples, run_dir / "dataset")
+    write_json(run_dir / "dataset" / "stats.json", stats)
+    return stats

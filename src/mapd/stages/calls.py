@@ -1,0 +1,46 @@
+"""Opening the run's LLM clients for a stage, and turning failed calls into one clear error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mapd.config import ModelEndpoint, RunConfig
+from mapd.errors import MapdError
+from mapd.llm.client import Client, client_for
+from mapd.llm.ledger import Budget, run_id
+from mapd.llm.store import open_store
+from mapd.llm.types import CallResult
+
+
+@asynccontextmanager
+async def open_clients(
+    cfg: RunConfig, run_dir: Path, stage: str, endpoints: Sequence[ModelEndpoint]
+) -> AsyncIterator[dict[str, Client]]:
+    """Clients sharing one cache/ledger store and the run's budget, closed on exit."""
+    store = open_store()
+    run = run_id(run_dir)
+    budget = Budget.for_run(cfg.budget, store, run)
+    clients = {
+        e.name: client_for(
+            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache
+        )
+        for e in endpoints
+    }
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        store.close()
+
+
+def raise_if_failed(stage: str, what: str, results: Sequence[CallResult]) -> None:
+    """Stop the stage when any call failed for good: nothing is written, finished calls are cached."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise MapdError(
+            f"{stage}: {len(failed)} of {len(results)} {what} calls failed; first error: {failed[0].error}",
+            "fix the cause and run again: finished calls are cached and will not be paid twice",
+        )

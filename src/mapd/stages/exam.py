@@ -1,0 +1,95 @@
+"""Stage `exam`: the student answers every training question; its wrong answers become mistakes.
+
+Reads  the task's training split (hub, local files or generator; see `mapd tasks`)
+Writes attempts.jsonl (every answer), mistakes.jsonl (the wrong ones), exam.json (accuracy)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mapd.answers import answers_match, extract_answer
+from mapd.config import RunConfig
+from mapd.llm.types import Request
+from mapd.prompts import Prompts
+from mapd.records import Attempt, Mistake, Question
+from mapd.stages.calls import open_clients, raise_if_failed
+from mapd.stages.rundir import write_json, write_jsonl
+from mapd.tasks import load_questions
+
+INPUTS: list[str] = []
+OUTPUTS = ["attempts.jsonl", "mistakes.jsonl", "exam.json"]
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    s = cfg.student
+    return {
+        "task": cfg.task.model_dump(),
+        "seed": cfg.seed,
+        "prompt": cfg.prompts.get("rationale"),
+        "answer_format": cfg.prompts.get("answer_format"),
+        "student": s.model_dump(
+            include={"model", "backend", "base_url", "sampling", "system_prompt"}
+        ),
+    }
+
+
+def rationale_request(prompts: Prompts, q: Question, sample: int = 0, **sampling: Any) -> Request:
+    prompt = prompts.rationale(q.question, q.options, q.answer_type)
+    return Request(messages=tuple(prompt.messages()), sample=sample, tag=q.id, **sampling)
+
+
+async def answer_questions(
+    cfg: RunConfig, run_dir: Path, stage: str, questions: list[Question], **sampling: Any
+) -> list[Attempt]:
+    """The student's graded answers to `questions`, in order (shared by exam and eval)."""
+    prompts = Prompts(cfg.prompts)
+    requests = [rationale_request(prompts, q, **sampling) for q in questions]
+    async with open_clients(cfg, run_dir, stage, [cfg.student]) as clients:
+        results = await clients[cfg.student.name].complete_many(requests, desc=f"{stage}: student")
+    raise_if_failed(stage, "student", results)
+    attempts = []
+    for q, r in zip(questions, results, strict=True):
+        pred = extract_answer(r.text, q.answer_type, q.options or None)
+        attempts.append(
+            Attempt(
+                question_id=q.id,
+                output=r.text,
+                extracted=pred,
+                correct=answers_match(pred, q.answer, q.answer_type),
+            )
+        )
+    return attempts
+
+
+async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    loaded = load_questions(cfg.task, "train", cfg.seed)
+    attempts = await answer_questions(cfg, run_dir, "exam", loaded.questions)
+    by_id = {q.id: q for q in loaded.questions}
+    mistakes = [
+        Mistake(
+            question_id=a.question_id,
+            question=by_id[a.question_id].question,
+            answer=by_id[a.question_id].answer,
+            answer_type=by_id[a.question_id].answer_type,
+            options=by_id[a.question_id].options,
+            student_output=a.output,
+            student_answer=a.extracted,
+        )
+        for a in attempts
+        if not a.correct
+    ]
+    write_jsonl(run_dir / "attempts.jsonl", attempts)
+    write_jsonl(run_dir / "mistakes.jsonl", mistakes)
+    correct = sum(a.correct for a in attempts)
+    summary = {
+        "questions": len(attempts),
+        "skipped_rows": loaded.skipped,
+        "correct": correct,
+        "accuracy": round(correct / len(attempts), 4) if attempts else None,
+        "no_answer": sum(a.extracted is None for a in attempts),
+        "mistakes": len(mistakes),
+    }
+    write_json(run_dir / "exam.json", summary)
+    return summary

@@ -82,6 +82,172 @@ def train(
     run(cfg, cfg.run_dir)
 
 
+def _run_stages(config: Path, overrides: list[str] | None, start: str | None, until: str | None) -> None:
+    import asyncio
+
+    from mapd.config import load_config
+    from mapd.stages.pipeline import run_pipeline
+
+    cfg = load_config(config, overrides or [])
+    asyncio.run(run_pipeline(cfg, start=start, until=until))
+    out.print(f"run folder: {cfg.run_dir}")
+
+
+@app.command()
+def run(
+    config: Path = CONFIG_ARG,
+    overrides: list[str] = OVERRIDES_ARG,
+    start: str = typer.Option(None, "--from", help="Re-run from this stage on."),
+    until: str = typer.Option(None, "--until", help="Stop after this stage."),
+) -> None:
+    """Run the whole MAPD loop: exam, teach, review, build (and the later stages).
+
+    Finished stages whose inputs and settings are unchanged are skipped, and every answered
+    call comes from the cache, so re-running after a crash or a kill resumes where it stopped.
+
+    Example: mapd run configs/demo.yaml --until build teachers.0.sampling.temperature=0.5
+    """
+    _run_stages(config, overrides, start, until)
+
+
+@app.command()
+def exam(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """The student answers the training questions; wrong answers become mistakes.
+
+    Writes attempts.jsonl, mistakes.jsonl and exam.json in the run folder.
+
+    Example: mapd exam configs/demo.yaml task.limit=50
+    """
+    _run_stages(config, overrides, None, "exam")
+
+
+@app.command()
+def teach(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Every teacher explains every mistake and writes its own rationale (runs exam first if needed).
+
+    Writes feedback.jsonl and rationales.jsonl in the run folder.
+
+    Example: mapd teach configs/paper/svamp.yaml
+    """
+    _run_stages(config, overrides, None, "teach")
+
+
+@app.command()
+def review(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Teachers score each other's rationales; accept or reject each one (runs earlier stages if needed).
+
+    Writes reviews.jsonl, decisions.jsonl and review.json in the run folder.
+
+    Example: mapd review configs/paper/svamp.yaml review.aggregate=median
+    """
+    _run_stages(config, overrides, None, "review")
+
+
+@app.command()
+def build(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Build the training set from mistakes, feedback and accepted rationales.
+
+    Writes dataset/train.jsonl plus TRL, LLaMA-Factory and `datasets` exports.
+
+    Example: mapd build runs/svamp-release/config.yaml review.require_correct_answer=true
+    """
+    _run_stages(config, overrides, None, "build")
+
+
+@app.command("import-release")
+def import_release(
+    files: list[Path] = typer.Argument(..., help="The release's *_round0.json files."),
+    task: str = typer.Option(..., "--task", help="svamp or strategyqa."),
+    output: Path = typer.Option(..., "--output", help="Run folder to create."),
+) -> None:
+    """Import the paper's released mistakes, feedback, rationales and review scores into a run folder.
+
+    Example: mapd import-release --task svamp --output runs/svamp-release data/*_svamp_*_round0.json
+    """
+    from mapd.release import import_release as do_import
+    from mapd.stages.rundir import run_lock
+
+    with run_lock(output):
+        counts = do_import(task, files, output)
+    out.print(
+        f"imported {counts['mistakes']} mistakes, {counts['feedback']} feedback, "
+        f"{counts['rationales']} rationales, {counts['reviews']} reviews into {output}\n"
+        f"next: mapd build {output / 'config.yaml'}"
+    )
+
+
+@app.command()
+def tasks() -> None:
+    """List the tasks, their answer types, sources and default hub datasets.
+
+    Example: mapd tasks
+    """
+    from rich.table import Table
+
+    from mapd.tasks import TASKS
+
+    table = Table("task", "answer", "sources", "hub dataset", "description")
+    for column in table.columns[:4]:
+        column.no_wrap = True
+    for task in TASKS.values():
+        hub = f"{task.hub_id} ({task.hub_config})" if task.hub_config else (task.hub_id or "-")
+        table.add_row(
+            task.name, task.answer_type or "(config)", ", ".join(task.sources), hub,
+            task.description,
+        )
+    out.print(table)
+
+
+@app.command()
+def score(
+    task: str = typer.Option(..., "--task", help="Task name (see `mapd tasks`)."),
+    input: Path = typer.Option(..., "--input", help="JSONL: output plus answer or id per line."),
+    output: Path | None = typer.Option(None, "--output", help="Write scored lines here."),
+    path: Path | None = typer.Option(
+        None, "--path", help="Local copy of the dataset, to look up gold answers by id."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help="Where gold answers come from: hub, local or reasoning_gym."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Run config whose task section says where the data is."
+    ),
+    answer_type: str | None = typer.Option(
+        None, "--answer-type", help="jsonl task: number, yesno, choice or text."
+    ),
+) -> None:
+    """Score model outputs: extract each final answer and compare it with the gold answer.
+
+    Example: mapd score --task gsm8k --input outputs.jsonl --path data/gsm8k --output scored.jsonl
+    """
+    from mapd.config import TaskConfig, load_config
+    from mapd.scoring import score_file
+
+    seed = 731
+    task_cfg = None
+    if config is not None:
+        run = load_config(config)
+        task_cfg, seed = run.task, run.seed
+    elif path is not None or source is not None:
+        try:
+            task_cfg = TaskConfig(
+                name=task, source=source or "local", path=str(path) if path else None,
+                answer_type=answer_type,
+            )
+        except ValueError as exc:
+            raise MapdError(f"--task/--source/--path: {exc}", "see `mapd tasks`") from None
+    report = score_file(task, input, output, task_cfg, answer_type, seed)  # type: ignore[arg-type]
+    line = f"{input}: {report.correct}/{report.total} correct ({report.accuracy:.1%})"
+    if report.no_answer:
+        line += f", {report.no_answer} without an answer"
+    out.print(line)
+    if report.lm_eval_strict is not None:
+        out.print(f"lm-eval gsm8k: strict-match {report.lm_eval_strict:.1%}, "
+                  f"flexible-extract {report.lm_eval_flexible:.1%}")
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:

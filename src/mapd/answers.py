@@ -25,7 +25,7 @@ from mapd.records import AnswerType
 # digit follows it, so "The answer is 42." gives 42, not "42.".
 _NUMBER = re.compile(
     r"(?<![\w.])(?P<sign>[-−–]\s?)?\$?\s?(?P<sign2>[-−])?"
-    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?"
+    r"(?:(?P<int>\d{1,3}(?:,\d{3})+|\d+)(?P<frac>\.\d+)?|(?P<bare>\.\d+))"
     r"(?:\s?/\s?(?P<den>\d+)(?![\d.,]\d))?"
     r"(?!\d)"
 )
@@ -33,7 +33,8 @@ _LATEX_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?\d+(?:\.\d+)?)\s*\}\{\s*(-?\d+(?:\
 
 # Markers of a final answer, weakest ("Answer:") last. Each is searched case-insensitively.
 _STRONG_MARKERS = re.compile(
-    r"####|\bthe\s+(?:final\s+|correct\s+)?answer\s+(?:is|would\s+be|should\s+be)\b\s*:?"
+    r"####|\bthe\s+(?:final\s+|correct\s+|right\s+|best\s+)?(?:answer|option|choice)\s+"
+    r"(?:is|would\s+be|should\s+be)\b\s*:?"
     r"|\bfinal\s+answer\b\s*(?:is\b)?\s*:?",
     re.IGNORECASE,
 )
@@ -45,7 +46,8 @@ _MARKDOWN = re.compile(r"[*_`]+")
 def _to_fraction(match: re.Match[str], before: str = "") -> Fraction | None:
     """The value of a _NUMBER match; `before` is the text just before it, to tell a minus
     sign from a subtraction ("10 - 7" is 7, "is -7" is -7)."""
-    value = Fraction(match["int"].replace(",", "") + (match["frac"] or ""))
+    digits = (match["int"] or "0").replace(",", "") + (match["frac"] or match["bare"] or "")
+    value = Fraction(digits)
     if match["den"] is not None:
         if int(match["den"]) == 0:
             return None
@@ -127,11 +129,12 @@ def extract_number(text: str) -> str | None:
     return format_number(values[-1]) if values else None
 
 
-def numbers_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
+def numbers_match(pred: str, gold: str, rel_tol: float = 1e-9, abs_tol: float = 1e-6) -> bool:
+    """Equal within a small tolerance: 1/3 matches 0.333333333, 1000001 does not match 1000000."""
     a, b = parse_number(pred), parse_number(gold)
     if a is None or b is None:
         return False
-    return abs(a - b) <= rel_tol * max(1, abs(a), abs(b))
+    return abs(a - b) <= max(abs_tol, rel_tol * max(abs(a), abs(b)))
 
 
 # --- yes / no -----------------------------------------------------------------------------
@@ -183,9 +186,9 @@ def _choice_candidates(text: str, options: list[str] | None) -> list[tuple[int, 
     lc = f"[{letters}{letters.lower()}]"
     patterns = [
         rf"\(({lc})\)",  # (C)
-        rf"\b(?:option|choice)\s*:?\s*\(?({lc})\b",  # option c
+        rf"\b(?i:option|choice)\s*:?\s*\(?({lc})\b",  # option c
         rf"(?m)^\s*\**({lc})\**\s*[.):](?:\s|$)",  # "C." at line start
-        rf"\b([{letters}])\s*$",  # a bare capital letter at the very end
+        rf"\b([{letters}])[.!)]?\s*$",  # a bare capital letter at the very end
     ]
     found = [(m.start(), m[1].upper()) for p in patterns for m in re.finditer(p, text)]
     for i, option in enumerate(options or []):

@@ -192,7 +192,10 @@ def tasks() -> None:
     for task in TASKS.values():
         hub = f"{task.hub_id} ({task.hub_config})" if task.hub_config else (task.hub_id or "-")
         table.add_row(
-            task.name, task.answer_type or "(config)", ", ".join(task.sources), hub,
+            task.name,
+            task.answer_type or "(config)",
+            ", ".join(task.sources),
+            hub,
             task.description,
         )
     out.print(table)
@@ -231,7 +234,9 @@ def score(
     elif path is not None or source is not None:
         try:
             task_cfg = TaskConfig(
-                name=task, source=source or "local", path=str(path) if path else None,
+                name=task,
+                source=source or "local",
+                path=str(path) if path else None,
                 answer_type=answer_type,
             )
         except ValueError as exc:
@@ -242,8 +247,10 @@ def score(
         line += f", {report.no_answer} without an answer"
     out.print(line)
     if report.lm_eval_strict is not None:
-        out.print(f"lm-eval gsm8k: strict-match {report.lm_eval_strict:.1%}, "
-                  f"flexible-extract {report.lm_eval_flexible:.1%}")
+        out.print(
+            f"lm-eval gsm8k: strict-match {report.lm_eval_strict:.1%}, "
+            f"flexible-extract {report.lm_eval_flexible:.1%}"
+        )
     if output is not None:
         out.print(f"wrote {output}")
 

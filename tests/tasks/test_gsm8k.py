@@ -101,3 +101,11 @@ def test_hub_offline_says_what_to_do() -> None:
 def test_unknown_split(fixtures, local_cfg) -> None:
     with pytest.raises(MapdError, match="unknown split"):
         load_questions(local_cfg("gsm8k", fixtures / "gsm8k"), "dev", seed=1)
+
+
+def test_same_file_for_both_splits_is_divided(fixtures, local_cfg) -> None:
+    files = {"train": "train.jsonl", "test": "train.jsonl"}
+    cfg = local_cfg("gsm8k", fixtures / "gsm8k", files=files, test_fraction=0.5)
+    train = {q.id for q in load_questions(cfg, "train", seed=3).questions}
+    test = {q.id for q in load_questions(cfg, "test", seed=3).questions}
+    assert len(train | test) == 5 and not train & test

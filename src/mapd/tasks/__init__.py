@@ -93,7 +93,8 @@ def _local_file(task: Task, cfg: TaskConfig, split: str) -> tuple[Path, bool]:
     if path.is_file():
         return path, True
     if split in cfg.files:
-        return path / cfg.files[split], False
+        # the same file named for both splits holds both: divide it by hash, never reuse it whole
+        return path / cfg.files[split], len(set(cfg.files.values())) < len(cfg.files)
     if (path / task.split_files.get(split, "\0")).is_file():
         return path / task.split_files[split], False
     for name in task.single_files:

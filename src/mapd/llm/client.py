@@ -14,6 +14,7 @@ is spent, or the endpoint is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -91,6 +92,8 @@ class Client:
         self._backend = backend
         self.down: str | None = None  # why the endpoint cannot serve, once known
         self.last_success = 0.0
+        self.in_flight: dict[str, asyncio.Future[CallResult]] = {}  # identical requests wait
+        self.failures_in_a_row = 0  # retryable failures (429 aside) since the last success
 
     @property
     def backend(self) -> Backend:
@@ -123,6 +126,14 @@ class Client:
     def _counts_budget(self) -> bool:
         return self.budget is not None and self.backend.kind != "transformers"
 
+    def _blocked(self) -> str | None:
+        """Why no new request may start: the endpoint is down or the budget is spent."""
+        if self.down:
+            return self.down
+        if self._counts_budget() and self.budget.exhausted():  # type: ignore[union-attr]
+            return BUDGET_REACHED
+        return None
+
     async def call(self, request: Request) -> CallResult:
         """One request through cache, budget, limits and retries; never raises for call errors."""
         backend = self.backend
@@ -133,11 +144,34 @@ class Client:
             if hit is not None:
                 self._record(req, key, hit, 0.0, None, 0)
                 return CallResult(request, hit)
-        if self.down:
-            return CallResult(request, error=self.down, skipped=True)
-        if self._counts_budget() and self.budget.exhausted():  # type: ignore[union-attr]
-            return CallResult(request, error=BUDGET_REACHED, skipped=True)
+        if self.cache is None:
+            return await self._call(request, req, key)
+        if key in self.in_flight:  # the same request is being sent: share its reply
+            first = await asyncio.shield(self.in_flight[key])
+            if first.completion is None:
+                return CallResult(request, error=first.error, skipped=True)
+            shared = dataclasses.replace(first.completion, cached=True)
+            self._record(req, key, shared, 0.0, None, 0)
+            return CallResult(request, shared)
+        future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        self.in_flight[key] = future
+        try:
+            result = await self._call(request, req, key)
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: no "never retrieved" warning
+            raise
+        finally:
+            del self.in_flight[key]
+
+    async def _call(self, request: Request, req: Request, key: str) -> CallResult:
+        if reason := self._blocked():
+            return CallResult(request, error=reason, skipped=True)
         completion, error, attempts = await self._send(req)
+        if attempts == 0:  # blocked while waiting for a slot
+            return CallResult(request, error=error, skipped=True)
         cost = 0.0
         if completion is not None:
             cost = call_cost(
@@ -158,14 +192,18 @@ class Client:
         backend, started = self.backend, time.monotonic()
         max_attempts = self.endpoint.limits.max_attempts
         for attempt in range(1, max_attempts + 1):
-            if self.down:
-                return None, self.down, attempt - 1
             try:
                 if backend.rate_limited:
                     async with self.limiter.slot(estimate_tokens(req)) as slot:
+                        # Checked again here: the endpoint may have gone down, or the
+                        # budget run out, while this request waited for its slot.
+                        if reason := self._blocked():
+                            return None, reason, attempt - 1
                         completion = await backend.generate(req)
                         slot.settle(completion.tokens)
                 else:
+                    if reason := self._blocked():
+                        return None, reason, attempt - 1
                     completion = await backend.generate(req)
             except BackendError as exc:
                 failure = exc
@@ -173,18 +211,27 @@ class Client:
                 failure = BackendError(f"{type(exc).__name__}: {exc}")
             else:
                 self.last_success = time.monotonic()
+                self.failures_in_a_row = 0
                 return completion, None, attempt
             message = self.scrub(failure.message)
-            if failure.fatal or (
-                failure.retryable and attempt == max_attempts and self.last_success < started
-            ):
-                # Nothing has succeeded while this request tried every attempt: the
-                # endpoint is down, and the rest of the batch should not wait for it.
+            if failure.retryable and not failure.throttled:
+                self.failures_in_a_row += 1
+            if failure.fatal or self._looks_down(attempt, started, failure):
                 self.down = f"{self.name} ({backend.base_url or req.model}): {message}"
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
         raise AssertionError("unreachable")
+
+    def _looks_down(self, attempt: int, started: float, failure: BackendError) -> bool:
+        """Nothing succeeds: one request used every attempt, or as many attempts failed
+        in a row as all concurrent requests together could make. The rest of the batch
+        should then fail fast rather than wait through its own retries."""
+        limits = self.endpoint.limits
+        if not failure.retryable or failure.throttled:
+            return False
+        exhausted = attempt == limits.max_attempts and self.last_success < started
+        return exhausted or self.failures_in_a_row >= limits.concurrency * limits.max_attempts
 
     def _record(
         self,

@@ -47,6 +47,7 @@ def status_error(exc: openai.APIStatusError) -> BackendError:
         retryable=status in RETRYABLE_STATUS or status >= 500,
         fatal=status in FATAL_STATUS,
         retry_after=retry_after,
+        throttled=status == 429,
     )
 
 

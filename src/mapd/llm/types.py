@@ -106,6 +106,7 @@ class BackendError(Exception):
     fatal: no request to this endpoint can succeed (unreachable, bad key, unknown model),
     so the client stops sending and fails the rest fast.
     retry_after: seconds the server asked us to wait (Retry-After / retry-after-ms).
+    throttled: a rate-limit reply (429): the endpoint is up, only busy.
     """
 
     def __init__(
@@ -115,12 +116,14 @@ class BackendError(Exception):
         retryable: bool = False,
         fatal: bool = False,
         retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.fatal = fatal
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class Backend(Protocol):

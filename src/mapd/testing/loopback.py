@@ -6,11 +6,12 @@
         ...
         assert server.max_in_flight <= 4
 
-`reply(request_json)` returns the reply text (or a Fault) for each chat request, so
-tests can script a teacher or a student per prompt. `faults` is a queue consumed by the
-next requests, in arrival order, before `reply` is asked. The server runs its own event
-loop in a thread and speaks plain HTTP/1.1 on raw sockets, so it can reset connections
-and cut bodies short. It also runs as a process for benchmarks:
+`latency` is seconds per reply, or a function of the request. `reply(request_json)`
+returns the reply text (or a Fault) for each chat request, so tests can script a teacher
+or a student per prompt. `faults` is a queue consumed by the next requests, in arrival
+order, before `reply` is asked. The server runs its own event loop in a thread and speaks
+plain HTTP/1.1 on raw sockets, so it can reset connections and cut bodies short. It also
+runs as a process for benchmarks:
 
     python -m mapd.testing.loopback --latency 0.1      # prints the port, serves until killed
 
@@ -109,7 +110,12 @@ def chat_body(request: dict[str, Any], text: str) -> bytes:
 class LoopbackServer:
     """Serves `/v1/chat/completions` on 127.0.0.1 from a background thread."""
 
-    def __init__(self, reply: Reply | None = None, latency: float = 0.0, port: int = 0) -> None:
+    def __init__(
+        self,
+        reply: Reply | None = None,
+        latency: float | Callable[[dict[str, Any]], float] = 0.0,
+        port: int = 0,
+    ) -> None:
         self.reply = reply or echo_reply
         self.latency = latency
         self.port = port
@@ -211,8 +217,9 @@ class LoopbackServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            delay = self.latency(request) if callable(self.latency) else self.latency
+            if delay:
+                await asyncio.sleep(delay)
             outcome = self.faults.popleft() if self.faults else self.reply(request)
             return await self._answer(writer, request, headers, outcome)
         finally:

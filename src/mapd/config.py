@@ -211,9 +211,18 @@ class EvalConfig(Strict):
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
     max_tokens: int = Field(512, ge=1)
-    exam_test: bool = Field(
-        True, description="Also measure the untrained student on the test split."
+    base: bool = Field(True, description="Also measure the untrained student, for the before/after.")
+    trained: ModelEndpoint | None = Field(
+        None,
+        description="Evaluate the trained student through this endpoint instead of in-process, "
+        "e.g. a vLLM server started with --lora-modules pointing at student/adapter.",
     )
+
+    @model_validator(mode="after")
+    def _check_samples(self) -> EvalConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("samples > 1 needs temperature > 0 (greedy samples are all the same)")
+        return self
 
 
 class BudgetConfig(Strict):

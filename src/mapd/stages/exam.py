@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mapd.answers import answers_match, extract_answer
-from mapd.config import RunConfig
-from mapd.llm.types import Request
+from mapd.config import ModelEndpoint, RunConfig
+from mapd.llm.types import Completion, Request
 from mapd.prompts import Prompts
 from mapd.records import Attempt, Mistake, Question
 from mapd.stages.calls import open_clients, raise_if_failed
@@ -40,32 +40,34 @@ def rationale_request(prompts: Prompts, q: Question, sample: int = 0, **sampling
     return Request(messages=tuple(prompt.messages()), sample=sample, tag=q.id, **sampling)
 
 
-async def answer_questions(
-    cfg: RunConfig, run_dir: Path, stage: str, questions: list[Question], **sampling: Any
-) -> list[Attempt]:
-    """The student's graded answers to `questions`, in order (shared by exam and eval)."""
-    prompts = Prompts(cfg.prompts)
-    requests = [rationale_request(prompts, q, **sampling) for q in questions]
-    async with open_clients(cfg, run_dir, stage, [cfg.student]) as clients:
-        results = await clients[cfg.student.name].complete_many(requests, desc=f"{stage}: student")
-    raise_if_failed(stage, "student", results)
-    attempts = []
-    for q, r in zip(questions, results, strict=True):
-        pred = extract_answer(r.text, q.answer_type, q.options or None)
-        attempts.append(
-            Attempt(
-                question_id=q.id,
-                output=r.text,
-                extracted=pred,
-                correct=answers_match(pred, q.answer, q.answer_type),
-            )
+async def ask_student(
+    cfg: RunConfig, run_dir: Path, stage: str, student: ModelEndpoint, requests: list[Request]
+) -> list[Completion]:
+    """The student's replies to `requests`, in order (shared by exam and eval)."""
+    async with open_clients(cfg, run_dir, stage, [student]) as clients:
+        results = await clients[student.name].complete_many(
+            requests, desc=f"{stage}: {student.name}"
         )
-    return attempts
+    raise_if_failed(stage, "student", results)
+    return [r.completion for r in results if r.completion is not None]
+
+
+def grade(q: Question, output: str) -> Attempt:
+    pred = extract_answer(output, q.answer_type, q.options or None)
+    return Attempt(
+        question_id=q.id,
+        output=output,
+        extracted=pred,
+        correct=answers_match(pred, q.answer, q.answer_type),
+    )
 
 
 async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     loaded = load_questions(cfg.task, "train", cfg.seed)
-    attempts = await answer_questions(cfg, run_dir, "exam", loaded.questions)
+    prompts = Prompts(cfg.prompts)
+    requests = [rationale_request(prompts, q) for q in loaded.questions]
+    replies = await ask_student(cfg, run_dir, "exam", cfg.student, requests)
+    attempts = [grade(q, r.text) for q, r in zip(loaded.questions, replies, strict=True)]
     by_id = {q.id: q for q in loaded.questions}
     mistakes = [
         Mistake(

@@ -1,0 +1,130 @@
+"""Stage `eval`: accuracy of the untrained and the trained student on a task split.
+
+Reads  the task's `eval.split` (default test), student/manifest.json (after training)
+Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
+       eval/<label>/metrics.json (accuracy, invalid-answer rate, mean output tokens, and
+       lm-evaluation-harness strict/flexible accuracy for gsm8k), labels `base` and `trained`
+
+The prompt is the rationale-task prompt the student was trained on. Greedy by default;
+`eval.samples: k` (with a temperature) gives majority-vote accuracy. The trained student
+runs in-process from student/ (merged model, full model or LoRA adapter), or through
+`eval.trained`, an OpenAI-compatible endpoint such as vLLM serving the adapter.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mapd.answers import answers_match, lm_eval_correct, lm_eval_flexible, lm_eval_strict
+from mapd.config import ModelEndpoint, RunConfig
+from mapd.errors import MapdError
+from mapd.prompts import Prompts
+from mapd.records import Question
+from mapd.stages.exam import ask_student, grade, rationale_request
+from mapd.stages.rundir import read_json, write_json, write_jsonl
+from mapd.tasks import load_questions
+
+INPUTS = ["student/manifest.json"]
+OUTPUTS = ["eval/trained/metrics.json"]
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    from mapd.stages.exam import settings as exam_settings
+
+    return {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
+
+
+def trained_student(cfg: RunConfig, run_dir: Path) -> ModelEndpoint:
+    """The endpoint that serves the trained student."""
+    if cfg.eval.trained is not None:
+        return cfg.eval.trained
+    manifest = read_json(run_dir / "student" / "manifest.json")
+    folder = manifest.get("merged_dir") or manifest["model_dir"]
+    path = (run_dir / "student" / folder).resolve()
+    if not path.exists():
+        raise MapdError(f"trained student {path} not found", "run mapd train first")
+    return cfg.student.model_copy(
+        update={"name": f"{cfg.student.name}-trained", "model": str(path)}
+    )
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common extracted answer (first seen wins a tie); None when none was extracted."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts, key=lambda a: (counts[a], -answers.index(a))) if counts else None
+
+
+async def evaluate(
+    cfg: RunConfig, run_dir: Path, label: str, student: ModelEndpoint, questions: list[Question]
+) -> dict[str, Any]:
+    """Ask, grade and write eval/<label>/; return the metrics."""
+    e = cfg.eval
+    prompts = Prompts(cfg.prompts)
+    requests = [
+        rationale_request(
+            prompts, q, sample=i, temperature=e.temperature, max_tokens=e.max_tokens, seed=cfg.seed
+        )
+        for q in questions
+        for i in range(e.samples)
+    ]
+    replies = await ask_student(cfg, run_dir, f"eval-{label}", student, requests)
+    outputs = [r.text for r in replies]
+    rows, correct, invalid, strict, flexible = [], 0, 0, 0, 0
+    for n, q in enumerate(questions):
+        samples = [grade(q, out) for out in outputs[n * e.samples : (n + 1) * e.samples]]
+        voted = majority([s.extracted for s in samples])
+        ok = answers_match(voted, q.answer, q.answer_type)
+        correct += ok
+        invalid += voted is None
+        if cfg.task.name == "gsm8k":
+            strict += lm_eval_correct(lm_eval_strict(samples[0].output), q.answer)
+            flexible += lm_eval_correct(lm_eval_flexible(samples[0].output), q.answer)
+        rows.append(
+            {
+                "question_id": q.id,
+                "gold": q.answer,
+                "extracted": voted,
+                "correct": ok,
+                "output": samples[0].output,
+                **({"samples": [s.model_dump() for s in samples]} if e.samples > 1 else {}),
+            }
+        )
+    n = len(questions) or 1
+    metrics: dict[str, Any] = {
+        "label": label,
+        "model": student.model,
+        "split": e.split,
+        "n": len(questions),
+        "samples": e.samples,
+        "correct": correct,
+        "accuracy": round(correct / n, 4),
+        "invalid_rate": round(invalid / n, 4),
+        "mean_output_tokens": round(
+            sum(r.completion_tokens for r in replies) / max(len(replies), 1), 1
+        ),
+    }
+    if cfg.task.name == "gsm8k":
+        metrics["lm_eval_strict"] = round(strict / n, 4)
+        metrics["lm_eval_flexible"] = round(flexible / n, 4)
+    out = run_dir / "eval" / label
+    write_jsonl(out / "predictions.jsonl", rows)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def eval_questions(cfg: RunConfig) -> list[Question]:
+    questions = load_questions(cfg.task, cfg.eval.split, cfg.seed).questions
+    return questions[: cfg.eval.limit] if cfg.eval.limit else questions
+
+
+async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    questions = eval_questions(cfg)
+    summary: dict[str, Any] = {}
+    if cfg.eval.base:
+        summary["base"] = await evaluate(cfg, run_dir, "base", cfg.student, questions)
+    summary["trained"] = await evaluate(
+        cfg, run_dir, "trained", trained_student(cfg, run_dir), questions
+    )
+    return summary

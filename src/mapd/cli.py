@@ -186,19 +186,13 @@ def tasks() -> None:
 
     from mapd.tasks import TASKS
 
-    table = Table("task", "answer", "sources", "hub dataset", "description")
-    for column in table.columns[:4]:
-        column.no_wrap = True
+    table = Table("task", "answer", "sources", "hub dataset")
     for task in TASKS.values():
         hub = f"{task.hub_id} ({task.hub_config})" if task.hub_config else (task.hub_id or "-")
-        table.add_row(
-            task.name,
-            task.answer_type or "(config)",
-            ", ".join(task.sources),
-            hub,
-            task.description,
-        )
+        table.add_row(task.name, task.answer_type or "(config)", ", ".join(task.sources), hub)
     out.print(table)
+    for task in TASKS.values():
+        out.print(f"{task.name}: {task.description}", highlight=False)
 
 
 @app.command()

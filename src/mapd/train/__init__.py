@@ -1,4 +1,4 @@
-"""Fine-tune the student on the run's training set: LoRA or full, α-weighted two-task loss, exact masking.
+"""Fine-tune the student on the run's training set: LoRA or full, two-task loss, exact masking.
 
     from mapd.train import run
     manifest = run(cfg, run_dir)       # reads dataset/train.jsonl, writes student/

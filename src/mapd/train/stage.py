@@ -1,6 +1,6 @@
 """The train stage: fine-tune the student on `dataset/train.jsonl` with the two-task loss.
 
-    summary = run(cfg, run_dir)          # or: mapd train CONFIG, accelerate launch -m mapd train CONFIG
+    summary = run(cfg, run_dir)   # or: mapd train CONFIG / accelerate launch -m mapd train CONFIG
 
 Reads `dataset/train.jsonl`. Writes into `student/`: `adapter/` (LoRA) or `model/` (full
 fine-tuning), `merged/` with `train.merge`, `checkpoints/checkpoint-N/` after every epoch,
@@ -13,6 +13,7 @@ With several processes every process trains and only the main one writes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -46,7 +47,10 @@ STAGE = "train"
 
 def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     t = cfg.train
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cuda = torch.cuda.is_available()
+    # several processes without a GPU (torchrun, or accelerate launch --multi_gpu on a CPU
+    # machine) need accelerate's cpu flag, or each process trains alone
+    several_cpus = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -64,16 +68,17 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         logging_steps=t.logging_steps,
         report_to=t.report_to or "none",
         remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=bf16,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=several_cpus,
+        dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
     )
 
 
 def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint; stale ones are removed."""
+    """The last checkpoint of an interrupted run with this fingerprint; stale ones are removed."""
     marker = checkpoints / "fingerprint.txt"
     same = marker.exists() and marker.read_text(encoding="utf-8").strip() == fp
     last = get_last_checkpoint(str(checkpoints)) if same else None
@@ -140,6 +145,8 @@ def run(
         "seed": cfg.seed,
     }
     fp = fingerprint(settings, [data_path])
+    checkpoints = student_dir / "checkpoints"
+    args = training_args(cfg, checkpoints)  # sets up the processes; before any PartialState()
     state = PartialState()
     if stage_is_done(run_dir, STAGE, fp) and (student_dir / "manifest.json").exists():
         if state.is_main_process:
@@ -154,12 +161,11 @@ def run(
         raise MapdError(
             "no training example is left after dropping overlong ones", "raise train.max_length"
         )
-    checkpoints = student_dir / "checkpoints"
     resume = checkpoint_to_resume(checkpoints, fp, state)
     log = JsonlLogCallback(student_dir / "train_log.jsonl")
     trainer = TwoTaskTrainer(
         model=model,
-        args=training_args(cfg, checkpoints),
+        args=args,
         alpha=t.alpha,
         train_dataset=[asdict(row) for row in encoded.rows],
         data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
@@ -185,7 +191,8 @@ def format_summary(m: dict[str, Any], student_dir: Path) -> str:
     losses = ", ".join(f"{k} {v:.4f}" for k, v in m["final_losses"].items())
     ex = m["examples"]
     lines = [
-        f"trained {m['base_model']} ({m['method']}, {m['prompt_format']} prompts, alpha {m['alpha']}) "
+        f"trained {m['base_model']} ({m['method']}, {m['prompt_format']} prompts, "
+        f"alpha {m['alpha']}) "
         f"for {m['steps']} steps / {m['epochs']} epochs in {m['seconds']:.1f} s"
         + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else ""),
         f"  examples: {ex['feedback']} feedback, {ex['rationale']} rationale; "

@@ -1,4 +1,4 @@
-"""Encode training examples as token ids with exact labels: prompt masked, target and one EOS trained.
+"""Encode training examples as ids with exact labels: prompt masked, target and one EOS trained.
 
     encoded = encode_examples(examples, tokenizer, prompt_format="chat", max_length=512)
 

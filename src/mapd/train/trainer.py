@@ -1,4 +1,4 @@
-"""The two-task Trainer: loss = α·CE(feedback) + (1−α)·CE(rationale), each a mean over its own tokens.
+"""The two-task Trainer: loss = α·CE(feedback) + (1−α)·CE(rationale), each a mean over its tokens.
 
     trainer = TwoTaskTrainer(model=model, args=args, alpha=0.5, train_dataset=rows,
                              data_collator=PadCollator(pad_id), processing_class=tokenizer)

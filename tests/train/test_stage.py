@@ -1,0 +1,152 @@
+"""The train stage end to end on a tiny random model: learning, saving, manifest, overlong, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tests.train.toy_run import make_config, toy_examples, write_dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from mapd.errors import MapdError
+from mapd.records import Example
+from mapd.train import run
+from mapd.train.collate import PadCollator
+from mapd.train.tokenize import encode_examples
+from mapd.train.trainer import two_task_loss
+
+
+def dataset_loss(model_dir, tokenizer, examples) -> float:
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows = encode_examples(examples, tokenizer, "chat", 128).rows
+    batch = PadCollator(pad_id=tokenizer.pad_token_id)([vars(r) for r in rows])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return two_task_loss(logits, batch["labels"], batch["task"], 0.5)[0].item()
+
+
+def log_entries(run_dir) -> list[dict]:
+    lines = (run_dir / "student" / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_full_fine_tuning_lowers_the_loss_and_saves_the_model(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    examples = toy_examples(16)
+    write_dataset(tmp_path, examples)
+    cfg = make_config(tiny_model_dir, tmp_path, method="full", epochs=3, lr=1e-2)
+    manifest = run(cfg, tmp_path)
+    student = tmp_path / "student"
+    before = dataset_loss(tiny_model_dir, tiny_tokenizer, examples)
+    after = dataset_loss(student / "model", tiny_tokenizer, examples)
+    assert after < before - 1.0, (before, after)
+    assert json.loads((student / "manifest.json").read_text()) == manifest
+    assert manifest["method"] == "full" and manifest["model_dir"] == "model"
+    assert manifest["steps"] == 24 and manifest["examples"] == {"feedback": 16, "rationale": 16}
+    assert manifest["base_model"] == str(tiny_model_dir)
+    assert set(manifest["final_losses"]) == {"loss", "feedback_loss", "rationale_loss"}
+    assert (student / "model" / "tokenizer.json").exists()
+    logged = [e for e in log_entries(tmp_path) if "loss" in e]
+    assert logged[-1]["step"] == 24
+    assert logged[-1]["rationale_loss"] < logged[0]["rationale_loss"]
+
+
+def test_lora_saves_the_adapter_and_a_merged_model(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from peft import PeftModel
+
+    write_dataset(tmp_path, toy_examples(6))
+    cfg = make_config(tiny_model_dir, tmp_path, method="lora", max_steps=3, merge=True)
+    manifest = run(cfg, tmp_path)
+    student = tmp_path / "student"
+    assert manifest["method"] == "lora" and manifest["steps"] == 3
+    assert manifest["model_dir"] == "adapter" and manifest["merged_dir"] == "merged"
+    assert (student / "adapter" / "adapter_config.json").exists()
+    assert not (student / "adapter" / "model.safetensors").exists()  # the adapter only
+    ids = torch.tensor([tiny_tokenizer("Tom has 3 apples")["input_ids"]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(base, student / "adapter").eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(student / "merged")(ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-4)
+    assert (tmp_path / "manifests" / "train.json").exists()
+
+
+def test_overlong_examples_stop_the_run_or_are_dropped_and_counted(tiny_model_dir, tmp_path):
+    long = Example(
+        id="long",
+        kind="feedback",
+        question_id="q",
+        teacher="t",
+        instruction="Point out.",
+        input="Tom has apples. " * 60,
+        output="Wrong.",
+    )
+    write_dataset(tmp_path, [*toy_examples(4), long])
+    with pytest.raises(MapdError, match="1 of 9 .*: long"):
+        run(make_config(tiny_model_dir, tmp_path, max_steps=1), tmp_path)
+    cfg = make_config(tiny_model_dir, tmp_path, max_steps=1, on_overlong="drop")
+    manifest = run(cfg, tmp_path)
+    assert manifest["dropped_overlong"] == 1 and manifest["dropped_ids"] == ["long"]
+    assert manifest["examples"] == {"feedback": 4, "rationale": 4}
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfterFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise Killed
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    for folder in (killed, whole):
+        write_dataset(folder, toy_examples(8))
+    settings = {"method": "full", "epochs": 2, "logging_steps": 1}
+    with pytest.raises(Killed):
+        run(make_config(tiny_model_dir, killed, **settings), killed, [KillAfterFirstCheckpoint()])
+    assert (killed / "student" / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (killed / "student" / "manifest.json").exists()
+
+    manifest = run(make_config(tiny_model_dir, killed, **settings), killed)
+    assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 8
+    steps = [e["step"] for e in log_entries(killed) if "loss" in e]
+    assert steps == list(range(1, 9))  # steps 1-4 before the kill, 5-8 after, none twice
+
+    reference = run(make_config(tiny_model_dir, whole, **settings), whole)
+    assert reference["resumed_from"] is None
+    assert manifest["final_losses"]["loss"] == pytest.approx(
+        reference["final_losses"]["loss"], rel=1e-4
+    )
+
+
+def test_a_finished_run_is_skipped_and_changed_settings_start_afresh(tiny_model_dir, tmp_path):
+    write_dataset(tmp_path, toy_examples(4))
+    first = run(make_config(tiny_model_dir, tmp_path, max_steps=2), tmp_path)
+    again = run(make_config(tiny_model_dir, tmp_path, max_steps=2), tmp_path)
+    assert again["skipped"] and again["steps"] == first["steps"] == 2
+    changed = run(make_config(tiny_model_dir, tmp_path, max_steps=3, alpha=0.0), tmp_path)
+    assert "skipped" not in changed and changed["steps"] == 3
+    assert changed["resumed_from"] is None
+
+
+def test_gradient_accumulation_gives_the_same_step_loss(tiny_model_dir, tmp_path):
+    """4 examples in one micro-batch, or in 2 of 2: the same step, the same logged loss."""
+    losses = []
+    for batch_size, grad_accum in ((4, 1), (2, 2)):
+        folder = tmp_path / f"b{batch_size}"
+        write_dataset(folder, toy_examples(2))
+        cfg = make_config(
+            tiny_model_dir,
+            folder,
+            method="full",
+            max_steps=1,
+            logging_steps=1,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+        )
+        losses.append(run(cfg, folder)["final_losses"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -17,20 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mapd.config import LoraConfig, TrainConfig
 from mapd.errors import MapdError
-
-
-def resolve_model(spec: str) -> str:
-    """A folder or hub id that `from_pretrained` can load; GGUF specs are converted first."""
-    if spec.startswith("package:") or spec.endswith(".gguf"):
-        try:
-            from mapd.llm.model_loading import resolve_model_dir
-        except ImportError:
-            raise MapdError(
-                f"cannot load the GGUF student {spec}: mapd.llm.model_loading is not available",
-                "give student.model as a local folder or a hub id",
-            ) from None
-        return str(resolve_model_dir(spec))
-    return spec
+from mapd.llm.model_loading import model_source
 
 
 def load_tokenizer(path: str) -> Any:
@@ -70,7 +57,7 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig) -> PreTrainedModel:
 
 def load_student(spec: str, train: TrainConfig) -> tuple[PreTrainedModel, Any]:
     """The trainable model (a PEFT model for LoRA) and the tokenizer."""
-    path = resolve_model(spec)
+    path = model_source(spec)
     try:
         tokenizer = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -87,7 +74,7 @@ def merge_adapter(spec: str, adapter_dir: Path, out_dir: Path) -> None:
     """Load the base model fresh, merge the saved adapter into it and save the result."""
     from peft import PeftModel
 
-    path = resolve_model(spec)
+    path = model_source(spec)
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)

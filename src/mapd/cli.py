@@ -154,6 +154,54 @@ def build(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> No
     _run_stages(config, overrides, None, "build")
 
 
+@app.command("eval")
+def eval_(
+    config: Path = CONFIG_ARG,
+    overrides: list[str] = OVERRIDES_ARG,
+    base_only: bool = typer.Option(
+        False, "--base-only", help="Only the untrained student: no training needed."
+    ),
+) -> None:
+    """Accuracy of the untrained and the trained student on the test split (trains first if needed).
+
+    Writes eval/<label>/predictions.jsonl and metrics.json; labels base and trained.
+
+    Example: mapd eval configs/demo.yaml eval.limit=50 --base-only
+    """
+    if not base_only:
+        _run_stages(config, overrides, None, "eval")
+        return
+    import asyncio
+
+    from mapd.config import load_config
+    from mapd.stages.evaluate import eval_questions, evaluate
+    from mapd.stages.rundir import run_lock
+
+    cfg = load_config(config, overrides or [])
+    with run_lock(cfg.run_dir):
+        metrics = asyncio.run(evaluate(cfg, cfg.run_dir, "base", cfg.student, eval_questions(cfg)))
+    out.print(f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "
+              f"{cfg.run_dir / 'eval' / 'base'}")
+
+
+@app.command()
+def ablate(config: Path = CONFIG_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """The paper's comparison table from one config: untrained, single teachers, no review, MAPD, alpha 0, answer check.
+
+    Every row shares the cached exam, teaching and reviews; writes ablation/ablation.md and .csv.
+
+    Example: mapd ablate configs/demo.yaml
+    """
+    import asyncio
+
+    from mapd.ablation import run_ablation
+    from mapd.config import load_config
+
+    root = asyncio.run(run_ablation(load_config(config, overrides or [])))
+    out.print((root / "ablation.md").read_text(encoding="utf-8"))
+    out.print(f"written: {root / 'ablation.md'}, {root / 'ablation.csv'}")
+
+
 @app.command("import-release")
 def import_release(
     files: list[Path] = typer.Argument(..., help="The release's *_round0.json files."),

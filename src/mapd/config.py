@@ -261,6 +261,8 @@ class RunConfig(Strict):
             raise ValueError(f"dataset.teacher must name one of the teachers {names}")
         if self.output_dir is None:
             self.output_dir = f"runs/{self.name}"
+        if self.rounds > 1 and self.train.method == "lora" and not self.train.merge:
+            self.train.merge = True  # the next round's student is this round's merged model
         return self
 
     @property

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mapd.config import RunConfig, dump_run_config
+from mapd.config import RunConfig, dump_run_config, validate_config
 from mapd.errors import MapdError
 from mapd.stages.rundir import (
     fingerprint,
@@ -30,12 +30,13 @@ from mapd.stages.rundir import (
     write_text_atomic,
 )
 
-STAGES = ["exam", "teach", "review", "build"]
+STAGES = ["exam", "teach", "review", "build", "train", "eval", "report"]
+MODULES = {"eval": "evaluate"}
 console = Console(stderr=True, soft_wrap=True)
 
 
 def stage_module(name: str) -> ModuleType:
-    return importlib.import_module(f"mapd.stages.{name}")
+    return importlib.import_module(f"mapd.stages.{MODULES.get(name, name)}")
 
 
 def select_stages(start: str | None, until: str | None) -> list[str]:
@@ -98,6 +99,8 @@ def headline(name: str, s: dict[str, Any]) -> str:
             f"{s['accepted']} of {s['rationales']} rationales accepted ({per}); "
             f"{s['invalid_reviews']} invalid reviews; reasons {json.dumps(s['reasons'])}"
         )
+    if name == "eval":
+        return ", ".join(f"{label} accuracy {m['accuracy']} (n={m['n']})" for label, m in s.items())
     if name == "build":
         return (
             f"{s['feedback_examples']} feedback + {s['rationale_examples']} rationale examples "
@@ -106,15 +109,50 @@ def headline(name: str, s: dict[str, Any]) -> str:
     return json.dumps(s)[:200]
 
 
+def next_round_config(cfg: RunConfig, previous_dir: Path, round_no: int) -> RunConfig:
+    """Round `round_no` examines and teaches the student trained in the previous round."""
+    manifest = json.loads((previous_dir / "student" / "manifest.json").read_text(encoding="utf-8"))
+    folder = manifest.get("merged_dir") or manifest["model_dir"]
+    data = cfg.model_dump(mode="json")
+    data["student"]["model"] = str((previous_dir / "student" / folder).resolve())
+    data["output_dir"] = str(cfg.run_dir / f"round-{round_no}")
+    data["rounds"] = 1
+    return validate_config(data, source=f"round {round_no}")
+
+
+async def run_round(cfg: RunConfig, stages: list[str], start: str | None) -> dict[str, Any]:
+    run_dir = cfg.run_dir
+    write_text_atomic(run_dir / "config.yaml", dump_run_config(cfg))
+    summaries: dict[str, Any] = {}
+    for name in stages:
+        if name == "report":
+            from mapd.report import write_report
+
+            path = write_report(run_dir)
+            console.print(f"[green]report[/]: {path}")
+            continue
+        summaries[name] = await run_stage(
+            cfg, run_dir, name, force=start is not None and name == start
+        )
+    return summaries
+
+
 async def run_pipeline(
     cfg: RunConfig, start: str | None = None, until: str | None = None
-) -> dict[str, dict[str, Any]]:
-    """Run the selected stages under the run-folder lock; `start` forces a re-run from there."""
-    run_dir = cfg.run_dir
+) -> dict[str, Any]:
+    """Run the selected stages, round after round, under the run-folder lock.
+
+    `start` forces a re-run from that stage on; later stages re-run when their inputs change.
+    """
     stages = select_stages(start, until)
-    with run_lock(run_dir):
-        write_text_atomic(run_dir / "config.yaml", dump_run_config(cfg))
-        return {
-            name: await run_stage(cfg, run_dir, name, force=start is not None and name == stages[0])
-            for name in stages
-        }
+    with run_lock(cfg.run_dir):
+        summaries = await run_round(cfg, stages, start)
+        previous = cfg.run_dir
+        for round_no in range(2, cfg.rounds + 1):
+            if "train" not in stages:
+                break
+            console.print(f"[bold]round {round_no}[/]: the trained student takes the exam again")
+            round_cfg = next_round_config(cfg, previous, round_no)
+            summaries[f"round-{round_no}"] = await run_round(round_cfg, STAGES, None)
+            previous = round_cfg.run_dir
+        return summaries

@@ -69,7 +69,7 @@ def test_a_failing_item_is_reported_and_the_rest_succeed(server, store, sleeps, 
     assert results[1].attempts == 3
     assert "HTTP 500" in results[1].error
     with pytest.raises(ValueError, match="call failed"):
-        results[1].text
+        _ = results[1].text
     assert len(sleeps) == 2
 
 

@@ -99,7 +99,11 @@ def model_source(spec: str) -> str:
         if not path.is_file():
             raise MapdError(f"GGUF file {spec} not found", SPEC_HINT)
         return str(convert_gguf(path))
-    return str(path) if path.exists() else spec
+    if path.exists():
+        return str(path)
+    if spec.startswith(("/", ".", "~")) or "\\" in spec:
+        raise MapdError(f"cannot load model {spec!r}: no such folder", SPEC_HINT)
+    return spec  # a hub id
 
 
 def pick_device(device: str) -> str:

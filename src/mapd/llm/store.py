@@ -66,7 +66,7 @@ class CallStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise MapdError(
                 f"cannot open the call database {path}: {exc}",
                 "check that MAPD_HOME points to a writable folder",

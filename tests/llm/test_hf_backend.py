@@ -1,0 +1,177 @@
+"""The in-process backend on a tiny random Llama built in the test: batching, order, greedy, loading."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mapd.config import ModelEndpoint, Sampling, StudentConfig
+from mapd.errors import MapdError
+from mapd.llm import Request, client_for, load_model
+from mapd.llm.model_loading import model_source
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "what is two plus three the answer is five",
+    "the cat sat on the mat and the dog ran to the park",
+    "a student answers every question step by step",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer Llama with a BPE tokenizer trained here, saved as a local folder."""
+    # Set before the hub library is first imported (this fixture runs before the autouse
+    # one), or a missing hub id would be looked up online.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return build_tiny_model(tmp_path_factory)
+
+
+def build_tiny_model(tmp_path_factory) -> str:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+    )
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def student(model: str, **fields) -> StudentConfig:
+    sampling = Sampling(temperature=0.0, max_tokens=8)
+    return StudentConfig(name="s", model=model, device="cpu", sampling=sampling, **fields)
+
+
+def run_batch(endpoint: ModelEndpoint, requests: list[Request]):
+    async def go():
+        client = client_for(endpoint, store=None)
+        results = await client.complete_many(requests)
+        return results, client.backend.batches
+
+    return asyncio.run(go())
+
+
+PROMPTS = [
+    "what is two plus three",
+    "the cat",
+    "a student answers every question step by step and the dog ran to the park",
+    "five",
+    "the mat",
+    "question",
+    "what is the answer",
+    "park",
+    "dog",
+    "two",
+]
+
+
+def test_batches_of_batch_size_and_results_in_order(tiny_model):
+    requests = [Request.user(p, tag=str(i)) for i, p in enumerate(PROMPTS)]
+    results, batches = run_batch(student(tiny_model, batch_size=4), requests)
+    assert batches == [4, 4, 2]
+    assert [r.request.tag for r in results] == [str(i) for i in range(10)]
+    for r in results:
+        c = r.completion
+        assert r.ok and c.backend == "transformers" and c.completion_tokens <= 8
+        assert c.finish_reason in {"stop", "length"} and c.prompt_tokens > 0
+
+
+def test_batched_greedy_output_matches_one_at_a_time(tiny_model):
+    """Left padding and the attention mask keep each row's greedy output unchanged."""
+    requests = [Request.user(p) for p in PROMPTS[:4]]
+    batched, _ = run_batch(student(tiny_model, batch_size=4), requests)
+    single, batches = run_batch(student(tiny_model, batch_size=1), requests)
+    assert batches == [1, 1, 1, 1]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert len({r.text for r in single}) > 1  # the prompts really lead to different outputs
+
+
+def test_different_decoding_settings_are_not_mixed_in_a_batch(tiny_model):
+    requests = [
+        Request.user("the cat", temperature=0.0),
+        Request.user("the cat", temperature=0.9, seed=1),
+        Request.user("the dog", temperature=0.0),
+    ]
+    results, batches = run_batch(student(tiny_model, batch_size=8), requests)
+    assert sorted(batches) == [1, 2] and all(r.ok for r in results)
+
+
+def test_seeded_sampling_is_reproducible(tiny_model):
+    requests = [Request.user("the cat", temperature=1.0, seed=7, max_tokens=12)]
+    first, _ = run_batch(student(tiny_model), requests)
+    again, _ = run_batch(student(tiny_model), requests)
+    assert first[0].text == again[0].text
+
+
+def test_plain_prompt_without_chat_template(tiny_model):
+    endpoint = student(tiny_model, chat_template=False)
+    (result,), _ = run_batch(endpoint, [Request.user("the cat")])
+    assert result.ok
+
+
+def test_stop_strings_cut_the_text(tiny_model):
+    (free,), _ = run_batch(student(tiny_model), [Request.user("the cat", max_tokens=12)])
+    words = free.text.split()
+    assert len(words) >= 2
+    stop = words[1]
+    (cut,), _ = run_batch(
+        student(tiny_model), [Request.user("the cat", max_tokens=12, stop=(stop,))]
+    )
+    assert stop not in cut.text and cut.completion.finish_reason == "stop"
+
+
+def test_a_loaded_model_is_reused_in_the_process(tiny_model):
+    first = load_model(tiny_model, "cpu", "float32")
+    started = time.monotonic()
+    again = load_model(tiny_model, "cpu", "float32")
+    assert again is first and time.monotonic() - started < 0.01
+    assert load_model(tiny_model, "cpu", "float32").tokenizer.padding_side == "left"
+
+
+def test_a_model_that_does_not_exist_is_a_user_error(tmp_path):
+    with pytest.raises(MapdError, match="cannot load model"):
+        load_model(str(tmp_path / "no-such-model"), "cpu")
+    with pytest.raises(MapdError, match="cannot load model 'nobody/no-such-model-xyz'"):
+        load_model("nobody/no-such-model-xyz", "cpu")
+
+
+def test_model_specs_with_missing_packages_or_files_are_user_errors(tmp_path):
+    with pytest.raises(MapdError, match="not installed") as info:
+        model_source("package:no_such_pkg_mapd/model.gguf")
+    assert "pip install" in info.value.hint
+    with pytest.raises(MapdError, match="GGUF file .* not found"):
+        model_source(str(tmp_path / "missing.gguf"))
+    with pytest.raises(MapdError, match="no file"):
+        model_source("package:mapd/missing.gguf")

@@ -297,6 +297,33 @@ def score(
         out.print(f"wrote {output}")
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(
+        ..., help="The run folder (a run's output_dir).", show_default=False
+    ),
+    format: str = typer.Option(
+        "html", "--format", help="html: write RUN_DIR/report.html; md: print Markdown."
+    ),
+) -> None:
+    """Write RUN_DIR/report.html (one self-contained page), or print a Markdown summary.
+
+    The page shows the settings, calls and cost per stage, the funnel from questions to
+    training examples, acceptance and scores per teacher, reviewer agreement, where review
+    and answer check disagree, accuracy before and after, and every mistake, searchable.
+
+    Example: mapd report runs/demo --format md
+    """
+    from mapd.report import markdown_report, write_report
+
+    if format == "md":
+        out.print(markdown_report(run_dir), markup=False, highlight=False, end="")
+    elif format == "html":
+        out.print(f"wrote {write_report(run_dir)}")
+    else:
+        raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:

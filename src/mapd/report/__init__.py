@@ -1,0 +1,31 @@
+"""The run report: `RUN_DIR/report.html` (one self-contained page) or a Markdown summary.
+
+    path = write_report(Path("runs/demo"))      # runs/demo/report.html
+    text = markdown_report(Path("runs/demo"))
+
+Both show whatever the run folder holds; a run stopped early gives a shorter report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mapd.report.collect import collect_run
+from mapd.report.html import render_html
+from mapd.report.markdown import render_markdown
+from mapd.stages.rundir import write_text_atomic
+
+__all__ = ["markdown_report", "write_report"]
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write `run_dir/report.html` and return its path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.html"
+    write_text_atomic(path, render_html(collect_run(run_dir)))
+    return path
+
+
+def markdown_report(run_dir: Path) -> str:
+    """The report's summary (no item table) as Markdown."""
+    return render_markdown(collect_run(Path(run_dir)))

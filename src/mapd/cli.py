@@ -324,6 +324,75 @@ def report_command(
         raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")
 
 
+cache_app = typer.Typer(
+    help="The response cache in $MAPD_HOME.\n\nExample: mapd cache stats",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("stats")
+def cache_stats_command() -> None:
+    """Show how many replies the cache holds, per backend and model, and its size on disk.
+
+    Example: mapd cache stats
+    """
+    from mapd.llm import cache_stats, open_store
+
+    with open_store() as store:
+        stats = cache_stats(store)
+    out.print(f"{stats.path}: {stats.replies} cached replies, {stats.size_bytes / 1e6:.1f} MB")
+    for row in stats.by_model:
+        out.print(f"  {row.backend:<13} {row.model:<40} {row.replies:>8} replies "
+                  f"{row.tokens:>12,} tokens", highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear_command(
+    model: str = typer.Option(None, "--model", help="Only this model's replies."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete cached replies (all, or one model's); the call ledger is kept.
+
+    Example: mapd cache clear --model gpt-4o-mini --yes
+    """
+    from mapd.llm import clear_cache, open_store
+
+    what = f"cached replies of {model}" if model else "all cached replies"
+    if not yes and not typer.confirm(f"Delete {what}? Re-running will pay for them again"):
+        raise typer.Abort()
+    with open_store() as store:
+        removed = clear_cache(store, model)
+    out.print(f"deleted {removed} cached replies")
+
+
+@app.command()
+def ledger(
+    run_dir: Path = typer.Argument(..., help="The run folder.", show_default=False),
+) -> None:
+    """Print LLM calls, tokens, cache hits and cost per stage and endpoint of a run.
+
+    Example: mapd ledger runs/demo
+    """
+    from mapd.llm import ledger_totals, open_store
+
+    with open_store() as store:
+        rows = ledger_totals(store, run_dir)
+    header = (f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} "
+              f"{'prompt tok':>11} {'output tok':>11} {'cost $':>10}")
+    out.print(header, highlight=False)
+    for r in rows:
+        out.print(f"{r.stage:<10} {r.endpoint:<16} {r.calls:>7} {r.cached:>7} {r.failed:>6} "
+                  f"{r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.cost:>10.4f}",
+                  highlight=False)
+    total = sum(r.cost for r in rows)
+    calls = sum(r.calls for r in rows)
+    out.print(f"{'total':<27} {calls:>7} {sum(r.cached for r in rows):>7} "
+              f"{sum(r.failed for r in rows):>6} {sum(r.prompt_tokens for r in rows):>11,} "
+              f"{sum(r.completion_tokens for r in rows):>11,} {total:>10.4f}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:

@@ -139,7 +139,7 @@ def test_two_processes_share_one_cache_file(store, mapd_home):
             for _ in range(2)
         ]
         outputs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outputs, strict=True):
+        for p, (_out, err) in zip(procs, outputs, strict=True):
             assert p.returncode == 0, err
         sent = len(server.requests)
         assert 60 <= sent <= 120  # overlapping requests may both be sent, never lost

@@ -1,0 +1,62 @@
+"""`mapd cache stats|clear` and `mapd ledger RUN_DIR` on a store filled through the loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from typer.testing import CliRunner
+
+from mapd.cli import app
+from mapd.config import Price
+from mapd.llm import Request, client_for, open_store, run_id
+
+runner = CliRunner()
+
+
+def fill(endpoint, run_dir) -> None:
+    async def go():
+        with open_store() as store:
+            for stage in ["teach", "review"]:
+                client = client_for(endpoint, store=store, run=run_id(run_dir), stage=stage)
+                await client.complete_many([Request.user(f"q{i}") for i in range(4)])
+                await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_ledger_prints_totals_per_stage(make_teacher, tmp_path):
+    fill(make_teacher(price=Price(input_per_mtok=1e5, output_per_mtok=0)), tmp_path / "run")
+    result = runner.invoke(app, ["ledger", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    teach = next(line for line in lines if line.startswith("teach"))
+    review = next(line for line in lines if line.startswith("review"))
+    assert teach.split()[1:5] == ["t", "4", "0", "0"]
+    assert review.split()[1:5] == ["t", "4", "4", "0"]
+    assert lines[-1].split()[:3] == ["total", "8", "4"]
+    assert lines[-1].split()[-1] == "0.4000"  # 4 paid calls x 1 prompt token x $0.1
+
+
+def test_ledger_of_an_unknown_run_is_a_user_error(tmp_path):
+    from mapd.errors import MapdError
+
+    result = runner.invoke(app, ["ledger", str(tmp_path / "nothing")])
+    assert isinstance(result.exception, MapdError)
+
+
+def test_cache_stats_and_clear(make_teacher, tmp_path):
+    fill(make_teacher(), tmp_path / "run")
+    stats = runner.invoke(app, ["cache", "stats"])
+    assert stats.exit_code == 0 and "4 cached replies" in stats.output
+    assert "fake-model" in stats.output
+    refused = runner.invoke(app, ["cache", "clear"], input="n\n")
+    assert refused.exit_code != 0
+    cleared = runner.invoke(app, ["cache", "clear", "--yes"])
+    assert "deleted 4 cached replies" in cleared.output
+    assert "0 cached replies" in runner.invoke(app, ["cache", "stats"]).output
+
+
+def test_help_texts_have_examples():
+    for args in (["cache", "stats"], ["cache", "clear"], ["ledger"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert "Example: mapd" in result.output

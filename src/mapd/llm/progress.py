@@ -20,7 +20,13 @@ from rich.progress import (
 class BatchProgress:
     """Shown on stderr when it is a terminal (or when `enabled=True`); silent otherwise."""
 
-    def __init__(self, description: str, total: int, enabled: bool | None = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        enabled: bool | None = None,
+        console: Console | None = None,
+    ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.cached = self.failed = self.tokens = 0
         self.cost = 0.0
@@ -33,7 +39,7 @@ class BatchProgress:
             TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console or Console(stderr=True),
             disable=not self.enabled,
         )
         self.task = self.progress.add_task(description, total=total, rate="", stats="")

@@ -1,0 +1,29 @@
+"""The batch progress bar counts cache hits, failures, tokens and cost, and renders them."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from mapd.llm.progress import BatchProgress
+
+
+def test_progress_counts_and_renders():
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    bar = BatchProgress("feedback gpt", total=3, enabled=True, console=console)
+    with bar:
+        bar.advance(cached=True, failed=False, tokens=100, cost=0.0)
+        bar.advance(cached=False, failed=False, tokens=1200, cost=0.0125)
+        bar.advance(cached=False, failed=True, tokens=0, cost=0.0)
+    task = bar.progress.tasks[0]
+    assert task.completed == 3 and task.finished
+    assert task.fields["stats"] == "cache 1 · failed 1 · 1,300 tok · $0.0125"
+    rendered = console.file.getvalue()
+    assert "feedback gpt" in rendered and "3/3" in rendered and "1,300 tok" in rendered
+
+
+def test_progress_is_silent_when_disabled(capsys):
+    with BatchProgress("x", total=1, enabled=False) as bar:
+        bar.advance(cached=False, failed=False, tokens=1, cost=0.0)
+    assert capsys.readouterr().err == ""

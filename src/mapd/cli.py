@@ -71,7 +71,8 @@ def train(
 
     Re-running after a kill resumes from the last checkpoint in student/checkpoints/.
     Several processes or machines: accelerate launch --config_file
-    configs/accelerate/ddp.yaml -m mapd train CONFIG.
+    configs/accelerate/ddp.yaml -m mapd train CONFIG (without GPUs: accelerate launch
+    --multi_gpu --num_processes 2 -m mapd train CONFIG; its --cpu flag starts one process).
 
     Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
     """

@@ -96,9 +96,15 @@ class Killed(Exception):
     pass
 
 
-class KillAfterFirstCheckpoint(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):
-        raise Killed
+class KillAtStep(TrainerCallback):
+    """Stop the run with an exception at the end of a step, like a kill."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
@@ -107,14 +113,15 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path)
         write_dataset(folder, toy_examples(8))
     settings = {"method": "full", "epochs": 2, "logging_steps": 1}
     with pytest.raises(Killed):
-        run(make_config(tiny_model_dir, killed, **settings), killed, [KillAfterFirstCheckpoint()])
+        run(make_config(tiny_model_dir, killed, **settings), killed, [KillAtStep(6)])
     assert (killed / "student" / "checkpoints" / "checkpoint-4").is_dir()
     assert not (killed / "student" / "manifest.json").exists()
+    assert max(e["step"] for e in log_entries(killed)) == 6  # logged past the checkpoint
 
     manifest = run(make_config(tiny_model_dir, killed, **settings), killed)
     assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 8
     steps = [e["step"] for e in log_entries(killed) if "loss" in e]
-    assert steps == list(range(1, 9))  # steps 1-4 before the kill, 5-8 after, none twice
+    assert steps == list(range(1, 9))  # 5 and 6 ran twice, but are logged once
 
     reference = run(make_config(tiny_model_dir, whole, **settings), whole)
     assert reference["resumed_from"] is None

@@ -131,6 +131,14 @@ class JsonlLogCallback(TrainerCallback):
         self.path = path
         self.last: dict[str, Any] = {}
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """On resume, forget entries logged after the checkpoint: those steps are run again."""
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.global_step >= state.max_steps:
             control.should_log = True  # so the final losses are always logged

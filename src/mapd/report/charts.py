@@ -27,7 +27,8 @@ def color_for(index: int) -> str:
 
 def _svg(width: int, height: int, body: list[str], label: str) -> str:
     return (
-        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" '
+        f'style="max-width:{width}px" role="img" '
         f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg">'
         + "".join(body)
         + "</svg>"
@@ -52,7 +53,7 @@ def bar_rows(
     rows: list[tuple[str, int, str]], label: str = "funnel", colors: list[str] | None = None
 ) -> str:
     """Horizontal bars, one per (label, value, note), scaled to the largest value."""
-    width, left, right, step = 720, 150, 210, 36
+    width, left, right, step = 960, 150, 230, 36
     top = max((v for _, v, _ in rows), default=0) or 1
     body = []
     for i, (name, value, note) in enumerate(rows):
@@ -71,7 +72,7 @@ def stacked_rows(
     rows: list[tuple[str, dict[str, int]]], order: list[str], colors: dict[str, str], label: str
 ) -> str:
     """One stacked horizontal bar per row (segments in `order`), with a legend on top."""
-    width, left, right, step = 720, 150, 90, 34
+    width, left, right, step = 960, 150, 90, 34
     legend = [k for k in order if any(counts.get(k) for _, counts in rows)]
     body = []
     x = left
@@ -144,7 +145,7 @@ def heatmap(
             body.append(_rect(x + 2, y + 2, size - 4, size - 4, _blend(rate), tip))
             cls = "inbar" if rate > 0.55 else "num"
             body.append(_text(x + size / 2, y + size / 2 + 5, f"{rate:.0%}", cls, "middle"))
-    return _svg(left + n * size + 20, top + n * size + 10, body, label)
+    return _svg(left + n * size + 100, top + n * size + 10, body, label)
 
 
 def _blend(rate: float) -> str:

@@ -224,6 +224,8 @@ def collect_run(run_dir: Path) -> RunReport:
     review = review_statistics(reviews or [], decisions) if decisions is not None else None
     if review is None:
         review = read_json_optional(run_dir / "review.json")
+    if review:
+        review = teachers_first(review, teachers)
     return RunReport(
         run_dir=run_dir,
         name=str(cfg.get("name") or run_dir.resolve().name),
@@ -250,6 +252,18 @@ def teacher_names(
         if rec.teacher not in names:
             names.append(rec.teacher)
     return names
+
+
+def teachers_first(review: dict[str, Any], teachers: list[str]) -> dict[str, Any]:
+    """The per-teacher and per-reviewer tables in committee order rather than by name."""
+
+    def order(table: dict[str, Any]) -> dict[str, Any]:
+        rank = {t: i for i, t in enumerate(teachers)}
+        return dict(sorted(table.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
+    return review | {
+        key: order(review.get(key) or {}) for key in ("per_teacher", "score_histogram")
+    }
 
 
 def funnel_counts(

@@ -336,7 +336,7 @@ def checks_html(report: RunReport) -> str:
 def check_card(title: str, pairs: list[tuple[str, str]], note: str, check: str, cls: str) -> str:
     per = Counter(t for _, t in pairs)
     chips = "".join(f'<span class="pill">{escape(t)} {n:,}</span>' for t, n in per.most_common())
-    links = "".join(
+    links = " ".join(
         f'<a href="#item={escape(qid)}">{escape(qid)} · {escape(t)}</a>'
         for qid, t in pairs[:LINKS_SHOWN]
     )
@@ -375,7 +375,7 @@ def table_html(report: RunReport) -> str:
         f'<option value="{escape(t)}">{escape(t)}</option>' for t in report.teachers
     )
     reason_opts = "".join(f'<option value="{r}">{r.replace("_", " ")}</option>' for r in REASONS)
-    heads = "".join(f'<th style="width:{110}px">{escape(t)}</th>' for t in report.teachers)
+    heads = "".join(f'<th style="width:132px">{escape(t)}</th>' for t in report.teachers)
     return f"""<section id="mistakes"><h2>Mistakes</h2>
 <p class="lead">Every mistake with each teacher's decision. Click a row for the student's answer, each teacher's feedback, rationale and reviews.</p>
 <div class="controls">
@@ -392,7 +392,7 @@ def table_html(report: RunReport) -> str:
 </select>
 <span class="count" id="count"></span>
 </div>
-<table class="items"><thead><tr><th style="width:150px">id</th><th>question</th><th style="width:70px">gold</th><th style="width:80px">student</th>{heads}<th style="width:70px">dataset</th></tr></thead>
+<table class="items"><thead><tr><th style="width:150px">id</th><th>question</th><th style="width:70px">gold</th><th style="width:80px">student</th>{heads}<th style="width:78px">dataset</th></tr></thead>
 <tbody id="rows"></tbody></table>
 <div class="pager"><button id="prev">‹ previous</button><span id="page"></span><button id="next">next ›</button></div>
 </section>"""

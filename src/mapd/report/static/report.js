@@ -188,6 +188,7 @@
     search.value = ""; fTeacher.value = ""; fDecision.value = ""; fReason.value = ""; fCheck.value = "";
     apply();
     state.page = Math.floor(state.shown.indexOf(i) / PAGE);
+    state.open = {};
     state.open[i] = true;
     render();
     var tr = tbody.querySelector('tr.row[data-i="' + i + '"]');

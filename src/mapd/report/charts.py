@@ -157,7 +157,7 @@ def _blend(rate: float) -> str:
 
 def columns(rows: list[tuple[str, float, str]], label: str) -> str:
     """Vertical bars of rates in 0..1 (accuracy), with a percentage above and a note below."""
-    slot, height, base = 120, 230, 170
+    slot, height, base = 170, 250, 170
     width = max(360, 60 + slot * len(rows))
     body = [f'<line x1="40" x2="{width - 10}" y1="{base}" y2="{base}" class="axis"/>']
     for tick in (0.25, 0.5, 0.75, 1.0):
@@ -169,7 +169,7 @@ def columns(rows: list[tuple[str, float, str]], label: str) -> str:
         h = (base - 20) * max(0.0, min(rate, 1.0))
         body.append(_rect(x + 18, base - h, slot - 36, h, color_for(i), f"{name}: {rate:.1%}"))
         body.append(_text(x + slot / 2, base - h - 6, f"{rate:.1%}", "num", "middle"))
-        body.append(_text(x + slot / 2, base + 18, name[:18], "lbl", "middle"))
-        if note:
-            body.append(_text(x + slot / 2, base + 36, note[:22], "dim small", "middle"))
+        body.append(_text(x + slot / 2, base + 18, name[:24], "lbl", "middle"))
+        for k, line in enumerate(note.split("\n")[:2]):
+            body.append(_text(x + slot / 2, base + 36 + 15 * k, line[:28], "dim small", "middle"))
     return _svg(width, height, body, label)

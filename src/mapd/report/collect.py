@@ -177,7 +177,7 @@ def accuracy_rows(run_dir: Path) -> list[AccuracyRow]:
         metrics = read_json_optional(run_dir / "eval" / label / "metrics.json") or {}
         if isinstance(metrics.get("accuracy"), int | float):
             invalid = metrics.get("invalid_rate")
-            note = f"{invalid:.0%} without an answer" if isinstance(invalid, int | float) else ""
+            note = f"{invalid:.0%} no answer" if isinstance(invalid, int | float) else ""
             rows.append(AccuracyRow(label, float(metrics["accuracy"]), metrics.get("n"), note))
     for ablation in (run_dir / "ablation.csv", run_dir / "ablation" / "ablation.csv"):
         if ablation.exists():

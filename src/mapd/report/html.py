@@ -361,7 +361,14 @@ def accuracy_html(report: RunReport) -> str:
             '<section id="accuracy"><h2>Accuracy</h2>'
             f'<p class="lead">No evaluation in this run folder yet (eval/base, eval/trained).{escape(exam)}</p></section>'
         )
-    rows = [(r.label, r.accuracy, (f"n={r.n:,} " if r.n else "") + r.note) for r in report.accuracy]
+    rows = [
+        (r.label, r.accuracy, "\n".join(x for x in (f"n={r.n:,}" if r.n else "", r.note) if x))
+        for r in report.accuracy
+    ]
+    acc = {r.label: r.accuracy for r in report.accuracy}
+    if "base" in acc and "trained" in acc:
+        delta = (acc["trained"] - acc["base"]) * 100
+        exam = f" The trained student is {delta:+.1f} points over the untrained one.{exam}"
     return (
         '<section id="accuracy"><h2>Accuracy before and after</h2>'
         f'<p class="lead">On the evaluation split.{escape(exam)}</p>{charts.columns(rows, "accuracy")}</section>'

@@ -146,8 +146,9 @@ def stage_rows(run_dir: Path) -> list[StageRow]:
         row.cost += led.cost or 0.0
 
     def order(row: StageRow) -> tuple[int, str]:
-        known = row.stage in STAGE_ORDER
-        return (STAGE_ORDER.index(row.stage) if known else len(STAGE_ORDER), row.stage)
+        stage = row.stage.split("-", 1)[0]  # the ledger's eval-base and eval-trained go with eval
+        known = stage in STAGE_ORDER
+        return (STAGE_ORDER.index(stage) if known else len(STAGE_ORDER), row.stage)
 
     return sorted(rows.values(), key=order)
 

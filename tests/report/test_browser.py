@@ -99,6 +99,7 @@ def test_report_in_headless_chromium(browser, poisoned_run: Path, attack: str, t
     browser.set_window_size(
         1400, min(browser.execute_script("return document.body.scrollHeight"), 5000)
     )
+    browser.execute_script("window.scrollTo(0, 0)")
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,15 @@ def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str
     return last
 
 
+def train_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What the trained student depends on besides the dataset (its fingerprint's settings)."""
+    return {
+        "train": cfg.train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
+        "student": cfg.student.model,
+        "seed": cfg.seed,
+    }
+
+
 def build_manifest(
     cfg: RunConfig,
     encoded: EncodedSet,
@@ -139,12 +148,7 @@ def run(
         raise MapdError(
             f"{data_path} has no examples", "run the dataset stage first (mapd run ...)"
         )
-    settings = {
-        "train": cfg.train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
-        "student": cfg.student.model,
-        "seed": cfg.seed,
-    }
-    fp = fingerprint(settings, [data_path])
+    fp = fingerprint(train_settings(cfg), [data_path])
     checkpoints = student_dir / "checkpoints"
     args = training_args(cfg, checkpoints)  # sets up the processes; before any PartialState()
     state = PartialState()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from scripted_classroom import reply, write_config
+from tests.stages.scripted_classroom import reply, write_config
 
 from mapd.config import load_config
 from mapd.errors import MapdError

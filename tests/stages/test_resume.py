@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripted_classroom import reply, write_config
+from tests.stages.scripted_classroom import reply, write_config
 
 from mapd.testing.loopback import LoopbackServer
 

@@ -1,0 +1,114 @@
+"""The whole loop with a tiny in-process student: exam, teach, review, build, train, eval, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from tests.stages.scripted_classroom import reply, write_config
+from tests.train.toy_run import build_tiny_model
+
+from mapd.config import load_config
+from mapd.stages.pipeline import run_pipeline
+from mapd.testing.loopback import LoopbackServer
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-student"))
+
+
+def test_whole_loop_with_an_in_process_student(tmp_path, tiny_student):
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        overrides = [
+            "student.backend=transformers",
+            f"student.model={tiny_student}",
+            "student.device=cpu",
+            "student.sampling.max_tokens=12",
+            "eval.max_tokens=12",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.grad_accum=1",
+            "train.max_length=256",
+        ]
+        cfg = load_config(config, overrides)
+        summaries = asyncio.run(run_pipeline(cfg))
+        student_requests = [r for r in server.requests if r["model"] == "student-model"]
+    run_dir = tmp_path / "run"
+    assert not student_requests  # the student ran in-process
+    assert summaries["exam"]["questions"] > 0
+    assert summaries["train"]["steps"] == 2
+    base = json.loads((run_dir / "eval" / "base" / "metrics.json").read_text())
+    trained = json.loads((run_dir / "eval" / "trained" / "metrics.json").read_text())
+    assert base["n"] == trained["n"] > 0
+    assert trained["model"].endswith("adapter")
+    predictions = (run_dir / "eval" / "trained" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == trained["n"]
+    assert (run_dir / "report.html").stat().st_size > 1000
+    assert (run_dir / "student" / "manifest.json").exists()
+
+
+def test_two_rounds_examine_the_trained_student(tmp_path, tiny_student):
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        overrides = [
+            "student.backend=transformers",
+            f"student.model={tiny_student}",
+            "student.device=cpu",
+            "student.sampling.max_tokens=8",
+            "eval.max_tokens=8",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.max_length=256",
+            "rounds=2",
+            "eval.base=false",
+        ]
+        summaries = asyncio.run(run_pipeline(load_config(config, overrides)))
+    round2 = tmp_path / "run" / "round-2"
+    assert "round-2" in summaries
+    cfg2 = load_config(round2 / "config.yaml")
+    assert cfg2.student.model.endswith("merged")
+    assert (round2 / "student" / "manifest.json").exists()
+    assert (round2 / "eval" / "trained" / "metrics.json").exists()
+
+
+def test_ablate_writes_every_row(tmp_path, tiny_student):
+    from mapd.ablation import run_ablation
+
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        overrides = [
+            "student.backend=transformers",
+            f"student.model={tiny_student}",
+            "student.device=cpu",
+            "student.sampling.max_tokens=8",
+            "eval.max_tokens=8",
+            "train.max_steps=1",
+            "train.batch_size=2",
+            "train.max_length=256",
+        ]
+        root = asyncio.run(run_ablation(load_config(config, overrides)))
+        sent = len(server.requests)
+        # teaching and reviews are the same requests in every row: paid once
+        teach_calls = sum(
+            "Student's answer" in r["messages"][-1]["content"] for r in server.requests
+        )
+    rows = (root / "ablation.csv").read_text().splitlines()
+    names = [r.split(",")[0] for r in rows[1:]]
+    assert names == [
+        "untrained",
+        "mapd",
+        "mapd-alpha0",
+        "mapd-answer-check",
+        "committee-no-review",
+        "single-alice",
+        "single-bob",
+        "single-carol",
+    ]
+    mistakes = len((root / "mapd" / "mistakes.jsonl").read_text().splitlines())
+    assert teach_calls == 3 * mistakes
+    assert sent > 0
+    md = (root / "ablation.md").read_text()
+    assert "single teacher carol without review" in md and "untrained student" in md

@@ -85,12 +85,16 @@ def train(
 
 def _run_stages(config: Path, overrides: list[str] | None, start: str | None, until: str | None) -> None:
     import asyncio
+    import time
 
     from mapd.config import load_config
     from mapd.stages.pipeline import run_pipeline
+    from mapd.stages.summary import print_summary
 
     cfg = load_config(config, overrides or [])
-    asyncio.run(run_pipeline(cfg, start=start, until=until))
+    started = time.time()
+    summaries = asyncio.run(run_pipeline(cfg, start=start, until=until))
+    print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
 
 

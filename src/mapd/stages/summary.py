@@ -1,0 +1,61 @@
+"""The summary printed at the end of `mapd run`: funnel, acceptance, accuracy, cost, next steps."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+
+from mapd.config import RunConfig
+from mapd.errors import MapdError
+from mapd.llm.ledger import ledger_totals
+from mapd.llm.store import open_store
+
+
+def _ledger_line(cfg: RunConfig) -> str:
+    try:
+        with open_store() as store:
+            rows = ledger_totals(store, cfg.run_dir)
+    except MapdError:
+        return "no LLM calls recorded"
+    calls = sum(r.calls for r in rows)
+    cached = sum(r.cached for r in rows)
+    tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    cost = sum(r.cost for r in rows)
+    return f"{calls} calls ({cached} from the cache), {tokens:,} tokens, ${cost:.4f}"
+
+
+def print_summary(
+    cfg: RunConfig, summaries: dict[str, Any], started: float, console: Console
+) -> None:
+    exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
+    build, evals = summaries.get("build"), summaries.get("eval")
+    lines = [f"[bold]mapd run {cfg.name}[/] finished in {time.time() - started:.0f} s"]
+    if exam and teach and review and build:
+        lines.append(
+            f"  funnel: {exam.get('questions', '?')} questions -> {exam.get('mistakes', '?')} mistakes -> "
+            f"{teach['feedback']} feedback + {teach['rationales']} rationales -> "
+            f"{review['accepted']} accepted -> "
+            f"{build['feedback_examples'] + build['rationale_examples']} training examples"
+        )
+        per = ", ".join(
+            f"{t} {c['accepted']}/{c['rationales']}" for t, c in review["per_teacher"].items()
+        )
+        lines.append(f"  accepted per teacher: {per}")
+    if evals:
+        acc = ", ".join(f"{label} {100 * m['accuracy']:.1f} %" for label, m in evals.items())
+        lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")
+    lines.append(f"  spent: {_ledger_line(cfg)}")
+    report = cfg.run_dir / "report.html"
+    if report.exists():
+        lines.append(f"  report: {report}")
+    if all(t.model == cfg.student.model for t in cfg.teachers):
+        lines.append(
+            "  note: every teacher here shares the student's weights and differs only in decoding "
+            "and instructions: this shows the mechanics, not a quality claim."
+        )
+        lines.append(
+            "  next: point `teachers` at real models, e.g. configs/examples/hosted-teachers-vllm-student.yaml"
+        )
+    console.print("\n".join(lines), highlight=False)

@@ -108,9 +108,10 @@ def test_an_endpoint_that_is_down_stops_after_bounded_retries(store, sleeps, mak
     assert "connection error" in err.message and "t (" in err.message
     assert "0 of 50 calls done" in err.message
     assert len(err.results) == 50 and not any(r.ok for r in err.results)
-    # at most concurrency x max_attempts attempts in all; the rest were never sent
-    assert sum(r.attempts for r in err.results) <= 2 * 3
-    assert sum(r.skipped for r in err.results) >= 50 - 2 * 3
+    # the breaker opens after concurrency x max_attempts failures in a row; an attempt
+    # already in flight then may fail too; every other item is never sent
+    assert sum(r.attempts for r in err.results) <= 2 * 3 + 1
+    assert sum(r.skipped for r in err.results) >= 50 - (2 * 3 + 1)
 
 
 def test_a_bad_key_fails_the_endpoint_fast(server, store, sleeps, make_teacher):

@@ -28,7 +28,7 @@ class BatchProgress:
         console: Console | None = None,
     ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.cached = self.failed = self.tokens = 0
+        self.done = self.cached = self.failed = self.tokens = 0
         self.cost = 0.0
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -61,11 +61,14 @@ class BatchProgress:
         self.failed += failed
         self.tokens += tokens
         self.cost += cost
-        speed = self.progress.tasks[0].speed
+        self.done += 1
+        if not self.enabled:  # counters only: rich's bookkeeping costs CPU per call
+            return
+        elapsed = self.progress.tasks[0].elapsed
         self.progress.update(
             self.task,
             advance=1,
-            rate=f"{speed:.1f}/s" if speed else "",
+            rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
             stats=f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
             f" · ${self.cost:.4f}",
         )

@@ -45,8 +45,10 @@ def trained_student(cfg: RunConfig, run_dir: Path) -> ModelEndpoint:
     path = (run_dir / "student" / folder).resolve()
     if not path.exists():
         raise MapdError(f"trained student {path} not found", "run mapd train first")
+    # a student trained on the paper's plain instruction format is asked in that format
+    chat = cfg.train.prompt_format == "chat" and cfg.student.chat_template
     return cfg.student.model_copy(
-        update={"name": f"{cfg.student.name}-trained", "model": str(path)}
+        update={"name": f"{cfg.student.name}-trained", "model": str(path), "chat_template": chat}
     )
 
 
@@ -64,7 +66,13 @@ async def evaluate(
     prompts = Prompts(cfg.prompts)
     requests = [
         rationale_request(
-            prompts, q, sample=i, temperature=e.temperature, max_tokens=e.max_tokens, seed=cfg.seed
+            prompts,
+            q,
+            sample=i,
+            plain=not getattr(student, "chat_template", True),
+            temperature=e.temperature,
+            max_tokens=e.max_tokens,
+            seed=cfg.seed,
         )
         for q in questions
         for i in range(e.samples)

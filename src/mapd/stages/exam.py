@@ -35,8 +35,19 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def rationale_request(prompts: Prompts, q: Question, sample: int = 0, **sampling: Any) -> Request:
+def rationale_request(
+    prompts: Prompts, q: Question, sample: int = 0, plain: bool = False, **sampling: Any
+) -> Request:
+    """The rationale-task prompt for `q`; `plain` renders it in the paper's instruction format
+    (for a student trained with `train.prompt_format: plain`, served without a chat template)."""
     prompt = prompts.rationale(q.question, q.options, q.answer_type)
+    if plain:
+        from mapd.train.tokenize import plain_prompt
+
+        content = plain_prompt(prompt.instruction, prompt.input)
+        return Request(
+            messages=({"role": "user", "content": content},), sample=sample, tag=q.id, **sampling
+        )
     return Request(messages=tuple(prompt.messages()), sample=sample, tag=q.id, **sampling)
 
 

@@ -181,9 +181,11 @@ class Client:
                 self.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
             if not completion.text.strip():
                 error = f"empty reply (finish reason {completion.finish_reason})"
-            elif self.cache is not None:
-                self.cache.put(key, req, completion)
-        self._record(req, key, completion, cost, error, attempts)
+        if self.store is not None:
+            with self.store.transaction():
+                if error is None and self.cache is not None:
+                    self.cache.put(key, req, completion)  # type: ignore[arg-type]
+                self._record(req, key, completion, cost, error, attempts)
         if error is not None:
             return CallResult(request, error=error, attempts=attempts)
         return CallResult(request, completion, None, attempts)

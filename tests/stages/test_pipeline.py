@@ -167,3 +167,13 @@ def test_unknown_stage_is_a_clear_error(tmp_path, server):
     config = write_config(tmp_path, server.base_url)
     with pytest.raises(MapdError, match="unknown stage"):
         run(config, until="bake")
+
+
+def test_a_kept_wrong_rationale_gets_no_contradicting_answer_line(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    run(config, "dataset.mode=committee_no_review", "dataset.pick=all", until="build")
+    examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
+    carol = [e for e in examples if e.kind == "rationale" and e.teacher == "carol"]
+    assert carol  # kept: no review and no answer check
+    for e in carol:
+        assert e.output.count("The answer is") == 1  # her own (wrong) line, no gold line added

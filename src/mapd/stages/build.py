@@ -88,7 +88,11 @@ def build_examples(
         r_prompt = prompts.rationale(m.question, m.options, m.answer_type)
         for r in rats:
             target = (
-                with_answer_line(r.text.strip(), m) if cfg.dataset.answer_line else r.text.strip()
+                # a rationale whose own answer is wrong (kept without the answer check) gets
+                # no gold answer line: the line would contradict the reasoning above it
+                with_answer_line(r.text.strip(), m)
+                if cfg.dataset.answer_line and r.correct
+                else r.text.strip()
             )
             counts["answer_lines_added"] += target != r.text.strip()
             examples.append(

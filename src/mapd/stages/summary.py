@@ -32,12 +32,13 @@ def print_summary(
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
     lines = [f"[bold]mapd run {cfg.name}[/] finished in {time.time() - started:.0f} s"]
-    if exam and teach and review and build:
+    if review and build:
+        examples = build["feedback_examples"] + build["rationale_examples"]
         lines.append(
-            f"  funnel: {exam.get('questions', '?')} questions -> {exam.get('mistakes', '?')} mistakes -> "
-            f"{teach['feedback']} feedback + {teach['rationales']} rationales -> "
-            f"{review['accepted']} accepted -> "
-            f"{build['feedback_examples'] + build['rationale_examples']} training examples"
+            f"  funnel: {(exam or {}).get('questions', '?')} questions -> "
+            f"{build['mistakes']} mistakes -> {(teach or {}).get('feedback', '?')} feedback + "
+            f"{review['rationales']} rationales -> {review['accepted']} accepted -> "
+            f"{examples} training examples"
         )
         per = ", ".join(
             f"{t} {c['accepted']}/{c['rationales']}" for t, c in review["per_teacher"].items()

@@ -11,7 +11,7 @@ import pytest
 from mapd.config import Limits
 from mapd.llm import EndpointUnavailable, Request, client_for
 from mapd.llm.limits import TokenBucket, parse_retry_after, retry_delay
-from mapd.testing.loopback import Fault
+from mapd.testing.loopback import Fault, chat_body
 
 
 def run_batch(endpoint, store, n, prompt="q"):
@@ -86,10 +86,23 @@ def test_backoff_grows_and_attempts_are_bounded(server, store, sleeps, make_teac
     assert sleeps == sorted(sleeps) and sleeps[-1] > 2 * sleeps[0]
 
 
-def test_an_empty_reply_fails_the_item_without_retry(server, store, sleeps, make_teacher):
+def test_an_empty_reply_is_retried(server, store, sleeps, make_teacher):
     server.faults.append(Fault("empty"))
     (result,) = run_batch(make_teacher(), store, 1)
-    assert not result.ok and "empty reply" in result.error and sleeps == []
+    assert result.ok and result.text and result.attempts == 2 and len(sleeps) == 1
+
+
+def test_an_empty_reply_cut_by_the_token_limit_fails_without_retry(
+    server, store, sleeps, make_teacher, monkeypatch
+):
+    body = chat_body
+    monkeypatch.setattr(
+        "mapd.testing.loopback.chat_body",
+        lambda req, text: body(req, "").replace(b'"stop"', b'"length"'),
+    )
+    (result,) = run_batch(make_teacher(), store, 1)
+    assert not result.ok and "empty reply (finish reason length)" in result.error
+    assert sleeps == [] and len(server.requests) == 1
 
 
 def test_concurrency_never_exceeds_the_limit(store, make_teacher):

@@ -29,6 +29,8 @@ from mapd.llm.store import CallStore
 from mapd.llm.types import Backend, BackendError, CallResult, Completion, Request
 
 BUDGET_REACHED = "not sent: the budget is spent"
+# An empty reply cut by the token limit or a content filter would come back the same: not retried.
+FINAL_EMPTY = {"length", "content_filter"}
 
 
 class CallFailed(MapdError):
@@ -212,9 +214,19 @@ class Client:
             except Exception as exc:  # a bug or an unexpected library error: fail the item
                 failure = BackendError(f"{type(exc).__name__}: {exc}")
             else:
-                self.last_success = time.monotonic()
-                self.failures_in_a_row = 0
-                return completion, None, attempt
+                if completion.text.strip() or completion.finish_reason in FINAL_EMPTY:
+                    self.last_success = time.monotonic()
+                    self.failures_in_a_row = 0
+                    return completion, None, attempt
+                # An empty reply that stopped normally is a glitch: its tokens count, and
+                # it is sent again.
+                if self._counts_budget():
+                    price = self.endpoint.price
+                    cost = call_cost(price, completion.prompt_tokens, completion.completion_tokens)
+                    self.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
+                failure = BackendError(
+                    f"empty reply (finish reason {completion.finish_reason})", retryable=True
+                )
             message = self.scrub(failure.message)
             if failure.retryable and not failure.throttled:
                 self.failures_in_a_row += 1

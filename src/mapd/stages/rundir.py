@@ -187,6 +187,9 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
+        # A run killed mid-write leaves its temporary file, never renamed into place.
+        for stale in run_dir.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
         yield
     finally:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

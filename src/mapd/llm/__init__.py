@@ -35,6 +35,22 @@ Example
 
     asyncio.run(teach(cfg, cfg.run_dir, prompts))        # only at the CLI boundary
 
+Behaviour worth knowing
+-----------------------
+- Cache key: `sha256:` of backend kind, base URL, model, messages, every sampling
+  parameter and the sample index (never the key, never `tag`). Identical requests in
+  flight at once are sent once. Errors, empty replies and content-filtered replies are
+  never cached. `cache: refresh` re-sends and overwrites; `off` neither reads nor writes.
+- Retries: 408, 409, 429, 5xx, connection errors, timeouts and malformed replies, with
+  exponential backoff and jitter, or the server's Retry-After / retry-after-ms on 429
+  and 503; `limits.max_attempts` in all. 400 and an empty reply fail the item at once.
+  401, 403, 404, or nothing but failures for concurrency x max_attempts attempts in a
+  row, mark the endpoint down: the rest of the batch fails fast.
+- Budget: counts paid calls (not cache hits, not in-process models) of every endpoint
+  of the run, including earlier invocations; once reached no new request starts.
+- Transformers: concurrent requests with the same decoding settings are batched
+  (`batch_size`); the model loads on the first call and stays loaded in the process.
+
 Keys: `api_key_env` names an environment variable; its value is read when the client
 first sends and never reaches the cache, the ledger, logs or error messages.
 """

@@ -19,20 +19,26 @@ def tiny_student(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-student"))
 
 
+def in_process(student: str, max_steps: int, *extra: str) -> list[str]:
+    """Overrides that make the tiny model the in-process student, trained for a few steps."""
+    return [
+        "student.backend=transformers",
+        f"student.model={student}",
+        "student.device=cpu",
+        "student.sampling.max_tokens=8",
+        "eval.max_tokens=8",
+        f"train.max_steps={max_steps}",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.max_length=256",
+        *extra,
+    ]
+
+
 def test_whole_loop_with_an_in_process_student(tmp_path, tiny_student):
     with LoopbackServer(reply=reply) as server:
         config = write_config(tmp_path, server.base_url)
-        overrides = [
-            "student.backend=transformers",
-            f"student.model={tiny_student}",
-            "student.device=cpu",
-            "student.sampling.max_tokens=12",
-            "eval.max_tokens=12",
-            "train.max_steps=2",
-            "train.batch_size=2",
-            "train.grad_accum=1",
-            "train.max_length=256",
-        ]
+        overrides = in_process(tiny_student, 2)
         cfg = load_config(config, overrides)
         summaries = asyncio.run(run_pipeline(cfg))
         student_requests = [r for r in server.requests if r["model"] == "student-model"]
@@ -53,18 +59,7 @@ def test_whole_loop_with_an_in_process_student(tmp_path, tiny_student):
 def test_two_rounds_examine_the_trained_student(tmp_path, tiny_student):
     with LoopbackServer(reply=reply) as server:
         config = write_config(tmp_path, server.base_url)
-        overrides = [
-            "student.backend=transformers",
-            f"student.model={tiny_student}",
-            "student.device=cpu",
-            "student.sampling.max_tokens=8",
-            "eval.max_tokens=8",
-            "train.max_steps=1",
-            "train.batch_size=2",
-            "train.max_length=256",
-            "rounds=2",
-            "eval.base=false",
-        ]
+        overrides = in_process(tiny_student, 1, "rounds=2", "eval.base=false")
         summaries = asyncio.run(run_pipeline(load_config(config, overrides)))
     round2 = tmp_path / "run" / "round-2"
     assert "round-2" in summaries
@@ -79,16 +74,7 @@ def test_ablate_writes_every_row(tmp_path, tiny_student):
 
     with LoopbackServer(reply=reply) as server:
         config = write_config(tmp_path, server.base_url)
-        overrides = [
-            "student.backend=transformers",
-            f"student.model={tiny_student}",
-            "student.device=cpu",
-            "student.sampling.max_tokens=8",
-            "eval.max_tokens=8",
-            "train.max_steps=1",
-            "train.batch_size=2",
-            "train.max_length=256",
-        ]
+        overrides = in_process(tiny_student, 1)
         root = asyncio.run(run_ablation(load_config(config, overrides)))
         sent = len(server.requests)
         # teaching and reviews are the same requests in every row: paid once

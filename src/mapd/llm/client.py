@@ -144,7 +144,8 @@ class Client:
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:
-                self._record(req, key, hit, 0.0, None, 0)
+                with self.store.transaction():  # type: ignore[union-attr]
+                    self._record(req, key, hit, 0.0, None, 0)
                 return CallResult(request, hit)
         if self.cache is None:
             return await self._call(request, req, key)
@@ -153,7 +154,8 @@ class Client:
             if first.completion is None:
                 return CallResult(request, error=first.error, skipped=True)
             shared = dataclasses.replace(first.completion, cached=True)
-            self._record(req, key, shared, 0.0, None, 0)
+            with self.store.transaction():  # type: ignore[union-attr]
+                self._record(req, key, shared, 0.0, None, 0)
             return CallResult(request, shared)
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self.in_flight[key] = future

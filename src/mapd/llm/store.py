@@ -76,14 +76,27 @@ class CallStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Writes inside commit together (one WAL commit instead of one per statement)."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """Writes inside commit together (one WAL commit instead of one per statement).
+
+        A full disk is a MapdError; SQLite has then rolled the transaction back itself."""
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise MapdError(
+                f"disk full while writing the call database {self.path}",
+                "free some space and run again; finished work is kept",
+            ) from None
 
     def close(self) -> None:
         self.db.close()

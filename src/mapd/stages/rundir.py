@@ -38,7 +38,9 @@ def _disk_error(path: Path, exc: OSError) -> MapdError:
         return MapdError(
             f"cannot write {path}: permission denied", "choose a writable output_dir=..."
         )
-    return MapdError(f"cannot write {path}: {exc.strerror}")
+    return MapdError(
+        f"cannot write {path}: {exc.strerror}", "check the path, or choose another output_dir=..."
+    )
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -1,0 +1,252 @@
+"""Bad input through the command line: one clear error naming the problem and its fix, exit
+code 2, no traceback, and nothing an earlier stage produced is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.stages.scripted_classroom import reply, write_config
+
+from mapd.config import load_config
+from mapd.errors import MapdError
+from mapd.llm.store import CallStore, open_store
+from mapd.stages.pipeline import run_pipeline
+from mapd.stages.rundir import run_lock
+from mapd.testing.loopback import Fault, LoopbackServer
+
+CONTEXT_CHARS = 100_000  # the scripted endpoints' context window
+
+
+def scripted_with_context(request: dict) -> str | Fault:
+    if sum(len(m["content"]) for m in request["messages"]) > CONTEXT_CHARS:
+        return Fault.error(400)  # as a real server does: maximum context length exceeded
+    return reply(request)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LoopbackServer(reply=scripted_with_context) as srv:
+        yield srv
+
+
+@pytest.fixture
+def config(tmp_path, server) -> Path:
+    return write_config(tmp_path, server.base_url)
+
+
+@pytest.fixture
+def examined(config) -> dict[Path, bytes]:
+    """The exam done; the run folder's files as they are, to check that none is lost."""
+    asyncio.run(run_pipeline(load_config(config), until="exam"))
+    return snapshot(config.parent / "run")
+
+
+def snapshot(run_dir: Path) -> dict[Path, bytes]:
+    return {
+        p: p.read_bytes()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name not in ("config.yaml", ".lock")
+    }
+
+
+def mapd(*args: object, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mapd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def assert_clear_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    err = result.stderr
+    assert result.returncode == 2, err
+    assert "Traceback" not in err, err
+    error = err[err.index("error: ") :]  # after the progress lines of the stages that ran
+    assert "hint: " in error, err
+    assert len(error.splitlines()) <= 4 and len(error) < 2000, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def assert_kept(before: dict[Path, bytes]) -> None:
+    for path, data in before.items():
+        assert path.read_bytes() == data, f"{path} changed"
+
+
+# --- the config ---------------------------------------------------------------------------
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ntask: {name: gsm8k\nstudent: [\n")
+    assert_clear_error(mapd("run", path), "malformed YAML at line", "fix the YAML syntax")
+
+
+def test_unknown_key(config):
+    result = mapd("run", config, "task.sourc=local")
+    assert_clear_error(result, "task.sourc: unknown key; did you mean `source`?")
+
+
+def test_wrong_type(config):
+    result = mapd("run", config, "teachers.0.limits.concurrency=many")
+    assert_clear_error(result, "teachers.0.limits.concurrency", "valid integer", "'many'")
+
+
+def test_unknown_task(config):
+    assert_clear_error(mapd("run", config, "task.name=gsm9k"), "task.name", "gsm8k")
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+def test_missing_api_key_variable(config, examined):
+    env = {k: v for k, v in os.environ.items() if k != "MAPD_NO_SUCH_KEY"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mapd",
+            "run",
+            str(config),
+            "teachers.0.api_key_env=MAPD_NO_SUCH_KEY",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert_clear_error(result, "No key found: set MAPD_NO_SUCH_KEY", "export MAPD_NO_SUCH_KEY")
+    assert_kept(examined)
+
+
+def test_unreachable_base_url(config, examined):
+    result = mapd(
+        "run",
+        config,
+        "teachers.1.base_url=http://127.0.0.1:9/v1",
+        "teachers.1.limits.max_attempts=2",
+    )
+    assert_clear_error(result, "endpoint bob (http://127.0.0.1:9/v1)", "server is running")
+    assert_kept(examined)
+
+
+def test_a_model_that_does_not_exist(config, tmp_path):
+    for spec in (tmp_path / "no-such-model", "no-such-org/no-such-model"):
+        result = mapd("run", config, "student.backend=transformers", f"student.model={spec}")
+        assert_clear_error(result, "cannot load model", str(spec))
+
+
+# --- the dataset --------------------------------------------------------------------------
+
+
+def test_dataset_file_missing(config, tmp_path):
+    result = mapd("run", config, f"task.path={tmp_path / 'nowhere.jsonl'}")
+    assert_clear_error(result, "nowhere.jsonl: no such file or folder", "check task.path")
+
+
+def test_dataset_file_empty(config, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    result = mapd("run", config, f"task.path={tmp_path / 'empty.jsonl'}")
+    assert_clear_error(result, "empty.jsonl is empty", "task.path")
+
+
+def test_dataset_with_malformed_rows(config, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"id": "a", "question": "What is 1 + 1?", "answer": "2"}\n{"id": "b", "quest\n'
+    )
+    result = mapd("run", config, f"task.path={path}")
+    assert_clear_error(result, "bad.jsonl line 2: invalid JSON", "task.on_bad_row=skip")
+
+
+def test_dataset_not_utf8(config, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(
+        '{"id": "a", "question": "Caf\u00e9 1 + 1?", "answer": "2"}\n'.encode("latin-1")
+    )
+    result = mapd("run", config, f"task.path={path}")
+    assert_clear_error(result, "latin1.jsonl line 1: not UTF-8", "re-save the file as UTF-8")
+
+
+def test_a_one_megabyte_question(config, tmp_path, server):
+    path = tmp_path / "big.jsonl"
+    big = "What is 2 + 3? " + "Think of the numbers. " * 50_000  # about 1 MB
+    path.write_text(
+        f'{{"id": "big", "question": "{big}", "answer": "5"}}\n'
+        + "".join(
+            f'{{"id": "q{i}", "question": "What is {i} + 1?", "answer": "{i + 1}"}}\n'
+            for i in range(7)
+        )
+    )
+    result = mapd("run", config, f"task.path={path}", "task.test_fraction=0.01")
+    assert_clear_error(result, "exam: 1 of ", "HTTP 400")
+    assert not (tmp_path / "run" / "attempts.jsonl").exists()
+
+
+# --- the run folder -----------------------------------------------------------------------
+
+
+def test_output_folder_that_cannot_be_created(config, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = mapd("run", config, f"output_dir={blocker / 'run'}")
+    assert_clear_error(result, str(blocker / "run"), "output_dir=")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_second_run_on_a_folder_in_use(config, examined):
+    with run_lock(config.parent / "run"):
+        result = mapd("run", config, "--until", "teach")
+    assert_clear_error(result, "is in use by another mapd process", "output_dir=")
+    assert_kept(examined)
+    assert not (config.parent / "run" / "feedback.jsonl").exists()
+
+
+# --- a full disk (simulated in this process) ----------------------------------------------
+
+
+def test_a_full_disk_while_writing_a_stage_output(config, examined, monkeypatch):
+    fsync = os.fsync
+    writes = []
+
+    def no_space_after_the_config(fd: int) -> None:
+        writes.append(fd)
+        if len(writes) > 1:  # config.yaml is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr("mapd.stages.rundir.os.fsync", no_space_after_the_config)
+    with pytest.raises(MapdError) as info:
+        asyncio.run(run_pipeline(load_config(config), until="teach"))
+    assert (
+        info.value.message == f"disk full while writing {config.parent / 'run' / 'feedback.jsonl'}"
+    )
+    assert "free some space" in (info.value.hint or "")
+    assert_kept(examined)
+    run_dir = config.parent / "run"
+    assert not (run_dir / "feedback.jsonl").exists() and not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_writing_the_call_cache(config, examined, monkeypatch):
+    def full_store() -> CallStore:
+        store = open_store()
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk is full"
+        return store
+
+    monkeypatch.setattr("mapd.stages.calls.open_store", full_store)
+    with pytest.raises(MapdError) as info:
+        asyncio.run(run_pipeline(load_config(config), until="teach"))
+    assert "disk full" in info.value.message and "calls.sqlite" in info.value.message
+    assert "free some space" in (info.value.hint or "")
+    assert_kept(examined)
+    with sqlite3.connect(os.environ["MAPD_HOME"] + "/calls.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -43,7 +43,8 @@ Behaviour worth knowing
   never cached. `cache: refresh` re-sends and overwrites; `off` neither reads nor writes.
 - Retries: 408, 409, 429, 5xx, connection errors, timeouts and malformed replies, with
   exponential backoff and jitter, or the server's Retry-After / retry-after-ms on 429
-  and 503; `limits.max_attempts` in all. 400 and an empty reply fail the item at once.
+  and 503; `limits.max_attempts` in all. An empty reply that stopped normally is sent
+  again; one cut by the token limit or a content filter, and a 400, fail the item.
   401, 403, 404, or nothing but failures for concurrency x max_attempts attempts in a
   row, mark the endpoint down: the rest of the batch fails fast.
 - Budget: counts paid calls (not cache hits, not in-process models) of every endpoint

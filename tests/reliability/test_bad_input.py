@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.stages.scripted_classroom import reply, write_config
+from tests.stages.scripted_classroom import _sum_in, reply, write_config
 
 from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.llm.store import CallStore, open_store
+from mapd.records import Decision, Example, Review
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import run_lock
+from mapd.stages.rundir import read_jsonl, run_lock
 from mapd.testing.loopback import Fault, LoopbackServer
 
 CONTEXT_CHARS = 100_000  # the scripted endpoints' context window
@@ -250,3 +251,51 @@ def test_a_full_disk_while_writing_the_call_cache(config, examined, monkeypatch)
     assert_kept(examined)
     with sqlite3.connect(os.environ["MAPD_HOME"] + "/calls.sqlite") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --- teachers and reviewers that do not do their job --------------------------------------
+
+
+def unhelpful(request: dict) -> str:
+    """alice works; bob refuses to teach but reviews; carol answers everything with garbage.
+    alice and bob review by the final answer."""
+    model, prompt = request["model"], request["messages"][-1]["content"]
+    if model == "carol-model":
+        return "\u2592\u2592 }}{{ ### \ufffd lorem \x07 ipsum"
+    if "reviewing another teacher" in prompt:
+        solution = prompt.split("<<<SOLUTION", 1)[1]
+        return "[4]" if f"The answer is {_sum_in(prompt)}." in solution else "Not a solution. [1]"
+    if model == "bob-model":
+        return "I'm sorry, but I can't help with that."
+    return reply(request)
+
+
+def test_a_teacher_that_refuses_and_one_that_answers_garbage(tmp_path):
+    with LoopbackServer(reply=unhelpful) as srv:
+        result = mapd("run", write_config(tmp_path, srv.base_url), "--until", "build")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    decisions = read_jsonl(tmp_path / "run" / "decisions.jsonl", Decision)
+    assert {d.teacher for d in decisions if d.accepted} == {"alice"}
+    assert {d.reason for d in decisions if d.teacher != "alice"} == {"low_score"}
+    examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
+    assert {e.teacher for e in examples if e.kind == "rationale"} == {"alice"}
+
+
+def test_reviewers_that_never_give_a_parseable_score(tmp_path):
+    def no_scores(request: dict) -> str:
+        if "reviewing another teacher" in request["messages"][-1]["content"]:
+            return "Looks fine to me, the steps follow."
+        return reply(request)
+
+    with LoopbackServer(reply=no_scores) as srv:
+        config = write_config(tmp_path, srv.base_url)
+        result = mapd("run", config, "--until", "review")
+        assert result.returncode == 0, result.stderr
+        kept = snapshot(tmp_path / "run")
+        result = mapd("run", config, "--until", "build")
+    assert_clear_error(
+        result, "none of the 21 rationales was accepted (no_valid_review 21)", "reviews.jsonl"
+    )
+    assert_kept(kept)  # the reviews and their raw replies stay for the user to read
+    reviews = read_jsonl(tmp_path / "run" / "reviews.jsonl", Review)
+    assert len(reviews) == 42 and all(r.score is None and r.raw for r in reviews)

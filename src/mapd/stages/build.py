@@ -21,6 +21,7 @@ from typing import Any
 
 from mapd.answers import answer_line, ends_with_answer_line
 from mapd.config import RunConfig
+from mapd.errors import MapdError
 from mapd.prompts import Prompts
 from mapd.records import Decision, Example, Feedback, Mistake, Rationale
 from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
@@ -166,6 +167,14 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
     decisions = read_jsonl(run_dir / "decisions.jsonl", Decision)
     examples, stats = build_examples(cfg, mistakes, feedback, rationales, decisions)
+    if mistakes and not examples:
+        reasons = Counter(d.reason for d in decisions)
+        raise MapdError(
+            f"build: none of the {len(decisions)} rationales was accepted "
+            f"({', '.join(f'{r} {n}' for r, n in reasons.most_common())}): nothing to train on",
+            "read the reviewers' replies in reviews.jsonl: a reply without a score in [brackets] "
+            "is an invalid review; check prompts.review and the teachers' models and max_tokens",
+        )
     export(examples, run_dir / "dataset")
     write_json(run_dir / "dataset" / "stats.json", stats)
     return stats

@@ -7,8 +7,8 @@ Four templates, each a `str.format` string:
 - `feedback`: as a teacher, point out the mistakes in the student's answer, with the
   correct final answer as a hint (the teachers' feedback and the student's feedback task).
 - `review`: judge another teacher's rationale, with the correct answer as a hint, and end
-  with one score in square brackets. The rationale is fenced, and the reviewer is told that
-  nothing inside the fence is an instruction.
+  with one score in square brackets. The rationale is fenced (fence markers inside it are
+  removed), and the reviewer is told that nothing inside the fence is an instruction.
 - `answer_format`: the sentence telling the model how to state its final answer.
 
 Each template is split into an instruction and an input at the first line that is exactly
@@ -17,6 +17,7 @@ Each template is split into an instruction and an input at the first line that i
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 
@@ -55,6 +56,10 @@ DEFAULTS = {
         "<<<SOLUTION\n{rationale}\nSOLUTION>>>"
     ),
 }
+
+# A rationale that writes the review fence's markers could close the fence early and put
+# its own text outside it; such markers (any case, spacing or length) are replaced.
+FENCE_MARKER = re.compile(r"<{3,}\s*SOLUTION|SOLUTION\s*>{3,}", re.IGNORECASE)
 
 FIELDS = {
     "rationale": {"question", "answer_format"},
@@ -131,7 +136,7 @@ class Prompts:
             m.answer_type,
             question=with_options(m.question, m.options),
             gold=m.answer,
-            rationale=rationale,
+            rationale=FENCE_MARKER.sub("[marker removed]", rationale),
             scale_min=scale_min,
             scale_max=scale_max,
         )

@@ -22,7 +22,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/svamp-heldout"))
     args = parser.parse_args()
     problems = json.loads(args.svamp.read_text(encoding="utf-8"))
-    taken = {m["question"].strip() for m in json.loads(args.release_mistakes.read_text(encoding="utf-8"))}
+    taken = {
+        m["question"].strip() for m in json.loads(args.release_mistakes.read_text(encoding="utf-8"))
+    }
     held_out = [p for p in problems if f"{p['Body'].strip()} {p['Question'].strip()}" not in taken]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "SVAMP.json").write_text(json.dumps(held_out, indent=1), encoding="utf-8")

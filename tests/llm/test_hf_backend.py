@@ -6,67 +6,22 @@ import asyncio
 import time
 
 import pytest
+from tests.train.toy_run import build_tiny_model
 
 from mapd.config import ModelEndpoint, Sampling, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm import Request, client_for, load_model
 from mapd.llm.model_loading import model_source
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "what is two plus three the answer is five",
-    "the cat sat on the mat and the dog ran to the park",
-    "a student answers every question step by step",
-] * 20
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    """A 2-layer Llama with a BPE tokenizer trained here, saved as a local folder."""
+    """The 2-layer random Llama of the training tests, with its BPE tokenizer, as a local folder."""
     # Set before the hub library is first imported (this fixture runs before the autouse
     # one), or a missing hub id would be looked up online.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        return build_tiny_model(tmp_path_factory)
-
-
-def build_tiny_model(tmp_path_factory) -> str:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<|im_end|>",
-        bos_token="<|im_start|>",
-    )
-    tokenizer.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+        return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
 
 
 def student(model: str, **fields) -> StudentConfig:

@@ -5,11 +5,14 @@ Errors meant for users (MapdError) are printed in one or two lines with exit cod
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mapd import __version__
 from mapd.errors import MapdError
@@ -58,8 +61,10 @@ def validate(
 
     cfg = load_config(config, overrides or [])
     teachers = ", ".join(f"{t.name} ({t.backend})" for t in cfg.teachers)
-    out.print(f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
-              f"teachers {teachers}, output {cfg.run_dir}")
+    out.print(
+        f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
+        f"teachers {teachers}, output {cfg.run_dir}"
+    )
 
 
 @app.command()
@@ -83,7 +88,9 @@ def train(
     run(cfg, cfg.run_dir)
 
 
-def _run_stages(config: Path, overrides: list[str] | None, start: str | None, until: str | None) -> None:
+def _run_stages(
+    config: Path, overrides: list[str] | None, start: str | None, until: str | None
+) -> None:
     import asyncio
     import time
 
@@ -185,8 +192,10 @@ def eval_(
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):
         metrics = asyncio.run(evaluate(cfg, cfg.run_dir, "base", cfg.student, eval_questions(cfg)))
-    out.print(f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "
-              f"{cfg.run_dir / 'eval' / 'base'}")
+    out.print(
+        f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "
+        f"{cfg.run_dir / 'eval' / 'base'}"
+    )
 
 
 @app.command()
@@ -349,8 +358,11 @@ def cache_stats_command() -> None:
         stats = cache_stats(store)
     out.print(f"{stats.path}: {stats.replies} cached replies, {stats.size_bytes / 1e6:.1f} MB")
     for row in stats.by_model:
-        out.print(f"  {row.backend:<13} {row.model:<40} {row.replies:>8} replies "
-                  f"{row.tokens:>12,} tokens", highlight=False)
+        out.print(
+            f"  {row.backend:<13} {row.model:<40} {row.replies:>8} replies "
+            f"{row.tokens:>12,} tokens",
+            highlight=False,
+        )
 
 
 @cache_app.command("clear")
@@ -384,18 +396,32 @@ def ledger(
 
     with open_store() as store:
         rows = ledger_totals(store, run_dir)
-    header = (f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} "
-              f"{'prompt tok':>11} {'output tok':>11} {'cost $':>10}")
+    header = (
+        f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} "
+        f"{'prompt tok':>11} {'output tok':>11} {'cost $':>10}"
+    )
     out.print(header, highlight=False)
     for r in rows:
-        out.print(f"{r.stage:<10} {r.endpoint:<16} {r.calls:>7} {r.cached:>7} {r.failed:>6} "
-                  f"{r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.cost:>10.4f}",
-                  highlight=False)
+        out.print(
+            f"{r.stage:<10} {r.endpoint:<16} {r.calls:>7} {r.cached:>7} {r.failed:>6} "
+            f"{r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.cost:>10.4f}",
+            highlight=False,
+        )
     total = sum(r.cost for r in rows)
     calls = sum(r.calls for r in rows)
-    out.print(f"{'total':<27} {calls:>7} {sum(r.cached for r in rows):>7} "
-              f"{sum(r.failed for r in rows):>6} {sum(r.prompt_tokens for r in rows):>11,} "
-              f"{sum(r.completion_tokens for r in rows):>11,} {total:>10.4f}", highlight=False)
+    out.print(
+        f"{'total':<27} {calls:>7} {sum(r.cached for r in rows):>7} "
+        f"{sum(r.failed for r in rows):>6} {sum(r.prompt_tokens for r in rows):>11,} "
+        f"{sum(r.completion_tokens for r in rows):>11,} {total:>10.4f}",
+        highlight=False,
+    )
+
+
+def _fail(err: MapdError) -> NoReturn:
+    console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
+    if err.hint:
+        console.print(f"  hint: {err.hint}", highlight=False, markup=False)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -403,10 +429,25 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MapdError as err:
-        console.print(f"[bold red]error:[/] {err.message}", highlight=False, markup=True)
-        if err.hint:
-            console.print(f"  hint: {err.hint}", highlight=False, markup=False)
-        sys.exit(2)
+        _fail(err)
+    except OSError as exc:
+        # the places that write files say so themselves; this catches a full disk or a
+        # read-only folder met anywhere else (dataset export, checkpoints, report)
+        if exc.errno == errno.ENOSPC:
+            _fail(
+                MapdError(
+                    f"disk full: {exc.filename or exc.strerror}",
+                    "free some space and run again; finished stages are kept",
+                )
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            _fail(
+                MapdError(
+                    f"cannot write {exc.filename or ''}: {exc.strerror}",
+                    "choose a writable output_dir=...",
+                )
+            )
+        raise
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -145,6 +145,9 @@ class ReviewConfig(Strict):
     require_correct_answer: bool = Field(
         True, description="The rationale's own final answer must also match the gold answer."
     )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Token limit of a review reply; none = the reviewer's own limit."
+    )
 
     @model_validator(mode="after")
     def _check_scale(self) -> ReviewConfig:

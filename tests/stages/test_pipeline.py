@@ -177,3 +177,14 @@ def test_a_kept_wrong_rationale_gets_no_contradicting_answer_line(tmp_path, serv
     assert carol  # kept: no review and no answer check
     for e in carol:
         assert e.output.count("The answer is") == 1  # her own (wrong) line, no gold line added
+
+
+def test_review_max_tokens_limits_only_the_reviews(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    run(config, "review.max_tokens=7", until="review")
+    reviews = [
+        r for r in server.requests if "reviewing another teacher" in r["messages"][-1]["content"]
+    ]
+    others = [r for r in server.requests if r not in reviews]
+    assert reviews and {r["max_tokens"] for r in reviews} == {7}
+    assert 7 not in {r.get("max_tokens") for r in others}

@@ -69,6 +69,7 @@ async def review_by(
         Request(
             messages=tuple(prompts.review(mistakes[r.question_id], r.text, lo, hi).messages()),
             tag=r.id,
+            max_tokens=cfg.review.max_tokens,
         )
         for r, _ in pairs
     ]

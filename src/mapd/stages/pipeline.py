@@ -99,6 +99,9 @@ def headline(name: str, s: dict[str, Any]) -> str:
             f"{s['accepted']} of {s['rationales']} rationales accepted ({per}); "
             f"{s['invalid_reviews']} invalid reviews; reasons {json.dumps(s['reasons'])}"
         )
+    if name == "train":
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in s.get("final_losses", {}).items())
+        return f"{s.get('steps')} steps; final {losses or 'losses not logged'}"
     if name == "eval":
         return ", ".join(f"{label} accuracy {m['accuracy']} (n={m['n']})" for label, m in s.items())
     if name == "build":

@@ -47,7 +47,7 @@ def print_summary(
     if evals:
         acc = ", ".join(f"{label} {100 * m['accuracy']:.1f} %" for label, m in evals.items())
         lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")
-    lines.append(f"  spent: {_ledger_line(cfg)}")
+    lines.append(f"  calls of this run folder so far: {_ledger_line(cfg)}")
     report = cfg.run_dir / "report.html"
     if report.exists():
         lines.append(f"  report: {report}")

@@ -27,3 +27,18 @@ def test_progress_is_silent_when_disabled(capsys):
     with BatchProgress("x", total=1, enabled=False) as bar:
         bar.advance(cached=False, failed=False, tokens=1, cost=0.0)
     assert capsys.readouterr().err == ""
+
+
+def test_batches_running_together_share_one_display(monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    first = BatchProgress("teach: alice", total=2, enabled=True)
+    with first:
+        second = BatchProgress("teach: bob", total=2, enabled=True)
+        with second:
+            assert second.progress is first.progress
+            assert [t.description for t in first.progress.tasks] == ["teach: alice", "teach: bob"]
+            second.advance(cached=False, failed=False, tokens=5, cost=0.0)
+        assert first.progress.live.is_started  # still shown while alice runs
+    assert not first.progress.live.is_started
+    with BatchProgress("review: alice", total=1, enabled=True) as third:
+        assert third.progress is not first.progress  # a new stage starts a new display

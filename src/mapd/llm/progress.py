@@ -17,8 +17,34 @@ from rich.progress import (
 )
 
 
+def _display(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+class _Shared:
+    """The one live display on stderr; batches running at the same time (one per teacher)
+    each add a line to it instead of fighting over the terminal with displays of their own."""
+
+    display: Progress | None = None
+    users = 0
+
+
 class BatchProgress:
-    """Shown on stderr when it is a terminal (or when `enabled=True`); silent otherwise."""
+    """Shown on stderr when it is a terminal (or when `enabled=True`); silent otherwise.
+
+    With the default console, batches that run at the same time share one display.
+    """
 
     def __init__(
         self,
@@ -30,22 +56,22 @@ class BatchProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.done = self.cached = self.failed = self.tokens = 0
         self.cost = 0.0
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console or Console(stderr=True),
-            disable=not self.enabled,
-        )
+        self.shared = console is None and self.enabled
+        if self.shared and _Shared.display is not None:
+            self.progress = _Shared.display
+        else:
+            self.progress = _display(console or Console(stderr=True), self.enabled)
+            if self.shared:
+                _Shared.display = self.progress
         self.task = self.progress.add_task(description, total=total, rate="", stats="")
 
     def __enter__(self) -> BatchProgress:
-        self.progress.start()
+        if not self.shared:
+            self.progress.start()
+            return self
+        if _Shared.users == 0:
+            self.progress.start()
+        _Shared.users += 1
         return self
 
     def __exit__(
@@ -54,7 +80,13 @@ class BatchProgress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.progress.stop()
+        if not self.shared:
+            self.progress.stop()
+            return
+        _Shared.users -= 1
+        if _Shared.users == 0:
+            self.progress.stop()
+            _Shared.display = None
 
     def advance(self, *, cached: bool, failed: bool, tokens: int, cost: float) -> None:
         self.cached += cached
@@ -64,7 +96,7 @@ class BatchProgress:
         self.done += 1
         if not self.enabled:  # counters only: rich's bookkeeping costs CPU per call
             return
-        elapsed = self.progress.tasks[0].elapsed
+        elapsed = next(t.elapsed for t in self.progress.tasks if t.id == self.task)
         self.progress.update(
             self.task,
             advance=1,

@@ -49,10 +49,11 @@ def start(config: Path, home: Path, *prefix: str) -> subprocess.Popen[str]:
 
 
 def assert_no_partial_json(run_dir: Path) -> None:
-    """Every JSON file parses and every JSON Lines line parses (the `datasets` export in
-    dataset/hf/ is written by that library, not atomically, and is not checked)."""
+    """Every JSON file parses and every JSON Lines line parses (the `datasets` export is
+    written to dataset/.hf.tmp/ and swapped in whole, so only that scratch folder is skipped)."""
     for path in run_dir.rglob("*.json*"):
-        if "hf" in path.relative_to(run_dir).parts or path.suffix not in (".json", ".jsonl"):
+        parts = path.relative_to(run_dir).parts
+        if ".hf.tmp" in parts or ".hf.old" in parts or path.suffix not in (".json", ".jsonl"):
             continue
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":

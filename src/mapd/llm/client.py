@@ -144,8 +144,9 @@ class Client:
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:
-                with self.store.transaction():  # type: ignore[union-attr]
-                    self._record(req, key, hit, 0.0, None, 0)
+                await self.store.write(  # type: ignore[union-attr]
+                    lambda: self._record(req, key, hit, 0.0, None, 0)
+                )
                 return CallResult(request, hit)
         if self.cache is None:
             return await self._call(request, req, key)
@@ -154,8 +155,9 @@ class Client:
             if first.completion is None:
                 return CallResult(request, error=first.error, skipped=True)
             shared = dataclasses.replace(first.completion, cached=True)
-            with self.store.transaction():  # type: ignore[union-attr]
-                self._record(req, key, shared, 0.0, None, 0)
+            await self.store.write(  # type: ignore[union-attr]
+                lambda: self._record(req, key, shared, 0.0, None, 0)
+            )
             return CallResult(request, shared)
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self.in_flight[key] = future
@@ -186,10 +188,13 @@ class Client:
             if not completion.text.strip():
                 error = f"empty reply (finish reason {completion.finish_reason})"
         if self.store is not None:
-            with self.store.transaction():
+
+            def save() -> None:
                 if error is None and self.cache is not None:
                     self.cache.put(key, req, completion)  # type: ignore[arg-type]
                 self._record(req, key, completion, cost, error, attempts)
+
+            await self.store.write(save)
         if error is not None:
             return CallResult(request, error=error, attempts=attempts)
         return CallResult(request, completion, None, attempts)
@@ -298,11 +303,18 @@ class Client:
         Raises BudgetExceeded or EndpointUnavailable (with `.results`) after the batch when
         items were not sent for those reasons; other failures are items with an `error`.
         """
-        self.backend  # noqa: B018 -- create it now: a missing key or model raises here, once
+        backend = self.backend  # created now: a missing key or model raises here, once
         bar = BatchProgress(desc or self.name, len(requests), progress)
+        # Items start (cache look-up, then a wait for a slot) a few at a time, so the first
+        # requests go out at once instead of after every item's look-up. The in-process
+        # backend gets them all at once: it fills its batches from the waiting ones.
+        window = asyncio.Semaphore(
+            2 * self.endpoint.limits.concurrency if backend.rate_limited else len(requests) or 1
+        )
 
         async def one(request: Request) -> CallResult:
-            result = await self.call(request)
+            async with window:
+                result = await self.call(request)
             c = result.completion
             bar.advance(
                 cached=bool(c and c.cached),

@@ -4,14 +4,17 @@
     store.close()
 
 WAL mode with a busy timeout lets two processes (say, two runs sharing teachers) read and
-write the same file at once. Every write is its own short transaction, so a run killed at
-any point keeps everything it finished.
+write the same file at once. A call's writes are committed before the call returns, so a
+run killed at any point keeps everything it finished. `await store.write(fn)` commits the
+writes of every call that finished in the same event-loop turn in one transaction: a
+burst of 64 replies costs one WAL commit, not 64.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +76,33 @@ class CallStore:
                 f"cannot open the call database {path}: {exc}",
                 "check that MAPD_HOME points to a writable folder",
             ) from None
+        self._queued: list[Callable[[], None]] = []
+        self._committed: asyncio.Future[None] | None = None  # the queued writes' commit
+
+    async def write(self, statements: Callable[[], None]) -> None:
+        """Run `statements` in a transaction shared with the writes queued in this loop turn;
+        return once committed. A failed commit (a full disk, say) raises in every writer."""
+        if self._committed is None:
+            loop = asyncio.get_running_loop()
+            self._committed = loop.create_future()
+            loop.call_soon(self._commit_queued)
+        self._queued.append(statements)
+        # shielded: a writer that is cancelled must not cancel the others' commit
+        await asyncio.shield(self._committed)
+
+    def _commit_queued(self) -> None:
+        done, self._committed = self._committed, None
+        queued, self._queued = self._queued, []
+        assert done is not None
+        try:
+            with self.transaction():
+                for statements in queued:
+                    statements()
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: writers that were cancelled cannot see it
+        else:
+            done.set_result(None)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

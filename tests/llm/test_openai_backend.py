@@ -1,0 +1,112 @@
+"""The OpenAI-compatible backend: the HTTP request it sends, error bodies, env proxies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mapd.config import ModelEndpoint
+from mapd.llm import Request
+from mapd.llm.openai_backend import OpenAIBackend, env_proxy, error_detail, status_error
+from mapd.llm.types import BackendError
+from mapd.testing.loopback import LoopbackServer
+
+
+def generate(endpoint: ModelEndpoint, request: Request):
+    async def go():
+        backend = OpenAIBackend(endpoint)
+        try:
+            return await backend.generate(request)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+def test_request_body_headers_and_reply(server, monkeypatch):
+    monkeypatch.setenv("LOOPBACK_KEY", "sk-test-123")
+    endpoint = ModelEndpoint(
+        name="t",
+        model="m",
+        base_url=server.base_url + "/",  # a trailing slash, as Gemini's base URL has
+        api_key_env="LOOPBACK_KEY",
+        headers={"X-Title": "mapd tests"},
+    )
+    request = Request.user("What is 2+3?", temperature=0.5, max_tokens=7, stop=("\n\n",))
+    completion = generate(endpoint, request)
+    sent, headers = server.requests[-1], server.headers[-1]
+    assert sent == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "What is 2+3?"}],
+        "temperature": 0.5,
+        "max_tokens": 7,
+        "stop": ["\n\n"],
+    }
+    assert headers["authorization"] == "Bearer sk-test-123"
+    assert headers["x-title"] == "mapd tests"
+    assert headers["user-agent"].startswith("mapd/")
+    assert completion.text == "[m] reply to: What is 2+3?"
+    assert (completion.finish_reason, completion.prompt_tokens) == ("stop", 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"error": {"message": "Rate limit reached", "type": "requests"}}', "Rate limit reached"),
+        (b'[{"error": {"code": 429, "message": "Quota exceeded"}}]', "Quota exceeded"),
+        (b'{"detail": "Not Found"}', "Not Found"),
+        (b'{"error": "model not loaded"}', "model not loaded"),
+        (b"<html>502 Bad Gateway</html>", "<html>502 Bad Gateway</html>"),
+        (b"", "(no body)"),
+    ],
+)
+def test_error_detail_reads_each_providers_shape(body, detail):
+    assert error_detail(body) == detail
+
+
+def test_status_errors_say_whether_to_retry():
+    throttled = status_error(429, {"retry-after-ms": "1500"}, b"{}")
+    assert (throttled.retryable, throttled.throttled, throttled.retry_after) == (True, True, 1.5)
+    assert status_error(503, {"retry-after": "2"}, b"").retry_after == 2.0
+    assert status_error(500, {"retry-after": "2"}, b"").retry_after is None
+    assert status_error(401, {}, b"").fatal and not status_error(401, {}, b"").retryable
+    assert not status_error(400, {}, b"").retryable
+
+
+def test_malformed_reply_is_a_retryable_error(monkeypatch):
+    with LoopbackServer(reply=lambda request: "ok") as server:
+        endpoint = ModelEndpoint(name="t", model="m", base_url=server.base_url)
+        monkeypatch.setattr(
+            "mapd.testing.loopback.chat_body", lambda request, text: b'{"choices": []}'
+        )
+        with pytest.raises(BackendError) as info:
+            generate(endpoint, Request.user("hi"))
+    assert info.value.retryable and "malformed response" in info.value.message
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_requests_go_through_the_proxy_named_in_the_environment(no_proxy_env):
+    with LoopbackServer(reply=lambda r: "via proxy") as proxy:
+        no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        # a name that is not a loopback host, resolved here to the loopback address
+        endpoint = ModelEndpoint(name="t", model="m", base_url="http://teacher.test/v1")
+        assert generate(endpoint, Request.user("hi")).text == "via proxy"
+        assert proxy.requests[-1]["messages"][0]["content"] == "hi"
+        no_proxy_env.setenv("NO_PROXY", "teacher.test")
+        assert env_proxy(endpoint.base_url) is None
+
+
+def test_a_server_on_this_machine_is_reached_without_the_proxy(no_proxy_env, server):
+    no_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    for url in (server.base_url, "http://localhost:8000/v1", "http://[::1]:8000/v1"):
+        assert env_proxy(url) is None
+    endpoint = ModelEndpoint(name="t", model="m", base_url=server.base_url)
+    assert generate(endpoint, Request.user("hi")).text.startswith("[m] reply to")

@@ -1,0 +1,82 @@
+"""The call database: writes of one event-loop turn commit together; failures reach every writer."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import contextmanager
+
+import pytest
+
+from mapd.llm import open_store
+
+
+def insert(store, n: int):
+    return lambda: store.db.execute(
+        "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
+        " completion_tokens, latency, cost, cached, ok, attempts, created)"
+        " VALUES ('r', 's', 'e', 'b', 'm', ?, 0, 0, 0, 0, 0, 1, 1, 0)",
+        (f"k{n}",),
+    )
+
+
+def count_transactions(store, monkeypatch) -> list[int]:
+    opened: list[int] = []
+    original = store.transaction
+
+    @contextmanager
+    def counting():
+        opened.append(1)
+        with original():
+            yield
+
+    monkeypatch.setattr(store, "transaction", counting)
+    return opened
+
+
+def test_writes_of_one_turn_share_one_commit_and_are_done_when_awaited(monkeypatch):
+    with open_store() as store:
+        opened = count_transactions(store, monkeypatch)
+
+        async def go():
+            await asyncio.gather(*(store.write(insert(store, n)) for n in range(50)))
+            assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 50
+            await store.write(insert(store, 50))
+
+        asyncio.run(go())
+        assert len(opened) == 2
+    with open_store() as other:  # committed: another connection sees every row
+        assert other.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 51
+
+
+def test_a_failed_commit_raises_in_every_writer_and_writes_nothing():
+    with open_store() as store:
+
+        def broken():
+            raise sqlite3.OperationalError("disk I/O error")
+
+        async def go():
+            return await asyncio.gather(
+                store.write(insert(store, 1)), store.write(broken), return_exceptions=True
+            )
+
+        results = asyncio.run(go())
+        assert [type(r) for r in results] == [sqlite3.OperationalError] * 2
+        assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 0
+        assert not store.db.in_transaction
+
+
+def test_a_cancelled_writer_does_not_cancel_the_others_commit():
+    with open_store() as store:
+
+        async def go():
+            first = asyncio.create_task(store.write(insert(store, 1)))
+            second = asyncio.create_task(store.write(insert(store, 2)))
+            await asyncio.sleep(0)  # both queued, commit scheduled
+            first.cancel()
+            await second
+            with pytest.raises(asyncio.CancelledError):
+                await first
+
+        asyncio.run(go())
+        assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 2

@@ -205,6 +205,11 @@ class TrainConfig(Strict):
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
     gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto: bf16 mixed precision where the hardware has bf16 arithmetic "
+        "(CUDA, or a CPU with AMX or AVX512-BF16), else fp32. The weights stay fp32.",
+    )
     logging_steps: int = Field(10, ge=1, description="Log the losses every this many steps.")
 
 

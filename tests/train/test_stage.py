@@ -13,6 +13,7 @@ from mapd.errors import MapdError
 from mapd.records import Example
 from mapd.train import run
 from mapd.train.collate import PadCollator
+from mapd.train.stage import use_bf16
 from mapd.train.tokenize import encode_examples
 from mapd.train.trainer import two_task_loss
 
@@ -157,3 +158,26 @@ def test_gradient_accumulation_gives_the_same_step_loss(tiny_model_dir, tmp_path
         )
         losses.append(run(cfg, folder)["final_losses"])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_precision_is_used_and_recorded(tiny_model_dir, tmp_path, precision):
+    write_dataset(tmp_path, toy_examples(2))
+    cfg = make_config(tiny_model_dir, tmp_path, method="lora", max_steps=1, precision=precision)
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(args.bf16)
+
+    assert run(cfg, tmp_path, callbacks=[Probe()])["precision"] == precision
+    assert seen == [precision == "bf16"]
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not use_bf16("auto") and use_bf16("bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert use_bf16("auto") and not use_bf16("fp32")

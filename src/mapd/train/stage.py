@@ -45,12 +45,27 @@ from mapd.train.trainer import JsonlLogCallback, TwoTaskTrainer
 STAGE = "train"
 
 
+def native_bf16() -> bool:
+    """Whether bf16 arithmetic runs natively: a CUDA GPU with bf16, or a CPU with AMX or
+    AVX512-BF16 (there, bf16 autocast trains SmolLM2 with LoRA about 1.6x faster; see
+    bench/train_throughput.py)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def use_bf16(precision: str) -> bool:
+    return precision == "bf16" or (precision == "auto" and native_bf16())
+
+
 def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     t = cfg.train
     cuda = torch.cuda.is_available()
     # several processes without a GPU (torchrun, or accelerate launch --multi_gpu on a CPU
     # machine) need accelerate's cpu flag, or each process trains alone
     several_cpus = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    bf16 = use_bf16(t.precision)
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -70,8 +85,8 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        use_cpu=several_cpus,
+        bf16=bf16,
+        use_cpu=several_cpus or (bf16 and not cuda),  # transformers wants it for CPU bf16
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
     )
@@ -114,6 +129,7 @@ def build_manifest(
     return {
         "base_model": cfg.student.model,
         "method": t.method,
+        "precision": "bf16" if use_bf16(t.precision) else "fp32",
         "prompt_format": t.prompt_format,
         "model_dir": "adapter" if t.method == "lora" else "model",
         "merged_dir": "merged" if t.method == "lora" and t.merge else None,
@@ -195,7 +211,8 @@ def format_summary(m: dict[str, Any], student_dir: Path) -> str:
     losses = ", ".join(f"{k} {v:.4f}" for k, v in m["final_losses"].items())
     ex = m["examples"]
     lines = [
-        f"trained {m['base_model']} ({m['method']}, {m['prompt_format']} prompts, "
+        f"trained {m['base_model']} ({m['method']}, {m['precision']}, "
+        f"{m['prompt_format']} prompts, "
         f"alpha {m['alpha']}) "
         f"for {m['steps']} steps / {m['epochs']} epochs in {m['seconds']:.1f} s"
         + (f", resumed from {m['resumed_from']}" if m["resumed_from"] else ""),

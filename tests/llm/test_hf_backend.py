@@ -130,3 +130,22 @@ def test_model_specs_with_missing_packages_or_files_are_user_errors(tmp_path):
         model_source(str(tmp_path / "missing.gguf"))
     with pytest.raises(MapdError, match="no file"):
         model_source("package:mapd/missing.gguf")
+
+
+def test_the_precision_is_part_of_the_cache_key(tiny_model):
+    """A bf16 copy of a model can answer differently: it must not read the fp32 replies."""
+    from mapd.llm import open_store
+
+    def ask(dtype: str):
+        async def go():
+            with open_store() as store:
+                client = client_for(student(tiny_model, dtype=dtype), store=store)
+                result = (await client.complete_many([Request.user("Tom has 3 apples.")]))[0]
+                return result.completion.cached, client.backend.cache_scope
+
+        return asyncio.run(go())
+
+    assert ask("float32") == (False, None)  # keys made before the scope existed still hold
+    assert ask("float32") == (True, None)
+    assert ask("bfloat16") == (False, "torch.bfloat16")
+    assert ask("bfloat16") == (True, "torch.bfloat16")

@@ -22,9 +22,10 @@ CacheMode = Literal["use", "refresh", "off"]
 UNCACHEABLE_FINISH = {"content_filter", "error"}
 
 
-def request_key(request: Request, backend: str, base_url: str | None) -> str:
-    """`sha256:<hex>` of the canonical JSON of everything that decides the reply."""
-    canonical = {"backend": backend, "base_url": base_url, **request.canonical()}
+def request_key(request: Request, backend: str, scope: str | None) -> str:
+    """`sha256:<hex>` of the canonical JSON of everything that decides the reply; `scope` is
+    the endpoint's URL, or the precision of an in-process model."""
+    canonical = {"backend": backend, "base_url": scope, **request.canonical()}
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -140,7 +140,7 @@ class Client:
         """One request through cache, budget, limits and retries; never raises for call errors."""
         backend = self.backend
         req = self.resolve(request)
-        key = request_key(req, backend.kind, backend.base_url)
+        key = request_key(req, backend.kind, backend.cache_scope)
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:

@@ -44,6 +44,10 @@ class HFBackend:
 
     def __init__(self, endpoint: ModelEndpoint) -> None:
         self.loaded: LoadedModel = load_model(endpoint.model, endpoint.device, endpoint.dtype)
+        # Another precision can change a greedy reply, so it is part of the cache key; fp32,
+        # the default on CPU, is left out so that keys made before this was added still hold.
+        dtype = str(self.loaded.model.dtype)
+        self.cache_scope = None if dtype == "torch.float32" else dtype
         tokenizer = self.loaded.tokenizer
         wants_template = getattr(endpoint, "chat_template", True)
         self.chat_template = bool(wants_template and getattr(tokenizer, "chat_template", None))

@@ -112,6 +112,7 @@ class OpenAIBackend:
         key = api_key(endpoint)
         self.secrets = (key,) if key != NO_KEY else ()
         self.base_url = endpoint.base_url
+        self.cache_scope = endpoint.base_url
         self.url = f"{(endpoint.base_url or '').rstrip('/')}/chat/completions"
         self.model = endpoint.model
         self.headers = {

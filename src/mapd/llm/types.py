@@ -130,7 +130,8 @@ class Backend(Protocol):
     """What the client needs from a backend: one attempt at one request, no retries, no cache."""
 
     kind: str  # "openai" or "transformers"; part of the cache key
-    base_url: str | None  # part of the cache key
+    base_url: str | None  # None for in-process backends
+    cache_scope: str | None  # part of the cache key: the URL, or an in-process model's dtype
     secrets: tuple[str, ...]  # values to scrub from every error message
     rate_limited: bool  # False for in-process backends, which queue and batch themselves
 

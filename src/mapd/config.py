@@ -219,7 +219,9 @@ class EvalConfig(Strict):
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
     max_tokens: int = Field(512, ge=1)
-    base: bool = Field(True, description="Also measure the untrained student, for the before/after.")
+    base: bool = Field(
+        True, description="Also measure the untrained student, for the before/after."
+    )
     trained: ModelEndpoint | None = Field(
         None,
         description="Evaluate the trained student through this endpoint instead of in-process, "

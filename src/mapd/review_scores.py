@@ -17,7 +17,9 @@ from typing import Literal
 _NUM = r"(\d+(?:\.\d+)?)"
 # in order of trust: the last match of the first pattern that matches anywhere wins
 _PATTERNS = [
-    re.compile(r"\[\s*(?:score\s*[:=]?\s*)?(-?" + _NUM[1:] + r"\s*(?:/\s*\d+(?:\.\d+)?\s*)?\]", re.I),
+    re.compile(
+        r"\[\s*(?:score\s*[:=]?\s*)?(-?" + _NUM[1:] + r"\s*(?:/\s*\d+(?:\.\d+)?\s*)?\]", re.I
+    ),
     re.compile(
         r"\b(?:score|rating|rate(?: it| this)?|grade|give(?: it| this)?)\b[^\d\n]{0,12}?" + _NUM,
         re.I,

@@ -21,14 +21,20 @@ def main() -> None:
     parser.add_argument("release_mistakes", type=Path)
     parser.add_argument("--out", type=Path, default=Path("bench/results/svamp-heldout"))
     args = parser.parse_args()
-    problems = json.loads(args.svamp.read_text(encoding="utf-8"))
+    held_out, total = write_held_out(args.svamp, args.release_mistakes, args.out)
+    print(f"{held_out} of {total} problems held out -> {args.out / 'SVAMP.json'}")
+
+
+def write_held_out(svamp: Path, release_mistakes: Path, out: Path) -> tuple[int, int]:
+    """Write out/SVAMP.json; return how many problems it holds, and how many SVAMP has."""
+    problems = json.loads(svamp.read_text(encoding="utf-8"))
     taken = {
-        m["question"].strip() for m in json.loads(args.release_mistakes.read_text(encoding="utf-8"))
+        m["question"].strip() for m in json.loads(release_mistakes.read_text(encoding="utf-8"))
     }
     held_out = [p for p in problems if f"{p['Body'].strip()} {p['Question'].strip()}" not in taken]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "SVAMP.json").write_text(json.dumps(held_out, indent=1), encoding="utf-8")
-    print(f"{len(held_out)} of {len(problems)} problems held out -> {args.out / 'SVAMP.json'}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "SVAMP.json").write_text(json.dumps(held_out, indent=1), encoding="utf-8")
+    return len(held_out), len(problems)
 
 
 if __name__ == "__main__":

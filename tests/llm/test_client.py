@@ -121,11 +121,11 @@ def test_a_bad_key_fails_the_endpoint_fast(server, store, sleeps, make_teacher):
     assert len(server.requests) == 1
 
 
-def test_budget_stops_new_requests_and_cached_work_is_free(server, store, make_teacher):
+def test_budget_stops_new_requests_and_cached_work_is_free(server, store, make_teacher, tmp_path):
     price = Price(input_per_mtok=1e6, output_per_mtok=0)  # $1 per prompt token
     endpoint = make_teacher(price=price, concurrency=1)
     requests = [Request.user(f"question {i}") for i in range(10)]  # 2 prompt tokens each
-    run = run_id("runs/budget")
+    run = run_id(tmp_path / "budget")
     with pytest.raises(BudgetExceeded) as info:
         run_batch(endpoint, store, requests, run=run, budget=Budget(usd=5.0))
     err = info.value
@@ -161,3 +161,17 @@ def test_ledger_totals_per_stage_and_endpoint(server, store, make_teacher, tmp_p
     assert teach.cost == pytest.approx(((3 + 1) * 2.0 + (6 + 4) * 4.0) / 1e6)
     with pytest.raises(MapdError, match="no calls recorded"):
         ledger_totals(store, tmp_path / "other")
+
+
+def test_a_run_keeps_its_ledger_when_moved_and_a_new_run_at_an_old_path_starts_afresh(
+    server, store, make_teacher, tmp_path
+):
+    first = tmp_path / "run"
+    run_batch(make_teacher(), store, [Request.user("q1")], run=run_id(first), stage="teach")
+    moved = first.rename(tmp_path / "moved")
+    assert [row.calls for row in ledger_totals(store, moved)] == [1]
+    fresh = tmp_path / "run"  # a new run where the first one used to be
+    with pytest.raises(MapdError, match="no calls recorded"):
+        ledger_totals(store, fresh)
+    assert not fresh.exists()  # looking did not make a folder
+    assert run_id(fresh) != run_id(moved)

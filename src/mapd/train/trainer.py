@@ -80,8 +80,9 @@ def shuffled_length_groups(lengths: list[int], batch_size: int, step_size: int) 
 
     The grouping is transformers' (random mega-batches, sized from `step_size`, the examples
     of one optimizer step, each sorted by length); the batch holding the longest example
-    stays first, so a batch that does not fit in memory fails at once. Randomness comes from torch's global generator, as in
-    transformers' sampler, so every process of a distributed run draws the same order.
+    stays first, so a batch that does not fit in memory fails at once. Randomness comes
+    from torch's global generator, as in transformers' sampler, so every process of a
+    distributed run draws the same order.
     """
     indices = get_length_grouped_indices(lengths, step_size)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]

@@ -143,3 +143,43 @@ def test_help_lists_commands_with_examples():
     assert result.returncode == 0
     assert "validate" in result.stdout
     assert mapd("--version").stdout.startswith("mapd ")
+
+
+def run_folder_config(tmp_path: Path) -> Path:
+    """A run folder's own config.yaml, as `mapd run` and `mapd import-release` write it."""
+    from mapd.config import dump_run_config
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"output_dir={tmp_path / 'run'}"])
+    path = tmp_path / "run" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(dump_run_config(cfg), encoding="utf-8")
+    return path
+
+
+def test_overrides_saved_into_a_run_folders_config_are_named(tmp_path):
+    from mapd.config import saved_overrides
+
+    path = run_folder_config(tmp_path)
+    before = load_config(path).eval.limit
+    changes = saved_overrides(path, ["eval.limit=7", "train.lr=" + str(load_config(path).train.lr)])
+    assert changes == [("eval.limit", before, 7)]  # an override that changes nothing is not named
+    assert saved_overrides(path, []) == []
+    assert saved_overrides(ROOT / "configs" / "demo.yaml", ["eval.limit=7"]) == []
+
+
+def test_cli_says_when_an_override_is_kept_in_the_run_folder(tmp_path, monkeypatch, capsys):
+    from mapd import cli
+    from mapd.stages import pipeline
+
+    path = run_folder_config(tmp_path)
+
+    async def stop(cfg, **kwargs):
+        raise MapdError("stopped here")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", stop)
+    monkeypatch.setattr(sys, "argv", ["mapd", "run", str(path), "eval.limit=7"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "eval.limit=7 is saved into it" in err
+    assert f"(undo with eval.limit={cli._yaml_value(load_config(path).eval.limit)})" in err

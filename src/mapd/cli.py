@@ -94,15 +94,34 @@ def _run_stages(
     import asyncio
     import time
 
-    from mapd.config import load_config
+    from mapd.config import load_config, saved_overrides
     from mapd.stages.pipeline import run_pipeline
     from mapd.stages.summary import print_summary
 
     cfg = load_config(config, overrides or [])
+    for key, before, after in saved_overrides(config, overrides or []):
+        note = (
+            f"note: {config} is this run folder's record of its settings, so "
+            f"{key}={_yaml_value(after)} is saved into it and kept for later runs of it "
+            f"(undo with {key}={_yaml_value(before)})"
+        )
+        console.print(escape(note))
     started = time.time()
     summaries = asyncio.run(run_pipeline(cfg, start=start, until=until))
     print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
+
+
+def _yaml_value(value: object) -> str:
+    """A value as it is written on the command line (null, true, 200, [a, b])."""
+    import yaml
+
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10**6)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
 
 
 @app.command()

@@ -412,6 +412,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return validate_config(data, source=str(path))
 
 
+def saved_overrides(path: str | Path, overrides: list[str]) -> list[tuple[str, Any, Any]]:
+    """The overrides that change a run folder's own config.yaml: (key, value before, after).
+
+    A run saves its resolved config as RUN_DIR/config.yaml, the record of what it ran with.
+    When that same file is the config given, an override is therefore kept for every later
+    run of it; the caller says so. Empty when `path` is any other file.
+    """
+    path = Path(path)
+    if not overrides or path.name != "config.yaml":
+        return []
+    cfg = load_config(path)
+    if cfg.run_dir.resolve() != path.parent.resolve():
+        return []
+    before = cfg.model_dump(mode="json")
+    after = load_config(path, overrides).model_dump(mode="json")
+    changes = []
+    for keys, _ in parse_overrides(overrides):
+        old, new = _lookup(before, keys), _lookup(after, keys)
+        if old != new:
+            changes.append((".".join(keys), old, new))
+    return changes
+
+
+def _lookup(data: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if isinstance(data, list) and key.isdigit() and int(key) < len(data):
+            data = data[int(key)]
+        elif isinstance(data, dict):
+            data = data.get(key)
+        else:
+            return None
+    return data
+
+
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)

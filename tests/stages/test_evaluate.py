@@ -36,3 +36,33 @@ def test_plain_trained_student_is_asked_in_the_plain_format(tmp_path):
 
     chat_cfg = load_config(config, ["student.backend=transformers"])
     assert trained_student(chat_cfg, chat_cfg.run_dir).chat_template is True
+
+
+def test_a_served_student_trained_again_is_asked_again(tmp_path):
+    """eval.trained: the server keeps the model name, so the cache key holds the weights' stamp."""
+    import asyncio
+
+    from tests.stages.scripted_classroom import reply
+
+    from mapd.stages import evaluate
+    from mapd.testing.loopback import LoopbackServer
+
+    with LoopbackServer(reply=reply) as server:
+        served = {"name": "served", "model": "student-model", "base_url": server.base_url}
+        config = write_config(tmp_path, server.base_url, eval__trained=served, eval__base=False)
+        cfg = load_config(config)
+        adapter = cfg.run_dir / "student" / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter.parent / "manifest.json").write_text(json.dumps({"model_dir": "adapter"}))
+        weights = adapter / "adapter_model.safetensors"
+        weights.write_bytes(b"first training")
+
+        asyncio.run(evaluate.run(cfg, cfg.run_dir))
+        asked = len(server.requests)
+        assert asked == len(evaluate.eval_questions(cfg)) > 0
+        asyncio.run(evaluate.run(cfg, cfg.run_dir))
+        assert len(server.requests) == asked  # the same weights: every reply from the cache
+
+        weights.write_bytes(b"second training, other weights")
+        asyncio.run(evaluate.run(cfg, cfg.run_dir))
+        assert len(server.requests) == 2 * asked

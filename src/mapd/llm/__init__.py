@@ -11,7 +11,8 @@ CallResult: request, completion | None, error | None, attempts, skipped; .ok, .t
 open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
 make_clients(cfg, *, run_dir, stage, store=None, budget=None)
     async context manager -> dict[str, Client]: every teacher by name, plus "student"
-client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use") -> Client
+client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use", scope=None)
+    -> Client; `scope` is added to its cache keys (e.g. a stamp of the weights a server holds)
 Client.complete(request) -> Completion          raises CallFailed (a MapdError) on failure
 Client.complete_many(requests, *, desc=None, progress=None) -> list[CallResult]
     concurrent, limited, retried, cached; results in input order. Failed items carry their

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from mapd.llm.store import CallStore
@@ -28,6 +29,19 @@ def request_key(request: Request, backend: str, scope: str | None) -> str:
     canonical = {"backend": backend, "base_url": scope, **request.canonical()}
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def folder_stamp(folder: Path) -> str:
+    """A cache-key part for weights in a local folder: its files' names, sizes and times.
+
+    A student trained again into the same folder gets a new stamp, so it is asked again
+    instead of being given the previous student's replies."""
+    stats = sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+    return "files:" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
 
 
 def cacheable(completion: Completion) -> bool:

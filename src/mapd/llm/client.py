@@ -82,8 +82,10 @@ class Client:
         budget: Budget | None = None,
         cache_mode: CacheMode = "use",
         backend: Backend | None = None,
+        scope: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.scope = scope  # the caller's part of the cache key, e.g. which weights are served
         self.name = endpoint.name
         self.store = store
         self.run, self.stage = run, stage
@@ -140,7 +142,8 @@ class Client:
         """One request through cache, budget, limits and retries; never raises for call errors."""
         backend = self.backend
         req = self.resolve(request)
-        key = request_key(req, backend.kind, backend.cache_scope)
+        scope = " ".join(s for s in (backend.cache_scope, self.scope) if s) or None
+        key = request_key(req, backend.kind, scope)
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:
@@ -362,6 +365,18 @@ def client_for(
     stage: str = "",
     budget: Budget | None = None,
     cache_mode: CacheMode = "use",
+    scope: str | None = None,
 ) -> Client:
-    """A client for one configured endpoint (teacher or student)."""
-    return Client(endpoint, store=store, run=run, stage=stage, budget=budget, cache_mode=cache_mode)
+    """A client for one configured endpoint (teacher or student).
+
+    `scope` is added to every cache key: what decides the replies that the endpoint's
+    config cannot show, such as the weights a server loaded under a fixed model name."""
+    return Client(
+        endpoint,
+        store=store,
+        run=run,
+        stage=stage,
+        budget=budget,
+        cache_mode=cache_mode,
+        scope=scope,
+    )

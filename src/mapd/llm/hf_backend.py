@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 from mapd.config import ModelEndpoint
+from mapd.llm.cache import folder_stamp
 from mapd.llm.model_loading import LoadedModel, load_model
 from mapd.llm.types import BackendError, Completion, Message, Request
 
@@ -42,12 +42,7 @@ def cache_scope(spec: str, dtype: str) -> str | None:
     parts = [] if dtype == "torch.float32" else [dtype]
     folder = Path(spec).expanduser()
     if folder.is_dir():
-        stats = sorted(
-            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*")
-            if p.is_file()
-        )
-        parts.append("files:" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16])
+        parts.append(folder_stamp(folder))
     return " ".join(parts) or None
 
 

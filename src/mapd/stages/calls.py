@@ -16,15 +16,20 @@ from mapd.llm.types import CallResult
 
 @asynccontextmanager
 async def open_clients(
-    cfg: RunConfig, run_dir: Path, stage: str, endpoints: Sequence[ModelEndpoint]
+    cfg: RunConfig,
+    run_dir: Path,
+    stage: str,
+    endpoints: Sequence[ModelEndpoint],
+    scope: str | None = None,
 ) -> AsyncIterator[dict[str, Client]]:
-    """Clients sharing one cache/ledger store and the run's budget, closed on exit."""
+    """Clients sharing one cache/ledger store and the run's budget, closed on exit;
+    `scope` goes into their cache keys (see `client_for`)."""
     store = open_store()
     run = run_id(run_dir)
     budget = Budget.for_run(cfg.budget, store, run)
     clients = {
         e.name: client_for(
-            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache
+            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache, scope=scope
         )
         for e in endpoints
     }

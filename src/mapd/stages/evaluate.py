@@ -20,6 +20,7 @@ from typing import Any
 from mapd.answers import answers_match, lm_eval_correct, lm_eval_flexible, lm_eval_strict
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.errors import MapdError
+from mapd.llm.cache import folder_stamp
 from mapd.prompts import Prompts
 from mapd.records import Question
 from mapd.stages.exam import ask_student, grade, rationale_request
@@ -59,9 +60,15 @@ def majority(answers: list[str | None]) -> str | None:
 
 
 async def evaluate(
-    cfg: RunConfig, run_dir: Path, label: str, student: ModelEndpoint, questions: list[Question]
+    cfg: RunConfig,
+    run_dir: Path,
+    label: str,
+    student: ModelEndpoint,
+    questions: list[Question],
+    scope: str | None = None,
 ) -> dict[str, Any]:
-    """Ask, grade and write eval/<label>/; return the metrics."""
+    """Ask, grade and write eval/<label>/; return the metrics. `scope` goes into the cache
+    keys (see `served_weights`)."""
     e = cfg.eval
     prompts = Prompts(cfg.prompts)
     requests = [
@@ -77,7 +84,7 @@ async def evaluate(
         for q in questions
         for i in range(e.samples)
     ]
-    replies = await ask_student(cfg, run_dir, f"eval-{label}", student, requests)
+    replies = await ask_student(cfg, run_dir, f"eval-{label}", student, requests, scope)
     outputs = [r.text for r in replies]
     rows, correct, invalid, strict, flexible = [], 0, 0, 0, 0
     for n, q in enumerate(questions):
@@ -133,6 +140,27 @@ async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.eval.base:
         summary["base"] = await evaluate(cfg, run_dir, "base", cfg.student, questions)
     summary["trained"] = await evaluate(
-        cfg, run_dir, "trained", trained_student(cfg, run_dir), questions
+        cfg,
+        run_dir,
+        "trained",
+        trained_student(cfg, run_dir),
+        questions,
+        served_weights(cfg, run_dir),
     )
     return summary
+
+
+def served_weights(cfg: RunConfig, run_dir: Path) -> str | None:
+    """For a trained student served by `eval.trained`: a stamp of the weights in student/.
+
+    The server answers under a model name that stays the same when the student is trained
+    again; with the stamp in the cache key, a retrained student is asked again instead of
+    being given the previous one's cached replies. (In-process, the backend stamps the
+    folder it loads itself.)"""
+    if cfg.eval.trained is None:
+        return None
+    manifest = run_dir / "student" / "manifest.json"
+    if not manifest.exists():
+        return None
+    folder = run_dir / "student" / read_json(manifest)["model_dir"]
+    return folder_stamp(folder) if folder.is_dir() else None

@@ -52,10 +52,15 @@ def rationale_request(
 
 
 async def ask_student(
-    cfg: RunConfig, run_dir: Path, stage: str, student: ModelEndpoint, requests: list[Request]
+    cfg: RunConfig,
+    run_dir: Path,
+    stage: str,
+    student: ModelEndpoint,
+    requests: list[Request],
+    scope: str | None = None,
 ) -> list[Completion]:
     """The student's replies to `requests`, in order (shared by exam and eval)."""
-    async with open_clients(cfg, run_dir, stage, [student]) as clients:
+    async with open_clients(cfg, run_dir, stage, [student], scope) as clients:
         results = await clients[student.name].complete_many(
             requests, desc=f"{stage}: {student.name}"
         )

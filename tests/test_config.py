@@ -165,6 +165,8 @@ def test_overrides_saved_into_a_run_folders_config_are_named(tmp_path):
     assert changes == [("eval.limit", before, 7)]  # an override that changes nothing is not named
     assert saved_overrides(path, []) == []
     assert saved_overrides(ROOT / "configs" / "demo.yaml", ["eval.limit=7"]) == []
+    # saved into another run folder: this file is left as it is
+    assert saved_overrides(path, ["eval.limit=7", f"output_dir={tmp_path / 'other'}"]) == []
 
 
 def test_cli_says_when_an_override_is_kept_in_the_run_folder(tmp_path, monkeypatch, capsys):

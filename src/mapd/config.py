@@ -422,11 +422,14 @@ def saved_overrides(path: str | Path, overrides: list[str]) -> list[tuple[str, A
     path = Path(path)
     if not overrides or path.name != "config.yaml":
         return []
-    cfg = load_config(path)
-    if cfg.run_dir.resolve() != path.parent.resolve():
-        return []
-    before = cfg.model_dump(mode="json")
-    after = load_config(path, overrides).model_dump(mode="json")
+    resolved = load_config(path, overrides)
+    if resolved.run_dir.resolve() != path.parent.resolve():
+        return []  # the resolved config is saved in another folder (output_dir was overridden)
+    try:
+        before = load_config(path).model_dump(mode="json")
+    except MapdError:  # the file alone is invalid and an override mends it
+        before = read_yaml(path)
+    after = resolved.model_dump(mode="json")
     changes = []
     for keys, _ in parse_overrides(overrides):
         old, new = _lookup(before, keys), _lookup(after, keys)

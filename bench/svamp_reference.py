@@ -2,6 +2,7 @@
 
     python bench/svamp_reference.py runs/svamp-quality-paper --precision fp32
     python bench/svamp_reference.py RUN_DIR --precision bf16 --set eval.limit=200 --out runs/ref
+    python bench/svamp_reference.py RUN_DIR --batches length-blocks   # transformers' grouping
 
 The issue's hand-written version of the paper's recipe took SmolLM2 from 3.5 % to 18.5 % on
 the first 200 held-out SVAMP problems; `mapd train` on the same release data does not get
@@ -12,7 +13,8 @@ tokenization and exact masking (chat or plain format, from the config), LoRA, le
 rate, schedule, epochs, batch and accumulation, seed. Only the trainer differs: the stock
 `Trainer` with the model's own loss (one token-mean cross-entropy over both tasks, where
 `mapd train` weighs each task's mean by alpha), random batches (mapd groups them by
-length), and the precision given here. The merged model is then asked the same questions
+length; `--batches length-blocks` uses transformers' own length grouping instead, which
+mapd used until it shuffled the groups), and the precision given here. The merged model is then asked the same questions
 with the same prompts and graded as `mapd eval` does; predictions and metrics go to
 OUT/eval/reference/, next to the run's own eval/trained/ to compare.
 
@@ -38,7 +40,7 @@ from mapd.train.model import load_student, merge_adapter
 from mapd.train.tokenize import encode_examples
 
 
-def train(cfg: RunConfig, examples: list[Example], out: Path, precision: str) -> Path:
+def train(cfg: RunConfig, examples: list[Example], out: Path, precision: str, batches: str) -> Path:
     """Train with the stock Trainer and merge; the merged model's folder."""
     merged = out / "merged"
     if (merged / "config.json").exists():
@@ -68,6 +70,7 @@ def train(cfg: RunConfig, examples: list[Example], out: Path, precision: str) ->
         use_cpu=bf16 and not torch.cuda.is_available(),
         dataloader_pin_memory=False,
         remove_unused_columns=False,  # the collator drops the task column itself
+        train_sampling_strategy="group_by_length" if batches == "length-blocks" else "random",
     )
     trainer = Trainer(
         model=model,
@@ -91,6 +94,13 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a run folder built by bench/svamp_quality.py")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument(
+        "--batches",
+        choices=["random", "length-blocks"],
+        default="random",
+        help="random batches (the stock default), or transformers' length grouping, which "
+        "trains blocks of about ten steps of one task (mapd's order before it shuffled them)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -100,10 +110,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default RUN_DIR-reference-PREC")
     args = parser.parse_args()
     cfg = load_config(args.run_dir / "config.yaml", args.set)
-    out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-reference-{args.precision}")
+    variant = args.precision + ("" if args.batches == "random" else f"-{args.batches}")
+    out = args.out or args.run_dir.with_name(f"{args.run_dir.name}-reference-{variant}")
     out.mkdir(parents=True, exist_ok=True)
     examples = read_jsonl(args.run_dir / "dataset" / "train.jsonl", Example)
-    merged = train(cfg, examples, out, args.precision)
+    merged = train(cfg, examples, out, args.precision, args.batches)
     chat = cfg.train.prompt_format == "chat" and cfg.student.chat_template
     student = cfg.student.model_copy(
         update={"name": "reference", "model": str(merged.resolve()), "chat_template": chat}
@@ -116,7 +127,7 @@ def main() -> None:
         rows = [json.loads(line) for line in trained.read_text(encoding="utf-8").splitlines()]
         same = sum(r["correct"] for r in rows[:n])
         print(
-            f"stock Trainer ({args.precision}): {metrics['accuracy']:.1%}; "
+            f"stock Trainer ({variant}): {metrics['accuracy']:.1%}; "
             f"mapd train, same data: {same / n:.1%} (first {n})"
         )
 

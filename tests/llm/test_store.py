@@ -12,7 +12,7 @@ from mapd.llm import open_store
 
 
 def insert(store, n: int):
-    return lambda: store.db.execute(
+    return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
         " completion_tokens, latency, cost, cached, ok, attempts, created)"
         " VALUES ('r', 's', 'e', 'b', 'm', ?, 0, 0, 0, 0, 0, 1, 1, 0)",
@@ -51,9 +51,7 @@ def test_writes_of_one_turn_share_one_commit_and_are_done_when_awaited(monkeypat
 
 def test_a_failed_commit_raises_in_every_writer_and_writes_nothing():
     with open_store() as store:
-
-        def broken():
-            raise sqlite3.OperationalError("disk I/O error")
+        broken = ("INSERT INTO no_such_table VALUES (?)", (1,))
 
         async def go():
             return await asyncio.gather(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mapd.llm.store import CallStore
+from mapd.llm.store import CallStore, Row
 from mapd.llm.types import Completion, Request
 
 CacheMode = Literal["use", "refresh", "off"]
@@ -23,12 +23,21 @@ CacheMode = Literal["use", "refresh", "off"]
 UNCACHEABLE_FINISH = {"content_filter", "error"}
 
 
-def request_key(request: Request, backend: str, scope: str | None) -> str:
-    """`sha256:<hex>` of the canonical JSON of everything that decides the reply; `scope` is
-    the endpoint's URL, or the precision of an in-process model."""
+def canonical_json(request: Request, backend: str, scope: str | None) -> str:
+    """The canonical JSON of everything that decides the reply; `scope` is the endpoint's
+    URL, or the precision of an in-process model. Stored beside the reply, so a cached
+    reply shows what it answered."""
     canonical = {"backend": backend, "base_url": scope, **request.canonical()}
-    blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def key_of(canonical: str) -> str:
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def request_key(request: Request, backend: str, scope: str | None) -> str:
+    """`sha256:<hex>` of the request's canonical JSON."""
+    return key_of(canonical_json(request, backend, scope))
 
 
 def folder_stamp(folder: Path) -> str:
@@ -65,16 +74,16 @@ class ResponseCache:
         text, finish, pt, ct, latency, backend, model = row
         return Completion(text, finish, pt, ct, latency, backend, model, cached=True)
 
-    def put(self, key: str, request: Request, completion: Completion) -> None:
-        if not cacheable(completion):
-            return
-        self.store.db.execute(
+    @staticmethod
+    def row(key: str, canonical: str, completion: Completion) -> Row:
+        """The write that stores a reply (see `cacheable`) under its request's key."""
+        return (
             "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 completion.backend,
                 completion.model,
-                json.dumps(request.canonical(), ensure_ascii=False),
+                canonical,
                 completion.text,
                 completion.finish_reason,
                 completion.prompt_tokens,

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from mapd.config import ModelEndpoint
 from mapd.errors import MapdError
 from mapd.llm import limits
-from mapd.llm.cache import CacheMode, ResponseCache, request_key
-from mapd.llm.ledger import Budget, CallRecord, call_cost, record_call
+from mapd.llm.cache import CacheMode, ResponseCache, cacheable, canonical_json, key_of
+from mapd.llm.ledger import Budget, CallRecord, call_cost, call_row
 from mapd.llm.limits import EndpointLimiter, retry_delay
 from mapd.llm.progress import BatchProgress
-from mapd.llm.store import CallStore
+from mapd.llm.store import CallStore, Row
 from mapd.llm.types import Backend, BackendError, CallResult, Completion, Request
 
 BUDGET_REACHED = "not sent: the budget is spent"
@@ -143,29 +143,26 @@ class Client:
         backend = self.backend
         req = self.resolve(request)
         scope = " ".join(s for s in (backend.cache_scope, self.scope) if s) or None
-        key = request_key(req, backend.kind, scope)
+        canonical = canonical_json(req, backend.kind, scope)
+        key = key_of(canonical)
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:
-                await self.store.write(  # type: ignore[union-attr]
-                    lambda: self._record(req, key, hit, 0.0, None, 0)
-                )
+                await self._write(self._ledger_row(req, key, hit, 0.0, None, 0))
                 return CallResult(request, hit)
         if self.cache is None:
-            return await self._call(request, req, key)
+            return await self._call(request, req, key, canonical)
         if key in self.in_flight:  # the same request is being sent: share its reply
             first = await asyncio.shield(self.in_flight[key])
             if first.completion is None:
                 return CallResult(request, error=first.error, skipped=True)
             shared = dataclasses.replace(first.completion, cached=True)
-            await self.store.write(  # type: ignore[union-attr]
-                lambda: self._record(req, key, shared, 0.0, None, 0)
-            )
+            await self._write(self._ledger_row(req, key, shared, 0.0, None, 0))
             return CallResult(request, shared)
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self.in_flight[key] = future
         try:
-            result = await self._call(request, req, key)
+            result = await self._call(request, req, key, canonical)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -175,7 +172,7 @@ class Client:
         finally:
             del self.in_flight[key]
 
-    async def _call(self, request: Request, req: Request, key: str) -> CallResult:
+    async def _call(self, request: Request, req: Request, key: str, canonical: str) -> CallResult:
         if reason := self._blocked():
             return CallResult(request, error=reason, skipped=True)
         completion, error, attempts = await self._send(req)
@@ -190,14 +187,10 @@ class Client:
                 self.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
             if not completion.text.strip():
                 error = f"empty reply (finish reason {completion.finish_reason})"
-        if self.store is not None:
-
-            def save() -> None:
-                if error is None and self.cache is not None:
-                    self.cache.put(key, req, completion)  # type: ignore[arg-type]
-                self._record(req, key, completion, cost, error, attempts)
-
-            await self.store.write(save)
+        rows = [self._ledger_row(req, key, completion, cost, error, attempts)]
+        if error is None and self.cache is not None and cacheable(completion):  # type: ignore[arg-type]
+            rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
+        await self._write(*rows)
         if error is not None:
             return CallResult(request, error=error, attempts=attempts)
         return CallResult(request, completion, None, attempts)
@@ -257,7 +250,11 @@ class Client:
         exhausted = attempt == limits.max_attempts and self.last_success < started
         return exhausted or self.failures_in_a_row >= limits.concurrency * limits.max_attempts
 
-    def _record(
+    async def _write(self, *rows: Row) -> None:
+        if self.store is not None:
+            await self.store.write(*rows)
+
+    def _ledger_row(
         self,
         req: Request,
         key: str,
@@ -265,11 +262,8 @@ class Client:
         cost: float,
         error: str | None,
         attempts: int,
-    ) -> None:
-        if self.store is None:
-            return
-        record_call(
-            self.store,
+    ) -> Row:
+        return call_row(
             CallRecord(
                 self.run,
                 self.stage,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mapd.config import BudgetConfig, Price
 from mapd.errors import MapdError
-from mapd.llm.store import CallStore
+from mapd.llm.store import CallStore, Row
 from mapd.llm.types import Completion
 
 RUN_ID_FILE = ".mapd-run-id"
@@ -55,9 +55,10 @@ class CallRecord:
     attempts: int
 
 
-def record_call(store: CallStore, rec: CallRecord) -> None:
+def call_row(rec: CallRecord) -> Row:
+    """The write that records one call in the ledger."""
     c = rec.completion
-    store.db.execute(
+    return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
         " completion_tokens, latency, cost, cached, ok, error, attempts, created)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

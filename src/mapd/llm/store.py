@@ -5,18 +5,19 @@
 
 WAL mode with a busy timeout lets two processes (say, two runs sharing teachers) read and
 write the same file at once. A call's writes are committed before the call returns, so a
-run killed at any point keeps everything it finished. `await store.write(fn)` commits the
-writes of every call that finished in the same event-loop turn in one transaction: a
-burst of 64 replies costs one WAL commit, not 64.
+run killed at any point keeps everything it finished. `await store.write(*rows)` commits
+the rows of every call that finished in the same event-loop turn in one transaction, one
+`executemany` per statement: a burst of 64 replies costs one WAL commit, not 64.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mapd.errors import MapdError
 from mapd.llm.home import mapd_home
@@ -57,6 +58,8 @@ CREATE INDEX IF NOT EXISTS calls_by_run ON calls (run);
 
 DB_NAME = "calls.sqlite"
 
+Row = tuple[str, Sequence[Any]]  # an INSERT statement and its parameters
+
 
 class CallStore:
     """An open call database. Used from one event loop; other processes may use the file too."""
@@ -76,19 +79,19 @@ class CallStore:
                 f"cannot open the call database {path}: {exc}",
                 "check that MAPD_HOME points to a writable folder",
             ) from None
-        self._queued: list[Callable[[], None]] = []
+        self._queued: list[Row] = []
         self._committed: asyncio.Future[None] | None = None  # the queued writes' commit
 
-    async def write(self, statements: Callable[[], None]) -> None:
-        """Run `statements` in a transaction shared with the writes queued in this loop turn;
-        return once committed. A failed commit (a full disk, say) raises in every writer."""
+    async def write(self, *rows: Row) -> None:
+        """Write `rows` in a transaction shared with the rows queued in this loop turn; return
+        once committed. A failed commit (a full disk, say) raises in every writer."""
         loop = asyncio.get_running_loop()
         if self._committed is not None and self._committed.get_loop() is not loop:
             self._commit_queued()  # a loop ended before its turn did: commit what it left
         if self._committed is None:
             self._committed = loop.create_future()
             loop.call_soon(self._commit_queued)
-        self._queued.append(statements)
+        self._queued.extend(rows)
         # shielded: a writer that is cancelled must not cancel the others' commit
         await asyncio.shield(self._committed)
 
@@ -96,10 +99,13 @@ class CallStore:
         done, self._committed = self._committed, None
         queued, self._queued = self._queued, []
         assert done is not None
+        by_statement: dict[str, list[Sequence[Any]]] = {}
+        for sql, params in queued:
+            by_statement.setdefault(sql, []).append(params)
         try:
             with self.transaction():
-                for statements in queued:
-                    statements()
+                for sql, rows in by_statement.items():
+                    self.db.executemany(sql, rows)
         except BaseException as exc:
             if done.get_loop().is_closed() or isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise

@@ -114,6 +114,7 @@ def main() -> None:
         )
     print("reference (hand-written recipe, first 200): 3.5% -> 18.5%")
     out = Path(__file__).parent / "results" / f"svamp_quality_{args.preset}.json"
+    out.parent.mkdir(exist_ok=True)  # git-ignored, so absent from a fresh clone
     out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
 

@@ -95,3 +95,20 @@ def test_writes_left_by_a_loop_that_ended_are_committed_not_lost():
 
         asyncio.run(next_run())
         assert store.db.execute("SELECT COUNT(*) FROM calls").fetchone()[0] == 2
+
+
+def test_rows_of_several_statements_commit_together_each_in_written_order(monkeypatch):
+    reply = "INSERT INTO responses VALUES (?, 'b', 'm', '{}', 't', 'stop', 0, 0, 0, 0)"
+    with open_store() as store:
+        opened = count_transactions(store, monkeypatch)
+
+        async def go():
+            await asyncio.gather(
+                *(store.write(insert(store, n), (reply, (f"r{n}",))) for n in range(5))
+            )
+
+        asyncio.run(go())
+        assert len(opened) == 1
+        keys = [k for (k,) in store.db.execute("SELECT key FROM calls ORDER BY id")]
+        assert keys == [f"k{n}" for n in range(5)]
+        assert store.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 5

@@ -52,6 +52,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=96, help="examples scored (seeded sample)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    needed = [args.run_dir / "config.yaml", args.run_dir / "dataset" / "train.jsonl"]
+    needed += [model / "config.json" for model in args.models]
+    for path in needed:
+        if not path.is_file():
+            parser.error(f"{path} not found: give a built run folder, then merged model folders")
     cfg = load_config(args.run_dir / "config.yaml")
     examples = read_jsonl(args.run_dir / "dataset" / "train.jsonl", Example)
     random.Random(args.seed).shuffle(examples)

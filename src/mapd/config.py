@@ -209,6 +209,12 @@ class TrainConfig(Strict):
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the feedback task in the loss.")
+    task_mean: Literal["dataset", "step"] = Field(
+        "dataset",
+        description="Each task's CE is its sum over the step's tokens divided by that task's "
+        "tokens per step on average over the dataset (every token of a task weighs the same), "
+        "or by its tokens in this step (a task with few tokens in a step weighs as much).",
+    )
     max_length: int = Field(512, ge=8)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(2, ge=1)

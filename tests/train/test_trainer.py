@@ -175,3 +175,46 @@ def test_the_trainer_samples_shuffled_length_groups(tiny_model_dir, tiny_tokeniz
     assert isinstance(sampler, ShuffledLengthGroupedSampler)
     assert (sampler.batch_size, sampler.step_size) == (2, 4)
     assert sorted(sampler) == list(range(len(rows)))
+
+
+@pytest.mark.parametrize("task_mean", ["dataset", "step"])
+def test_with_dataset_means_a_rows_loss_does_not_depend_on_the_rest_of_its_step(
+    tiny_model_dir, tiny_tokenizer, tmp_path, task_mean
+):
+    from transformers import TrainingArguments
+
+    from mapd.train.trainer import TwoTaskTrainer
+
+    rows = [vars(r) for r in encode_examples(toy_examples(3), tiny_tokenizer, "chat", 256).rows]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, report_to="none"
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    trainer = TwoTaskTrainer(
+        model=model, args=args, alpha=0.3, task_mean=task_mean, train_dataset=rows
+    )
+    collate = PadCollator(pad_id=tiny_tokenizer.pad_token_id)
+
+    def step_loss(picked):
+        batch = collate(picked)
+        counts = task_token_counts(batch["labels"], batch["task"])
+        with torch.no_grad():
+            return trainer.compute_loss(model, batch, num_items_in_batch=counts).item()
+
+    feedback = [r for r in rows if r["task"] == 0]
+    rationale = [r for r in rows if r["task"] == 1]
+    picked = [feedback[0], feedback[1], rationale[0]]
+    together = step_loss(picked)
+    apart = sum(step_loss([row]) for row in picked)
+    if task_mean == "dataset":
+        # every token of a task weighs the same: the step's loss is the sum of its rows' losses
+        totals = [
+            sum(sum(x != -100 for x in r["labels"][1:]) for r in t) for t in (feedback, rationale)
+        ]
+        expected = torch.tensor(totals, dtype=torch.float32) * 2 / len(rows)
+        assert torch.allclose(trainer.per_step, expected)
+        assert together == pytest.approx(apart, rel=1e-5)
+    else:
+        # a task's rows get the task's full weight in every step: apart, the feedback counts twice
+        assert trainer.per_step is None
+        assert apart != pytest.approx(together, rel=0.1)

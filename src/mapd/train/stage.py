@@ -189,6 +189,7 @@ def run(
         model=model,
         args=args,
         alpha=t.alpha,
+        task_mean=t.task_mean,
         train_dataset=[asdict(row) for row in encoded.rows],
         data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
         processing_class=tokenizer,

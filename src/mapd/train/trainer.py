@@ -208,14 +208,22 @@ class TwoTaskTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add feedback_loss and rationale_loss (means since the last log) to the training logs."""
+        """Add feedback_loss and rationale_loss (means since the last log) to the training logs.
+
+        With dataset means, a step's loss grows with its tokens (a short last step of an
+        epoch is small), so the logged `loss` is the objective over the logged tokens
+        instead: α·feedback_loss + (1−α)·rationale_loss."""
         if "loss" in logs and self._task_stats is not None:
             stats = self._task_stats
             if self.accelerator.num_processes > 1:
                 stats = self.accelerator.reduce(stats, reduction="sum")
-            for k, name in enumerate(TASK_NAMES):
-                if stats[2 + k] > 0:
-                    logs[f"{name}_loss"] = round(float(stats[k] / stats[2 + k]), 4)
+            means = [float(stats[k] / stats[2 + k]) if stats[2 + k] > 0 else None for k in (0, 1)]
+            for name, mean in zip(TASK_NAMES, means, strict=True):
+                if mean is not None:
+                    logs[f"{name}_loss"] = round(mean, 4)
+            if self.per_step is not None:
+                terms = zip((self.alpha, 1.0 - self.alpha), means, strict=True)
+                logs["loss"] = round(sum(w * m for w, m in terms if m is not None), 4)
             self._task_stats = None
         super().log(logs, start_time)
 

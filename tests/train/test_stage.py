@@ -187,6 +187,22 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert use_bf16("auto") and not use_bf16("fp32")
 
 
+class CountLayerCalls(TrainerCallback):
+    """Counts the calls of the first layer's first module, as they start: transformers
+    checkpoints a layer's `forward`, not its `__call__`, and torch stops a recomputation
+    once it has what the backward needs."""
+
+    calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        first = "layers.0.input_layernorm"
+        norm = next(m for n, m in model.named_modules() if n.endswith(first))
+        norm.register_forward_pre_hook(self.count)
+
+    def count(self, *_):
+        self.calls += 1
+
+
 def test_activation_checkpointing_recomputes_the_layers_and_trains_the_same(
     tiny_model_dir, tmp_path
 ):
@@ -204,19 +220,9 @@ def test_activation_checkpointing_recomputes_the_layers_and_trains_the_same(
             logging_steps=1,
             gradient_checkpointing=on,
         )
-        calls = []
-
-        class CountLayerCalls(TrainerCallback):
-            def on_train_begin(self, args, state, control, model=None, **kwargs):
-                # transformers checkpoints a layer's `forward`, not its `__call__`, and torch
-                # stops a recomputation once it has what the backward needs: so count the
-                # calls of the layer's first module, as they start
-                first = "layers.0.input_layernorm"
-                norm = next(m for n, m in model.named_modules() if n.endswith(first))
-                norm.register_forward_pre_hook(lambda *_: calls.append(1))
-
-        final = run(cfg, folder, callbacks=[CountLayerCalls()])["final_losses"]
-        seen[on] = (final, len(calls))
+        counter = CountLayerCalls()
+        final = run(cfg, folder, callbacks=[counter])["final_losses"]
+        seen[on] = (final, counter.calls)
     (loss_off, calls_off), (loss_on, calls_on) = seen[False], seen[True]
     assert calls_off == 2  # one forward per step
     assert calls_on == 2 * calls_off

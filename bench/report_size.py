@@ -28,6 +28,7 @@ from mapd.decisions import decide_all, review_statistics
 from mapd.records import Example, Feedback, Mistake, Rationale, Review
 from mapd.report import write_report
 from mapd.stages.rundir import write_json, write_jsonl
+from mapd.testing.browser import chromium_paths, headless_chromium
 
 SEARCH = ("7", "77", "777", "777 apples")  # typed one keystroke at a time
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,30 +159,6 @@ def generate_run(run_dir: Path, n: int, seed: int = 731) -> None:
     write_jsonl(run_dir / "dataset" / "train.jsonl", examples)
 
 
-def open_chromium(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(service=service, options=options)
-
-
 # Run in the page: change the search box, then wait for the next frame to be painted.
 TYPE_AND_PAINT = """
 const [text, done] = arguments;
@@ -204,7 +181,7 @@ requestAnimationFrame(() => setTimeout(() => done(performance.now() - t0), 0));
 def measure_page(page: Path, loads: int) -> dict[str, object]:
     """Time to interactive (median of `loads` fresh loads), search keystrokes, opening a row."""
     profile = Path(tempfile.mkdtemp(prefix="mapd-chromium-"))
-    driver = open_chromium(profile)
+    driver = headless_chromium(profile)
     try:
         driver.set_page_load_timeout(120)
         ready = []
@@ -278,7 +255,7 @@ def main() -> None:
         "generate_s": round(generated, 2),
         "build_report_s": round(build_s, 2),
     }
-    if shutil.which("chromium") and shutil.which("chromedriver"):
+    if chromium_paths() is not None:
         result["browser"] = measure_page(page, args.loads)
     else:
         result["browser"] = "skipped: chromium and chromedriver not installed"

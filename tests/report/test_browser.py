@@ -11,39 +11,19 @@ from pathlib import Path
 import pytest
 
 from mapd.report import write_report
+from mapd.testing.browser import INSTALL_HINT, chromium_paths, headless_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="headless Chromium not installed: apt-get install chromium chromium-driver",
+    chromium_paths() is None, reason=f"headless Chromium not installed: {INSTALL_HINT}"
 )
 
 
 @pytest.fixture()
 def browser(tmp_path: Path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[test]'")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    pytest.importorskip("selenium.webdriver", reason="pip install -e '.[test]'")
+    driver = headless_chromium(tmp_path / "chromium-profile")
     driver.set_page_load_timeout(20)
     yield driver
     driver.quit()

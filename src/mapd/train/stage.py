@@ -48,7 +48,7 @@ STAGE = "train"
 
 def native_bf16() -> bool:
     """Whether bf16 arithmetic runs natively: a CUDA GPU with bf16, or a CPU with AMX or
-    AVX512-BF16 (there, bf16 autocast trains SmolLM2 with LoRA about 1.4x faster; see
+    AVX512-BF16 (there, bf16 autocast trains SmolLM2, fully fine-tuned, about 1.4x faster; see
     bench/train_throughput.py)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(including_emulation=False)  # not on a T4 or V100

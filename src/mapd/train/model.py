@@ -9,6 +9,7 @@ Weights are loaded in float32; on a GPU with bfloat16 the Trainer runs in mixed 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,10 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig) -> PreTrainedModel:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_config)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers 5's deprecated alias; the warning is not the user's
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            return get_peft_model(model, peft_config)
     except ValueError as exc:
         names = sorted(
             {

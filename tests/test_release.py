@@ -26,6 +26,10 @@ def test_import_then_build_with_the_paper_preset(tmp_path):
     result = mapd("import-release", "--task", "svamp", "--output", str(out), *map(str, FIXTURES))
     assert result.returncode == 0, result.stderr
     assert "imported 4 mistakes, 12 feedback, 12 rationales, 24 reviews" in result.stdout
+    # the counts reach the stage manifests, so `mapd run`'s funnel line can show them
+    exam = json.loads((out / "manifests" / "exam.json").read_text())["summary"]
+    teach = json.loads((out / "manifests" / "teach.json").read_text())["summary"]
+    assert (exam["mistakes"], teach["feedback"], teach["rationales"]) == (4, 12, 12)
 
     reviews = read_jsonl(out / "reviews.jsonl", Review)
     gpt = [r for r in reviews if r.rationale_id == "svamp-release-0|gpt-3.5-turbo"]

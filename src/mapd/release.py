@@ -146,17 +146,18 @@ def write_release_run(
     from mapd.config import dump_run_config
     from mapd.stages.rundir import manifest_path
 
-    written = {"exam": ["mistakes.jsonl"]}
+    written = {"exam": (["mistakes.jsonl"], {"mistakes": len(mistakes)})}
     write_jsonl(out / "mistakes.jsonl", mistakes)
     if feedback or rationales:
         write_jsonl(out / "feedback.jsonl", feedback)
         write_jsonl(out / "rationales.jsonl", rationales)
-        written["teach"] = ["feedback.jsonl", "rationales.jsonl"]
+        counts = {"feedback": len(feedback), "rationales": len(rationales)}
+        written["teach"] = (["feedback.jsonl", "rationales.jsonl"], counts)
     if reviews:
         write_jsonl(out / "reviews.jsonl", reviews)
     write_text_atomic(out / "config.yaml", dump_run_config(cfg))
     now = time.time()
-    for stage, outputs in written.items():
+    for stage, (outputs, counts) in written.items():
         write_json(
             manifest_path(out, stage),
             {
@@ -165,7 +166,7 @@ def write_release_run(
                 "sources": sources,
                 "finished_at": now,
                 "outputs": {},
-                "summary": {"imported_files": outputs},
+                "summary": {"imported_files": outputs, **counts},
             },
         )
     write_json(out / MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now})

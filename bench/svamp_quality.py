@@ -80,7 +80,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another config override for a new run folder, e.g. train.prompt_format=chat",
+        help="another config override, e.g. train.prompt_format=chat; it stays in the folder's config",
     )
     args = parser.parse_args()
     mistakes = sorted(args.release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
@@ -95,9 +95,11 @@ def main() -> None:
     config = run_dir / "config.yaml"
     if not config.exists():
         mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
-        test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
-        extra = MAPD_DEFAULTS if args.preset == "mapd" else []
-        configure(config, RECIPE + test_set + extra + args.set)
+    # applied again to an existing folder too, so that `--set` is never silently ignored;
+    # stages whose settings these change run again, the others are reused
+    test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
+    extra = MAPD_DEFAULTS if args.preset == "mapd" else []
+    configure(config, RECIPE + test_set + extra + args.set)
     mapd("run", str(config))
 
     figures = {"preset": args.preset, "run_dir": str(run_dir)}

@@ -112,7 +112,10 @@ class KillAtStep(TrainerCallback):
             raise Killed
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("checkpointing_on_resume", [False, True])
+def test_a_killed_run_resumes_from_its_last_checkpoint(
+    tiny_model_dir, tmp_path, checkpointing_on_resume
+):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
     for folder in (killed, whole):
         write_dataset(folder, toy_examples(8))
@@ -123,7 +126,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path)
     assert not (killed / "student" / "manifest.json").exists()
     assert max(e["step"] for e in log_entries(killed)) == 5  # logged past checkpoint-4
 
-    manifest = run(make_config(tiny_model_dir, killed, **settings), killed)
+    # a run that ran out of memory resumes with activation checkpointing switched on
+    resumed = make_config(
+        tiny_model_dir, killed, **settings, gradient_checkpointing=checkpointing_on_resume
+    )
+    manifest = run(resumed, killed)
     assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 8
     steps = [e["step"] for e in log_entries(killed) if "loss" in e]
     assert steps == list(range(1, 9))  # 5 and 6 ran twice, but are logged once

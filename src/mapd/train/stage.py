@@ -110,9 +110,15 @@ def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str
 
 
 def train_settings(cfg: RunConfig) -> dict[str, Any]:
-    """What the trained student depends on besides the dataset (its fingerprint's settings)."""
+    """What the trained student depends on besides the dataset (its fingerprint's settings).
+
+    Settings that change only how the run goes, not the weights it ends with, do not count:
+    a run that ran out of memory can resume from its checkpoint with activation
+    checkpointing switched on. That one is fingerprinted at its default rather than left
+    out, so that folders trained before this rule keep their fingerprints."""
+    train = cfg.train.model_copy(update={"gradient_checkpointing": False})
     return {
-        "train": cfg.train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
+        "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
         "student": cfg.student.model,
         "seed": cfg.seed,
     }

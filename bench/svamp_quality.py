@@ -44,9 +44,10 @@ RECIPE = [
     "train.grad_accum=2",
     "train.merge=true",
 ]
-MAPD_DEFAULTS = [
+MAPD_DEFAULTS = [  # where mapd's defaults differ from the paper preset the import starts from
     "review.require_correct_answer=true",
     "dataset.answer_line=true",
+    "dataset.feedback_from=accepted",
     "train.prompt_format=chat",
 ]
 REFERENCE_FIRST = 200

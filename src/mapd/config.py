@@ -182,6 +182,12 @@ class DatasetConfig(Strict):
     answer_line: bool = Field(
         True, description="End rationale targets with 'The answer is N.' when they do not."
     )
+    feedback_from: Literal["accepted", "any"] = Field(
+        "accepted",
+        description="Whose feedback on a mistake is trained: only teachers whose own rationale "
+        "for that question was accepted (a teacher that refused or solved it wrongly is not "
+        "asked to explain it), or any teacher's (the paper).",
+    )
 
 
 class LoraConfig(Strict):

@@ -279,6 +279,8 @@ def test_a_teacher_that_refuses_and_one_that_answers_garbage(tmp_path):
     assert {d.reason for d in decisions if d.teacher != "alice"} == {"low_score"}
     examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
     assert {e.teacher for e in examples if e.kind == "rationale"} == {"alice"}
+    # bob's refusals and carol's garbage are not trained as feedback either
+    assert {e.teacher for e in examples if e.kind == "feedback"} == {"alice"}
 
 
 def test_reviewers_that_never_give_a_parseable_score(tmp_path):

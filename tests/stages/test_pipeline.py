@@ -91,8 +91,18 @@ def test_changed_setting_reruns_only_what_depends_on_it(tmp_path, server, capsys
     assert "review: finished earlier" in err and "build done" in err
     examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
     mistakes = len(lines(tmp_path / "run" / "mistakes.jsonl"))
-    assert sum(e.kind == "feedback" for e in examples) == 3 * mistakes
-    assert sum(e.kind == "rationale" for e in examples) == 2 * mistakes  # alice and bob
+    # feedback only from the teachers whose own rationale was accepted: alice and bob
+    assert sum(e.kind == "feedback" for e in examples) == 2 * mistakes
+    assert sum(e.kind == "rationale" for e in examples) == 2 * mistakes
+    assert {e.teacher for e in examples} == {"alice", "bob"}
+    stats = json.loads((tmp_path / "run" / "dataset" / "stats.json").read_text())
+    assert stats["feedback_not_used"] == mistakes  # the third teacher's
+
+    run(config, "dataset.pick=all", "dataset.feedback_from=any", until="build")
+    examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
+    assert sum(e.kind == "feedback" for e in examples) == 3 * mistakes  # every teacher's
+    stats = json.loads((tmp_path / "run" / "dataset" / "stats.json").read_text())
+    assert stats["feedback_not_used"] == 0
 
 
 def test_answer_line_ends_every_rationale_target(tmp_path, server):

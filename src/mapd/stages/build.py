@@ -8,8 +8,12 @@ Writes dataset/train.jsonl (one Example a line), dataset/hf/ (a `datasets` datas
 Per mistake: feedback-task examples (the prompt shows the question, the student's answer
 and the correct answer as a hint; the target is a teacher's feedback) and rationale-task
 examples (the prompt is the question alone; the target is an accepted rationale). A mistake
-with no accepted rationale is dropped. `dataset.pick: random` takes one of each at random,
-seeded per question so that the choice does not depend on file order; `all` takes every one.
+with no accepted rationale is dropped. Feedback is not peer-reviewed; with
+`dataset.feedback_from: accepted` (the default) only teachers whose own rationale for the
+question was accepted explain the student's mistake, so a teacher that refused or solved it
+wrongly teaches nothing about it (`any`, the paper: every teacher's feedback is a candidate).
+`dataset.pick: random` takes one of each at random, seeded per question so that the choice
+does not depend on file order; `all` takes every one.
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ def build_examples(
         if not rats:
             counts["dropped_no_accepted_rationale"] += 1
             continue
+        if cfg.dataset.feedback_from == "accepted":
+            solved = {r.teacher for r in rats}
+            counts["feedback_not_used"] += sum(f.teacher not in solved for f in fb)
+            fb = [f for f in fb if f.teacher in solved]
         if cfg.dataset.pick == "random":
             rng = random.Random(f"{cfg.seed}:{m.question_id}")
             fb = [rng.choice(fb)] if fb else []
@@ -117,6 +125,8 @@ def build_examples(
         "feedback_examples": kinds["feedback"],
         "rationale_examples": kinds["rationale"],
         "answer_lines_added": counts["answer_lines_added"],
+        # feedback of teachers whose own rationale for the question was not accepted
+        "feedback_not_used": counts["feedback_not_used"],
         "rationale_examples_per_teacher": dict(
             sorted(Counter(e.teacher for e in examples if e.kind == "rationale").items())
         ),

@@ -184,9 +184,9 @@ class DatasetConfig(Strict):
     )
     feedback_from: Literal["accepted", "any"] = Field(
         "accepted",
-        description="Whose feedback on a mistake is trained: only teachers whose own rationale "
-        "for that question was accepted (a teacher that refused or solved it wrongly is not "
-        "asked to explain it), or any teacher's (the paper).",
+        description="Whose feedback on a mistake is trained: only that of teachers whose own "
+        "rationale for the question was accepted (by the review and, when on, the answer "
+        "check), or any teacher's (the paper).",
     )
 
 

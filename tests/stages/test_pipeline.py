@@ -96,13 +96,14 @@ def test_changed_setting_reruns_only_what_depends_on_it(tmp_path, server, capsys
     assert sum(e.kind == "rationale" for e in examples) == 2 * mistakes
     assert {e.teacher for e in examples} == {"alice", "bob"}
     stats = json.loads((tmp_path / "run" / "dataset" / "stats.json").read_text())
-    assert stats["feedback_not_used"] == mistakes  # the third teacher's
+    assert stats["feedback_of_rejected_teachers"] == mistakes  # the third teacher's
+    assert stats["mistakes_without_feedback"] == 0
 
     run(config, "dataset.pick=all", "dataset.feedback_from=any", until="build")
     examples = read_jsonl(tmp_path / "run" / "dataset" / "train.jsonl", Example)
     assert sum(e.kind == "feedback" for e in examples) == 3 * mistakes  # every teacher's
     stats = json.loads((tmp_path / "run" / "dataset" / "stats.json").read_text())
-    assert stats["feedback_not_used"] == 0
+    assert stats["feedback_of_rejected_teachers"] == 0
 
 
 def test_answer_line_ends_every_rationale_target(tmp_path, server):

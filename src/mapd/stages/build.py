@@ -9,9 +9,10 @@ Per mistake: feedback-task examples (the prompt shows the question, the student'
 and the correct answer as a hint; the target is a teacher's feedback) and rationale-task
 examples (the prompt is the question alone; the target is an accepted rationale). A mistake
 with no accepted rationale is dropped. Feedback is not peer-reviewed; with
-`dataset.feedback_from: accepted` (the default) only teachers whose own rationale for the
-question was accepted explain the student's mistake, so a teacher that refused or solved it
-wrongly teaches nothing about it (`any`, the paper: every teacher's feedback is a candidate).
+`dataset.feedback_from: accepted` (the default) only the feedback of teachers whose own
+rationale for the question was accepted is trained, so a teacher whose rationale was
+rejected (by the review or, when on, the answer check) does not explain the mistake either
+(`any`, the paper: every teacher's feedback is a candidate).
 `dataset.pick: random` takes one of each at random, seeded per question so that the choice
 does not depend on file order; `all` takes every one.
 """
@@ -74,14 +75,23 @@ def build_examples(
         if not rats:
             counts["dropped_no_accepted_rationale"] += 1
             continue
+        usable = fb
         if cfg.dataset.feedback_from == "accepted":
             solved = {r.teacher for r in rats}
-            counts["feedback_not_used"] += sum(f.teacher not in solved for f in fb)
-            fb = [f for f in fb if f.teacher in solved]
+            usable = [f for f in fb if f.teacher in solved]
+            counts["feedback_of_rejected_teachers"] += len(fb) - len(usable)
         if cfg.dataset.pick == "random":
             rng = random.Random(f"{cfg.seed}:{m.question_id}")
-            fb = [rng.choice(fb)] if fb else []
+            # the first draw over every teacher's feedback keeps the rationale draw after it
+            # the same whichever feedback is usable: the two settings differ in feedback only
+            drawn = rng.choice(fb) if fb else None
             rats = [rng.choice(rats)]
+            if usable is not fb:
+                feedback_rng = random.Random(f"{cfg.seed}:{m.question_id}:feedback")
+                drawn = feedback_rng.choice(usable) if usable else None
+            usable = [drawn] if drawn else []
+        counts["mistakes_without_feedback"] += not usable
+        fb = usable
         counts["mistakes_used"] += 1
         fb_prompt = prompts.feedback(m)
         for f in fb:
@@ -125,8 +135,10 @@ def build_examples(
         "feedback_examples": kinds["feedback"],
         "rationale_examples": kinds["rationale"],
         "answer_lines_added": counts["answer_lines_added"],
-        # feedback of teachers whose own rationale for the question was not accepted
-        "feedback_not_used": counts["feedback_not_used"],
+        # with feedback_from: accepted, candidates left out because the teacher's own
+        # rationale for the question was not accepted; and mistakes trained on rationales only
+        "feedback_of_rejected_teachers": counts["feedback_of_rejected_teachers"],
+        "mistakes_without_feedback": counts["mistakes_without_feedback"],
         "rationale_examples_per_teacher": dict(
             sorted(Counter(e.teacher for e in examples if e.kind == "rationale").items())
         ),

@@ -1,8 +1,8 @@
 """`mapd ablate`: the paper's comparison table from one config, on the same data and seed.
 
 Rows: the untrained student; each single teacher without review; the committee without
-review; the committee with review (MAPD, the paper's acceptance rule only); MAPD with
-α = 0 (no learning from mistakes); MAPD with the answer check. Each row is a run folder
+review; the committee with review (MAPD, the paper's acceptance rule and feedback choice);
+MAPD with α = 0 (no learning from mistakes); MAPD with the answer check. Each row is a run folder
 under `<output_dir>/ablation/<row>/`; the exam, the teaching and the reviews are the same
 requests in every row, so after the first row they come from the cache for free, and only
 training and evaluation are paid per row. Writes `ablation/ablation.md` and `ablation.csv`.
@@ -59,6 +59,7 @@ def variant_config(
 ) -> RunConfig:
     data = cfg.model_dump(mode="json")
     data["review"]["require_correct_answer"] = False  # the paper's MAPD; one row adds the check
+    data["dataset"]["feedback_from"] = "any"  # the paper's feedback choice in every row
     for section, values in changes.items():
         data[section].update(values)
     data["eval"]["base"] = base_eval

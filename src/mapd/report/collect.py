@@ -378,7 +378,9 @@ def config_summary(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "dataset",
-            f"mode {d.get('mode', 'mapd')}, pick {d.get('pick', 'random')}, answer line {on(d.get('answer_line'))}",
+            f"mode {d.get('mode', 'mapd')}, pick {d.get('pick', 'random')}, "
+            f"feedback from {d.get('feedback_from', 'any')} teachers, "
+            f"answer line {on(d.get('answer_line'))}",
         ),
         (
             "train",

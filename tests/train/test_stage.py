@@ -112,6 +112,22 @@ class KillAtStep(TrainerCallback):
             raise Killed
 
 
+class CountLayerCalls(TrainerCallback):
+    """Counts the calls of the first layer's first module, as they start: transformers
+    checkpoints a layer's `forward`, not its `__call__`, and torch stops a recomputation
+    once it has what the backward needs."""
+
+    calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        first = "layers.0.input_layernorm"
+        norm = next(m for n, m in model.named_modules() if n.endswith(first))
+        norm.register_forward_pre_hook(self.count)
+
+    def count(self, *_):
+        self.calls += 1
+
+
 @pytest.mark.parametrize("checkpointing_on_resume", [False, True])
 def test_a_killed_run_resumes_from_its_last_checkpoint(
     tiny_model_dir, tmp_path, checkpointing_on_resume
@@ -130,8 +146,10 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(
     resumed = make_config(
         tiny_model_dir, killed, **settings, gradient_checkpointing=checkpointing_on_resume
     )
-    manifest = run(resumed, killed)
+    counter = CountLayerCalls()
+    manifest = run(resumed, killed, [counter])
     assert manifest["resumed_from"] == "checkpoint-4" and manifest["steps"] == 8
+    assert counter.calls == 4 * (2 if checkpointing_on_resume else 1)  # steps 5 to 8
     steps = [e["step"] for e in log_entries(killed) if "loss" in e]
     assert steps == list(range(1, 9))  # 5 and 6 ran twice, but are logged once
 
@@ -192,22 +210,6 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert not use_bf16("auto") and use_bf16("bf16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert use_bf16("auto") and not use_bf16("fp32")
-
-
-class CountLayerCalls(TrainerCallback):
-    """Counts the calls of the first layer's first module, as they start: transformers
-    checkpoints a layer's `forward`, not its `__call__`, and torch stops a recomputation
-    once it has what the backward needs."""
-
-    calls = 0
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        first = "layers.0.input_layernorm"
-        norm = next(m for n, m in model.named_modules() if n.endswith(first))
-        norm.register_forward_pre_hook(self.count)
-
-    def count(self, *_):
-        self.calls += 1
 
 
 def test_activation_checkpointing_recomputes_the_layers_and_trains_the_same(

@@ -115,7 +115,7 @@ def train_settings(cfg: RunConfig) -> dict[str, Any]:
     Settings that change only how the run goes, not the weights it ends with, do not count:
     a run that ran out of memory can resume from its checkpoint with activation
     checkpointing switched on. That one is fingerprinted at its default rather than left
-    out, so that folders trained before this rule keep their fingerprints."""
+    out, so that folders trained with it off before this rule keep their fingerprints."""
     train = cfg.train.model_copy(update={"gradient_checkpointing": False})
     return {
         "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),

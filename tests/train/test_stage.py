@@ -78,6 +78,30 @@ def test_lora_saves_the_adapter_and_a_merged_model(tiny_model_dir, tiny_tokenize
     assert (tmp_path / "manifests" / "train.json").exists()
 
 
+class CountSteps(TrainerCallback):
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_merge_switched_on_after_training_merges_without_training_again(tiny_model_dir, tmp_path):
+    write_dataset(tmp_path, toy_examples(4))
+    settings = {"method": "lora", "max_steps": 2}
+    trained = run(make_config(tiny_model_dir, tmp_path, **settings), tmp_path)
+    assert trained["merged_dir"] is None and not (tmp_path / "student" / "merged").exists()
+
+    counter = CountSteps()
+    merged = run(make_config(tiny_model_dir, tmp_path, **settings, merge=True), tmp_path, [counter])
+    assert counter.steps == 0 and merged["merged_dir"] == "merged"
+    assert merged["final_losses"] == trained["final_losses"]
+    assert (tmp_path / "student" / "merged" / "config.json").exists()
+    again = run(make_config(tiny_model_dir, tmp_path, **settings, merge=True), tmp_path)
+    assert again["skipped"]  # the stage manifest now carries the merged settings
+    unmerged = run(make_config(tiny_model_dir, tmp_path, **settings), tmp_path, [counter])
+    assert counter.steps == 0 and unmerged["merged_dir"] is None
+
+
 def test_overlong_examples_stop_the_run_or_are_dropped_and_counted(tiny_model_dir, tmp_path):
     long = Example(
         id="long",

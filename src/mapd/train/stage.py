@@ -7,7 +7,8 @@ fine-tuning), `merged/` with `train.merge`, `checkpoints/checkpoint-N/` after ev
 `train_log.jsonl` (loss, feedback_loss, rationale_loss, learning rate per log step) and
 `manifest.json` last; then `manifests/train.json`. Re-running after a kill resumes from
 the last checkpoint when the settings and the dataset are unchanged (otherwise the stale
-checkpoints are removed); re-running after a finished run with the same settings skips.
+checkpoints are removed); re-running after a finished run with the same settings skips,
+and with only `train.merge` switched on merges the saved adapter without training again.
 With several processes every process trains and only the main one writes.
 """
 
@@ -180,6 +181,8 @@ def run(
         if state.is_main_process:
             print(f"{student_dir} is already trained with these settings; delete it to retrain")
         return read_json(student_dir / "manifest.json") | {"skipped": True}
+    if trained_but_for_merge(cfg, run_dir, data_path):
+        return change_merge_only(cfg, run_dir, fp, started, state)
 
     t = cfg.train
     set_seed(cfg.seed)
@@ -212,6 +215,35 @@ def run(
         write_json(student_dir / "manifest.json", manifest)
         write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
         print(format_summary(manifest, student_dir))
+    state.wait_for_everyone()
+    return manifest
+
+
+def trained_but_for_merge(cfg: RunConfig, run_dir: Path, data_path: Path) -> bool:
+    """Whether the student is trained with these settings except `train.merge`."""
+    if cfg.train.method != "lora" or not (run_dir / "student" / "manifest.json").exists():
+        return False
+    flipped = cfg.train.model_copy(update={"merge": not cfg.train.merge})
+    other = fingerprint(train_settings(cfg.model_copy(update={"train": flipped})), [data_path])
+    return stage_is_done(run_dir, STAGE, other)
+
+
+def change_merge_only(
+    cfg: RunConfig, run_dir: Path, fp: str, started: float, state: PartialState
+) -> dict[str, Any]:
+    """`train.merge` switched on after training merges the saved adapter, without training
+    again; switched off, the manifest stops naming `merged/` (the folder is left as is)."""
+    student_dir = run_dir / "student"
+    manifest = read_json(student_dir / "manifest.json")
+    if state.is_main_process:
+        if cfg.train.merge:
+            print(f"{student_dir} is trained with these settings: merging the adapter only")
+            merge_adapter(
+                cfg.student.model, student_dir / manifest["model_dir"], student_dir / "merged"
+            )
+        manifest["merged_dir"] = "merged" if cfg.train.merge else None
+        write_json(student_dir / "manifest.json", manifest)
+        write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
     state.wait_for_everyone()
     return manifest
 

@@ -96,10 +96,23 @@ def test_merge_switched_on_after_training_merges_without_training_again(tiny_mod
     assert counter.steps == 0 and merged["merged_dir"] == "merged"
     assert merged["final_losses"] == trained["final_losses"]
     assert (tmp_path / "student" / "merged" / "config.json").exists()
+    on_disk = json.loads((tmp_path / "student" / "manifest.json").read_text())
+    assert on_disk["merged_dir"] == "merged"  # what evaluation and the next round read
     again = run(make_config(tiny_model_dir, tmp_path, **settings, merge=True), tmp_path)
-    assert again["skipped"]  # the stage manifest now carries the merged settings
+    assert again["skipped"] and again["merged_dir"] == "merged"
+
     unmerged = run(make_config(tiny_model_dir, tmp_path, **settings), tmp_path, [counter])
     assert counter.steps == 0 and unmerged["merged_dir"] is None
+    assert run(make_config(tiny_model_dir, tmp_path, **settings), tmp_path)["skipped"]
+
+
+def test_merge_means_nothing_to_full_fine_tuning(tiny_model_dir, tmp_path):
+    write_dataset(tmp_path, toy_examples(4))
+    run(make_config(tiny_model_dir, tmp_path, method="full", max_steps=1), tmp_path)
+    merged = run(
+        make_config(tiny_model_dir, tmp_path, method="full", max_steps=1, merge=True), tmp_path
+    )
+    assert merged["skipped"] and merged["merged_dir"] is None  # no adapter: nothing to redo
 
 
 def test_overlong_examples_stop_the_run_or_are_dropped_and_counted(tiny_model_dir, tmp_path):

@@ -116,8 +116,12 @@ def train_settings(cfg: RunConfig) -> dict[str, Any]:
     Settings that change only how the run goes, not the weights it ends with, do not count:
     a run that ran out of memory can resume from its checkpoint with activation
     checkpointing switched on. That one is fingerprinted at its default rather than left
-    out, so that folders trained with it off before this rule keep their fingerprints."""
-    train = cfg.train.model_copy(update={"gradient_checkpointing": False})
+    out, so that folders trained with it off before this rule keep their fingerprints; so is
+    `merge` under full fine-tuning, which has no adapter to merge."""
+    fixed: dict[str, Any] = {"gradient_checkpointing": False}
+    if cfg.train.method == "full":
+        fixed["merge"] = False
+    train = cfg.train.model_copy(update=fixed)
     return {
         "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
         "student": cfg.student.model,
@@ -235,13 +239,13 @@ def change_merge_only(
     again; switched off, the manifest stops naming `merged/` (the folder is left as is)."""
     student_dir = run_dir / "student"
     manifest = read_json(student_dir / "manifest.json")
+    state.wait_for_everyone()  # every process has decided before the files change
+    adapter_dir = student_dir / manifest["model_dir"]
+    manifest["merged_dir"] = "merged" if cfg.train.merge else None
     if state.is_main_process:
         if cfg.train.merge:
             print(f"{student_dir} is trained with these settings: merging the adapter only")
-            merge_adapter(
-                cfg.student.model, student_dir / manifest["model_dir"], student_dir / "merged"
-            )
-        manifest["merged_dir"] = "merged" if cfg.train.merge else None
+            merge_adapter(cfg.student.model, adapter_dir, student_dir / "merged")
         write_json(student_dir / "manifest.json", manifest)
         write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
     state.wait_for_everyone()

@@ -86,7 +86,7 @@ def build_examples(
             # the same whichever feedback is usable: the two settings differ in feedback only
             drawn = rng.choice(fb) if fb else None
             rats = [rng.choice(rats)]
-            if usable is not fb:
+            if cfg.dataset.feedback_from == "accepted":
                 feedback_rng = random.Random(f"{cfg.seed}:{m.question_id}:feedback")
                 drawn = feedback_rng.choice(usable) if usable else None
             usable = [drawn] if drawn else []

@@ -20,9 +20,22 @@ def test_loads_and_splits_single_file(fixtures, local_cfg) -> None:
     assert by_id["chal-1"].answer == "10"  # 10.0 in the file
     assert by_id["chal-3"].answer == "2.5"
     assert by_id["chal-1"].question == (
-        "Each pack of pens costs 11 dollars. If there is a discount of 1 dollars on each pack. "
+        "Each pack of pens costs 11 dollars. If there is a discount of 1 dollars on each pack "
         "How much do you have to pay to buy each pack?"
     )
+
+
+def test_question_text_is_the_release_text(fixtures, local_cfg, tmp_path) -> None:
+    """import-release trains on the release's question text; the loader must evaluate on the same."""
+    problems = json.loads((fixtures / "svamp" / "SVAMP.json").read_text(encoding="utf-8"))
+    release_form = {f"{p['Body'].strip()} {p['Question'].strip()}" for p in problems}
+    cfg = local_cfg("svamp", fixtures / "svamp", test_fraction=0.3)
+    loaded = [
+        q.question
+        for split in ("train", "test")
+        for q in load_questions(cfg, split, seed=731).questions
+    ]
+    assert set(loaded) == release_form
 
 
 def test_split_depends_on_seed_not_position(fixtures, local_cfg) -> None:

@@ -2,8 +2,10 @@
 
 Native format (`SVAMP.json` of the release, and hub `ChilleD/SVAMP`): a list of objects
 with `ID` ("chal-1"), `Body`, `Question`, `Equation`, `Answer` (a float) and `Type`. The
-question shown is Body + " " + Question. The release is one file, so train and test are
-split by id hash unless `task.files` names one file per split.
+question shown is Body + " " + Question, exactly as the paper's release writes it (no period
+is added where the body lacks one: the released training questions keep that form, and a
+student must be trained and evaluated on the same text). The release is one file, so train
+and test are split by id hash unless `task.files` names one file per split.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ def parse_row(row: Any, default_id: str, cfg: TaskConfig) -> Question:
     except ValueError as exc:
         raise RowError(str(exc)) from None
     body, question = str(row["Body"]).strip(), str(row["Question"]).strip()
-    if body and body[-1] not in ".?!":
-        body += "."  # the release drops the period before the question: "...each pack"
     return Question(
         id=str(row.get("ID") or default_id),
         question=f"{body} {question}",

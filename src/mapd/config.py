@@ -81,11 +81,17 @@ class Limits(Strict):
     tpm: float | None = Field(None, gt=0, description="Tokens per minute, or none.")
     max_attempts: int = Field(6, ge=1, description="Attempts per request before it is failed.")
     timeout: float = Field(120.0, gt=0, description="Seconds before one attempt times out.")
+    poll_interval: float = Field(
+        30.0, gt=0, description="batch: seconds between two looks at a submitted batch's status."
+    )
 
 
 class Price(Strict):
     input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
     output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+    batch_discount: float = Field(
+        0.5, ge=0, le=1, description="batch: the batch price as a fraction of the live price."
+    )
 
 
 class Sampling(Strict):
@@ -120,6 +126,12 @@ class ModelEndpoint(Strict):
     sampling: Sampling = Field(default_factory=Sampling)
     limits: Limits = Field(default_factory=Limits)
     price: Price = Field(default_factory=Price)
+    batch: bool | Literal["openai", "anthropic"] = Field(
+        False,
+        description="Send the requests that miss the cache through the provider's batch API "
+        "(half price, results within 24 h): true or openai for OpenAI's Batch API (also "
+        "Azure OpenAI and others), anthropic for Anthropic's Message Batches.",
+    )
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together.")
     device: str = Field("auto", description="transformers: cpu, cuda, mps or auto.")
     dtype: str = Field("auto", description="transformers: float32, bfloat16, float16 or auto.")
@@ -132,9 +144,18 @@ class ModelEndpoint(Strict):
             raise ValueError(
                 f"base_url {self.base_url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
             )
+        if self.batch and self.backend != "openai":
+            raise ValueError("batch needs backend openai (a provider's HTTP API)")
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
         return self
+
+    @property
+    def batch_kind(self) -> Literal["openai", "anthropic"] | None:
+        """Which batch API serves this endpoint, or None for live calls."""
+        if self.batch is True:
+            return "openai"
+        return self.batch or None
 
 
 class StudentConfig(ModelEndpoint):

@@ -105,7 +105,13 @@ async def make_clients(
     budget = budget or Budget.for_run(cfg.budget, store, run)
     clients = {
         e.name if e is not cfg.student else STUDENT: client_for(
-            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache
+            e,
+            store=store,
+            run=run,
+            stage=stage,
+            budget=budget,
+            cache_mode=cfg.cache,
+            run_dir=run_dir,
         )
         for e in [*cfg.teachers, cfg.student]
     }

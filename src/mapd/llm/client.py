@@ -17,6 +17,8 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mapd.config import ModelEndpoint
 from mapd.errors import MapdError
@@ -27,6 +29,9 @@ from mapd.llm.limits import EndpointLimiter, retry_delay
 from mapd.llm.progress import BatchProgress
 from mapd.llm.store import CallStore, Row
 from mapd.llm.types import Backend, BackendError, CallResult, Completion, Request
+
+if TYPE_CHECKING:
+    from mapd.llm.batch_api import BatchAPI
 
 BUDGET_REACHED = "not sent: the budget is spent"
 # An empty reply cut by the token limit or a content filter would come back the same: not retried.
@@ -83,8 +88,10 @@ class Client:
         cache_mode: CacheMode = "use",
         backend: Backend | None = None,
         scope: str | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.run_dir = run_dir  # batch endpoints record their batches in RUN_DIR/batches/
         self.scope = scope  # the caller's part of the cache key, e.g. which weights are served
         self.name = endpoint.name
         self.store = store
@@ -94,6 +101,7 @@ class Client:
         self.cache = ResponseCache(store) if store is not None and cache_mode != "off" else None
         self.limiter = EndpointLimiter(endpoint.limits)
         self._backend = backend
+        self._batch_api: BatchAPI | None = None
         self.down: str | None = None  # why the endpoint cannot serve, once known
         self.last_success = 0.0
         self.in_flight: dict[str, asyncio.Future[CallResult]] = {}  # identical requests wait
@@ -105,6 +113,23 @@ class Client:
         if self._backend is None:
             self._backend = create_backend(self.endpoint)
         return self._backend
+
+    @property
+    def batch_api(self) -> BatchAPI:
+        """The provider's batch API, for an endpoint with `batch:` set."""
+        if self._batch_api is None:
+            from mapd.llm.batch_api import batch_api
+
+            self._batch_api = batch_api(self.endpoint)
+        return self._batch_api
+
+    def prepare(self, request: Request) -> tuple[Request, str, str]:
+        """The resolved request, its cache key and the canonical JSON the key hashes."""
+        backend = self.backend
+        req = self.resolve(request)
+        scope = " ".join(s for s in (backend.cache_scope, self.scope) if s) or None
+        canonical = canonical_json(req, backend.kind, scope)
+        return req, key_of(canonical), canonical
 
     def resolve(self, request: Request) -> Request:
         """Fill the fields left as None from the endpoint's config; prepend its system prompt."""
@@ -140,11 +165,7 @@ class Client:
 
     async def call(self, request: Request) -> CallResult:
         """One request through cache, budget, limits and retries; never raises for call errors."""
-        backend = self.backend
-        req = self.resolve(request)
-        scope = " ".join(s for s in (backend.cache_scope, self.scope) if s) or None
-        canonical = canonical_json(req, backend.kind, scope)
-        key = key_of(canonical)
+        req, key, canonical = self.prepare(request)
         if self.cache is not None and self.cache_mode == "use":
             hit = self.cache.get(key)
             if hit is not None:
@@ -262,6 +283,7 @@ class Client:
         cost: float,
         error: str | None,
         attempts: int,
+        batch: str | None = None,
     ) -> Row:
         return call_row(
             CallRecord(
@@ -275,6 +297,7 @@ class Client:
                 cost,
                 error,
                 attempts,
+                batch,
             ),
         )
 
@@ -301,6 +324,13 @@ class Client:
         items were not sent for those reasons; other failures are items with an `error`.
         """
         backend = self.backend  # created now: a missing key or model raises here, once
+        if self.endpoint.batch_kind:
+            from mapd.llm.batch import complete_batched
+
+            self.batch_api  # noqa: B018 -- created now, like the backend
+            results = await complete_batched(self, requests, desc or self.name, progress)
+            self._raise_if_stopped(results)
+            return results
         bar = BatchProgress(desc or self.name, len(requests), progress)
         # Items start (cache look-up, then a wait for a slot) a few at a time, so the first
         # requests go out at once instead of after every item's look-up. The in-process
@@ -349,6 +379,8 @@ class Client:
     async def aclose(self) -> None:
         if self._backend is not None:
             await self._backend.aclose()
+        if self._batch_api is not None:
+            await self._batch_api.aclose()
 
 
 def client_for(
@@ -360,6 +392,7 @@ def client_for(
     budget: Budget | None = None,
     cache_mode: CacheMode = "use",
     scope: str | None = None,
+    run_dir: str | Path | None = None,
 ) -> Client:
     """A client for one configured endpoint (teacher or student).
 
@@ -373,4 +406,5 @@ def client_for(
         budget=budget,
         cache_mode=cache_mode,
         scope=scope,
+        run_dir=Path(run_dir) if run_dir is not None else None,
     )

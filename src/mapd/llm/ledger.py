@@ -37,8 +37,12 @@ def run_id(run_dir: str | Path, create: bool = True) -> str:
     return made
 
 
-def call_cost(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
-    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+def call_cost(
+    price: Price, prompt_tokens: int, completion_tokens: int, batch: bool = False
+) -> float:
+    """USD for one call; a call sent in a provider's batch costs `price.batch_discount` of it."""
+    usd = (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+    return usd * price.batch_discount if batch else usd
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class CallRecord:
     cost: float
     error: str | None
     attempts: int
+    batch: str | None = None  # the provider's batch id, for a call sent in a batch
 
 
 def call_row(rec: CallRecord) -> Row:
@@ -60,8 +65,8 @@ def call_row(rec: CallRecord) -> Row:
     c = rec.completion
     return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
-        " completion_tokens, latency, cost, cached, ok, error, attempts, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " completion_tokens, latency, cost, cached, ok, error, attempts, created, batch)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rec.run,
             rec.stage,
@@ -78,6 +83,7 @@ def call_row(rec: CallRecord) -> Row:
             rec.error,
             rec.attempts,
             time.time(),
+            rec.batch,
         ),
     )
 

@@ -121,12 +121,27 @@ def reply_text(message: dict[str, Any]) -> str:
     return content if isinstance(content, str) else str(content)
 
 
+def request_body(endpoint: ModelEndpoint, request: Request) -> dict[str, Any]:
+    """The chat-completions JSON body for `request`; the batch path sends the same body."""
+    args: dict[str, Any] = {
+        "model": request.model or endpoint.model,
+        "messages": list(request.messages),
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop) if request.stop else None,
+        "seed": request.seed,
+    }
+    return {k: v for k, v in args.items() if v is not None}
+
+
 class OpenAIBackend:
     kind = "openai"
     rate_limited = True
 
     def __init__(self, endpoint: ModelEndpoint) -> None:
         key = api_key(endpoint)
+        self.endpoint = endpoint
         self.secrets = (key,) if key != NO_KEY else ()
         self.base_url = endpoint.base_url
         self.cache_scope = endpoint.base_url
@@ -161,16 +176,7 @@ class OpenAIBackend:
         return self._session
 
     def _body(self, request: Request) -> bytes:
-        args: dict[str, Any] = {
-            "model": request.model or self.model,
-            "messages": list(request.messages),
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_tokens": request.max_tokens,
-            "stop": list(request.stop) if request.stop else None,
-            "seed": request.seed,
-        }
-        return json.dumps({k: v for k, v in args.items() if v is not None}).encode()
+        return json.dumps(request_body(self.endpoint, request)).encode()
 
     async def generate(self, request: Request) -> Completion:
         started = time.monotonic()

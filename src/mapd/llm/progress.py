@@ -60,6 +60,7 @@ class BatchProgress:
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
         self.done = self.cached = self.failed = self.tokens = 0
+        self.status = ""  # a submitted batch's status, for `show`
         self.cost = 0.0
         self.shared = console is None and self.enabled
         if self.shared and _Shared.display is not None:
@@ -111,6 +112,17 @@ class BatchProgress:
             stats=f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
             f" · ${self.cost:.4f}",
         )
+
+    def show(self, done: int, status: str, note: str) -> None:
+        """Set the count to `done` with a note, for a batch the provider runs: its status,
+        counts and the time since submission. A log line when the status changes or the
+        count passes a tenth."""
+        tenth = done * 10 // max(self.total, 1) > self.done * 10 // max(self.total, 1)
+        if self.log_lines and (status != self.status or tenth):
+            print(f"{self.description}: {note}", file=sys.stderr, flush=True)
+        self.done, self.status = done, status
+        if self.enabled:
+            self.progress.update(self.task, completed=done, stats=note)
 
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started

@@ -54,7 +54,32 @@ CREATE TABLE IF NOT EXISTS calls (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS calls_by_run ON calls (run);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    submitted REAL NOT NULL,
+    updated REAL NOT NULL,
+    collected INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    PRIMARY KEY (batch, custom_id)
+);
 """
+# Columns added after the first release: (table, column, declaration).
+ADDED_COLUMNS = [("calls", "batch", "TEXT")]
 
 DB_NAME = "calls.sqlite"
 
@@ -74,6 +99,7 @@ class CallStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            self._add_columns()
         except (sqlite3.Error, OSError) as exc:
             raise MapdError(
                 f"cannot open the call database {path}: {exc}",
@@ -81,6 +107,18 @@ class CallStore:
             ) from None
         self._queued: list[Row] = []
         self._committed: asyncio.Future[None] | None = None  # the queued writes' commit
+
+    def _add_columns(self) -> None:
+        """Bring a database made by an earlier version up to date (SQLite has no ADD COLUMN
+        IF NOT EXISTS)."""
+        for table, column, declaration in ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                try:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                except sqlite3.OperationalError as exc:  # another process added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
 
     async def write(self, *rows: Row) -> None:
         """Write `rows` in a transaction shared with the rows queued in this loop turn; return

@@ -29,7 +29,14 @@ async def open_clients(
     budget = Budget.for_run(cfg.budget, store, run)
     clients = {
         e.name: client_for(
-            e, store=store, run=run, stage=stage, budget=budget, cache_mode=cfg.cache, scope=scope
+            e,
+            store=store,
+            run=run,
+            stage=stage,
+            budget=budget,
+            cache_mode=cfg.cache,
+            scope=scope,
+            run_dir=run_dir,
         )
         for e in endpoints
     }

@@ -1,0 +1,393 @@
+"""Requests that miss the cache, sent through a provider's batch API: submitted, polled, collected.
+
+    results = await complete_batched(client, requests, "teach: gpt", progress=None)
+
+`Client.complete_many` calls this for an endpoint with `batch:` set, so a stage gets the
+same CallResults, in input order, as from live calls. Cache hits are answered at once; the
+misses go into one or more batches (split at the provider's request and size limits).
+
+Resumable, never paid twice: every batch is recorded in the call database (`batches`, and
+`batch_items`: custom_id -> cache key and request) and in RUN_DIR/batches/<id>.json before it
+is first polled. A run killed while it waits finds its uncollected batches there (by the
+requests' cache keys, so any run sharing the cache does) and polls them instead of
+submitting again. A batch's replies go into the response cache and the ledger (as batch
+calls, at `price.batch_discount` of the live price) in the same transaction that marks it
+collected, so a re-run, live or batch, sends nothing.
+
+Failures: the items of the error file that a new batch may answer (5xx, 408/409/429, a
+timeout) and the unfinished items of an expired or cancelled batch go into a new batch, up to
+`limits.max_attempts` submissions per item; an item that still fails, or fails for good
+(say HTTP 400), is returned with the provider's error, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from mapd.llm import limits
+from mapd.llm.batch_api import BatchState, ItemError, Outcome
+from mapd.llm.cache import ResponseCache, cacheable
+from mapd.llm.ledger import CallRecord, call_cost, call_row
+from mapd.llm.limits import retry_delay
+from mapd.llm.progress import BatchProgress
+from mapd.llm.store import Row
+from mapd.llm.types import BackendError, CallResult, Completion, Request
+from mapd.stages.rundir import write_json
+
+if TYPE_CHECKING:
+    from mapd.llm.client import Client
+
+T = TypeVar("T")
+FINAL_EMPTY = {"length", "content_filter"}  # as on the live path: an empty reply cut short stays so
+
+
+@dataclass
+class Item:
+    """One distinct request (by cache key) of a `complete_batched` call, and how it ended."""
+
+    key: str
+    canonical: str
+    request: Request  # resolved: every field filled from the endpoint
+    attempts: int = 0  # submissions so far
+    batch: str | None = None  # the batch it waits in
+    completion: Completion | None = None
+    error: str | None = None
+    skipped: bool = False  # never submitted: budget spent or endpoint down
+
+    @property
+    def finished(self) -> bool:
+        return self.completion is not None or self.error is not None
+
+
+@dataclass
+class Submitted:
+    """A batch being waited for: its id, when it was submitted (epoch seconds) and, per
+    custom_id, the cache key, canonical request and attempt number of its item."""
+
+    id: str
+    submitted: float
+    items: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+
+
+def custom_id(key: str) -> str:
+    """The cache key's 64 hex digits: unique in a batch, within Anthropic's 64 characters,
+    and the same for the same request in every run."""
+    return key.removeprefix("sha256:")
+
+
+def split_lines(lines: list[tuple[Item, bytes]], max_requests: int, max_bytes: int):
+    """Consecutive chunks within the provider's limits of requests and bytes per batch."""
+    chunks: list[list[tuple[Item, bytes]]] = []
+    current: list[tuple[Item, bytes]] = []
+    size = 0
+    for item, line in lines:
+        # 2 bytes per line for separators, 64 for Anthropic's wrapping object
+        if current and (len(current) == max_requests or size + len(line) + 2 > max_bytes - 64):
+            chunks.append(current)
+            current, size = [], 0
+        current.append((item, line))
+        size += len(line) + 2
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def since(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class BatchRun:
+    """One `complete_batched` call: its items, the batches they wait in, the progress."""
+
+    def __init__(self, client: Client, desc: str, progress: bool | None) -> None:
+        self.client, self.api = client, client.batch_api
+        self.desc, self.progress = desc, progress
+        self.items: dict[str, Item] = {}
+        self.bar: BatchProgress | None = None
+
+    async def run(self, requests: Sequence[Request]) -> list[CallResult]:
+        client = self.client
+        prepared = [client.prepare(r) for r in requests]
+        hits: dict[str, Completion] = {}
+        with BatchProgress(self.desc, len(requests), self.progress) as self.bar:
+            for req, key, canonical in prepared:
+                if key in self.items or key in hits:
+                    continue
+                hit = client.cache.get(key) if client.cache and client.cache_mode == "use" else None
+                if hit is None:
+                    self.items[key] = Item(key, canonical, req)
+                    continue
+                hits[key] = hit
+                await client._write(client._ledger_row(req, key, hit, 0.0, None, 0))
+            for _ in range(len(requests) - len(self.items)):
+                self.bar.advance(cached=True, failed=False, tokens=0, cost=0.0)
+            await self.finish()
+        results = []
+        for request, (_, key, _) in zip(requests, prepared, strict=True):
+            if key in hits:
+                results.append(CallResult(request, hits[key]))
+                continue
+            item = self.items[key]
+            error = None if item.completion else item.error
+            results.append(CallResult(request, item.completion, error, item.attempts, item.skipped))
+        return results
+
+    async def finish(self) -> None:
+        """Follow the batches that already hold some items, submit the rest, and resubmit
+        failed items until every item has a reply or a final error."""
+        waiting = self.resume()
+        while True:
+            todo = [i for i in self.items.values() if not i.finished and i.batch is None]
+            if todo:
+                waiting.update(await self.submit(todo))
+            if not waiting:
+                return
+            await asyncio.gather(*(self.follow(b) for b in waiting.values()))
+            waiting = {}
+
+    def resume(self) -> dict[str, Submitted]:
+        """The uncollected batches of this provider and URL that hold any of our requests."""
+        store = self.client.store
+        if store is None:
+            return {}
+        rows = store.db.execute(
+            "SELECT i.batch, b.submitted, i.custom_id, i.key, i.request, i.attempt"
+            " FROM batch_items i JOIN batches b ON b.id = i.batch"
+            " WHERE b.collected = 0 AND b.kind = ? AND b.base_url = ?",
+            (self.api.kind, self.api.base),
+        ).fetchall()
+        found: dict[str, Submitted] = {}
+        for batch, submitted, cid, key, canonical, attempt in rows:
+            found.setdefault(batch, Submitted(batch, submitted)).items[cid] = (
+                key,
+                canonical,
+                attempt,
+            )
+        waiting = {}
+        for b in found.values():
+            for key, _, attempt in b.items.values():
+                if key in self.items:
+                    self.items[key].batch, self.items[key].attempts = b.id, attempt
+                    waiting[b.id] = b
+        return waiting
+
+    async def submit(self, todo: list[Item]) -> dict[str, Submitted]:
+        client = self.client
+        if reason := client._blocked():
+            self.fail(todo, reason, skipped=True)
+            return {}
+        lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in todo]
+        waiting = {}
+        tag = f"{client.stage or 'mapd'}-{client.name}"
+        for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
+            try:
+                state = await self.retrying(lambda c=chunk: self.api.submit([x for _, x in c], tag))
+            except BackendError as exc:
+                self.fail([item for item, _ in chunk], exc.message, skipped=True)
+                continue
+            b = Submitted(state.id, time.time())
+            for item, _ in chunk:
+                item.batch, item.attempts = state.id, item.attempts + 1
+                b.items[custom_id(item.key)] = (item.key, item.canonical, item.attempts)
+            await self.record(b, state)
+            waiting[b.id] = b
+        return waiting
+
+    async def record(self, b: Submitted, state: BatchState) -> None:
+        """Write the batch and its custom_id -> cache key map before it is first polled."""
+        client = self.client
+        rows: list[Row] = [
+            (
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    b.id,
+                    client.run,
+                    client.stage,
+                    client.name,
+                    self.api.kind,
+                    self.api.base,
+                    state.status,
+                    len(b.items),
+                    state.done,
+                    state.failed,
+                    b.submitted,
+                    b.submitted,
+                ),
+            )
+        ]
+        rows += [
+            ("INSERT OR REPLACE INTO batch_items VALUES (?, ?, ?, ?, ?)", (b.id, cid, *entry))
+            for cid, entry in b.items.items()
+        ]
+        await client._write(*rows)
+        if client.run_dir is not None:
+            write_json(
+                client.run_dir / "batches" / f"{b.id}.json",
+                {
+                    "id": b.id,
+                    "endpoint": client.name,
+                    "kind": self.api.kind,
+                    "base_url": self.api.base,
+                    "stage": client.stage,
+                    "submitted": b.submitted,
+                    "requests": len(b.items),
+                    "custom_ids": {cid: key for cid, (key, _, _) in b.items.items()},
+                },
+            )
+
+    async def follow(self, b: Submitted) -> None:
+        """Poll one batch until it ends, showing its status, then collect its results."""
+        client = self.client
+        line = BatchProgress(f"{self.desc} {b.id}", len(b.items), self.progress)
+        with line:
+            while True:
+                try:
+                    state = await self.retrying(lambda: self.api.status(b.id))
+                except BackendError as exc:
+                    self.fail(self.waiting_in(b), exc.message)
+                    return
+                await client._write(self.status_row(state))
+                line.show(state.done, state.status, self.note(state, b))
+                if state.ended:
+                    break
+                await asyncio.sleep(client.endpoint.limits.poll_interval)
+            try:
+                latency = time.time() - b.submitted
+                outcomes = await self.retrying(lambda: self.api.results(state, latency))
+            except BackendError as exc:
+                self.fail(self.waiting_in(b), exc.message)
+                return
+        await self.collect(b, state, outcomes)
+
+    @staticmethod
+    def note(state: BatchState, b: Submitted) -> str:
+        counts = f" {state.done}/{state.total}" if state.total else ""
+        failed = f", {state.failed} failed" if state.failed else ""
+        return (
+            f"{state.status}{counts}{failed} · {since(time.time() - b.submitted)} since submission"
+        )
+
+    def status_row(self, state: BatchState, collected: bool = False) -> Row:
+        return (
+            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?,"
+            " collected = MAX(collected, ?) WHERE id = ?",
+            (state.status, state.done, state.failed, time.time(), int(collected), state.id),
+        )
+
+    async def collect(self, b: Submitted, state: BatchState, outcomes: dict[str, Outcome]) -> None:
+        """Every item's reply or error into the ledger (and replies into the cache), in one
+        transaction with the mark that the batch is collected."""
+        client = self.client
+        max_attempts = client.endpoint.limits.max_attempts
+        rows: list[Row] = []
+        for cid, (key, canonical, attempt) in b.items.items():
+            outcome = outcomes.get(cid) or ItemError(
+                state.error or "no result for this request in the batch's files",
+                retryable=state.error is None,
+            )
+            completion = outcome if isinstance(outcome, Completion) else None
+            cost, error, retryable = 0.0, None, False
+            if isinstance(outcome, ItemError):
+                error, retryable = client.scrub(outcome.message), outcome.retryable
+            elif completion is not None:
+                price = client.endpoint.price
+                cost = call_cost(
+                    price, completion.prompt_tokens, completion.completion_tokens, True
+                )
+                if client._counts_budget():
+                    client.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
+                if not completion.text.strip():
+                    error = f"empty reply (finish reason {completion.finish_reason})"
+                    retryable = completion.finish_reason not in FINAL_EMPTY
+            item = self.items.get(key)
+            model = item.request.model if item else None
+            rows.append(self.ledger_row(key, model, completion, cost, error, attempt, b.id))
+            if error is None and client.cache is not None and cacheable(completion):  # type: ignore[arg-type]
+                rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
+            if item is None or item.batch != b.id or item.finished:
+                continue
+            if error is None:
+                item.completion = completion
+                self.advance(item, cost)
+            elif retryable and attempt < max_attempts:
+                item.batch = None  # into the next batch
+            else:
+                self.fail([item], error)
+        rows.append(self.status_row(state, collected=True))
+        await client._write(*rows)
+
+    def ledger_row(
+        self,
+        key: str,
+        model: str | None,
+        completion: Completion | None,
+        cost: float,
+        error: str | None,
+        attempt: int,
+        batch: str,
+    ) -> Row:
+        c = self.client
+        return call_row(
+            CallRecord(
+                c.run,
+                c.stage,
+                c.name,
+                c.backend.kind,
+                model or c.endpoint.model,
+                key,
+                completion,
+                cost,
+                error,
+                attempt,
+                batch,
+            )
+        )
+
+    def waiting_in(self, b: Submitted) -> list[Item]:
+        return [i for i in self.items.values() if i.batch == b.id and not i.finished]
+
+    def fail(self, items: list[Item], error: str, skipped: bool = False) -> None:
+        for item in items:
+            item.error, item.skipped = error, skipped and item.attempts == 0
+            self.advance(item, 0.0)
+
+    def advance(self, item: Item, cost: float) -> None:
+        if self.bar is not None:
+            c = item.completion
+            self.bar.advance(cached=False, failed=c is None, tokens=c.tokens if c else 0, cost=cost)
+
+    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+        """One call to the batch API with the endpoint's retries; an endpoint that cannot
+        serve (bad key, unreachable, nothing but failures) is marked down."""
+        client = self.client
+        max_attempts = client.endpoint.limits.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            if client.down:
+                raise BackendError(f"endpoint {client.down}")
+            try:
+                return await send()
+            except BackendError as exc:
+                message = client.scrub(exc.message)
+                if exc.retryable and attempt < max_attempts:
+                    await limits.backoff_sleep(retry_delay(attempt, exc.retry_after))
+                    continue
+                if exc.fatal or exc.retryable:
+                    client.down = f"{client.name} ({self.api.base}): {message}"
+                raise BackendError(message) from None
+        raise AssertionError("unreachable")
+
+
+async def complete_batched(
+    client: Client, requests: Sequence[Request], desc: str, progress: bool | None = None
+) -> list[CallResult]:
+    """One CallResult per request, in input order, the misses answered through batches."""
+    return await BatchRun(client, desc, progress).run(requests)

@@ -436,6 +436,45 @@ def ledger(
     )
 
 
+@app.command()
+def batches(
+    run_dir: Path = typer.Argument(..., help="The run folder.", show_default=False),
+    cancel: bool = typer.Option(
+        False, "--cancel", help="Cancel the batches that have not ended (finished items are kept)."
+    ),
+) -> None:
+    """List a run's provider batches (teachers with `batch: true` or `anthropic`): status, counts, cost.
+
+    Status and counts are those of the run's last poll. With --cancel, every batch that has
+    not ended is cancelled at the provider; the next run resubmits only the unfinished items.
+
+    Example: mapd batches runs/gsm8k-hosted --cancel
+    """
+    import asyncio
+    import time
+
+    from mapd.llm import open_store
+    from mapd.llm.batch_records import cancel_batches, list_batches
+
+    with open_store() as store:
+        rows = (
+            asyncio.run(cancel_batches(store, run_dir)) if cancel else list_batches(store, run_dir)
+        )
+    out.print(
+        f"{'batch':<32} {'endpoint':<16} {'kind':<9} {'stage':<7} {'status':<11} "
+        f"{'done':>13} {'failed':>6} {'submitted':>10} {'cost $':>9}",
+        highlight=False,
+    )
+    for r in rows:
+        age = time.time() - r.submitted
+        ago = f"{age / 60:.0f} min ago" if age < 7200 else f"{age / 3600:.1f} h ago"
+        out.print(
+            f"{r.id:<32} {r.endpoint:<16} {r.kind:<9} {r.stage:<7} {r.status:<11} "
+            f"{f'{r.done}/{r.requests}':>13} {r.failed:>6} {ago:>10} {r.cost:>9.4f}",
+            highlight=False,
+        )
+
+
 def _fail(err: MapdError) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
     if err.hint:

@@ -1,0 +1,118 @@
+"""A run's provider batches: their status, counts and cost, and cancelling them (`mapd batches`).
+
+    rows = list_batches(store, "runs/demo")
+    rows = asyncio.run(cancel_batches(store, "runs/demo"))
+
+The batches are the ones recorded in RUN_DIR/batches/<id>.json; status and counts are the
+last ones seen when the run polled (kept in the call database), cost is the ledger's.
+Cancelling asks the provider through the endpoint of the run's own config.yaml; the items a
+cancelled batch finished are kept, and the next run resubmits only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mapd.errors import MapdError
+from mapd.llm.store import CallStore
+from mapd.llm.types import BackendError
+
+ENDED = {"completed", "failed", "expired", "cancelled", "ended"}
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: str
+    endpoint: str
+    kind: str
+    stage: str
+    status: str
+    requests: int
+    done: int
+    failed: int
+    submitted: float
+    collected: bool
+    cost: float
+
+    @property
+    def ended(self) -> bool:
+        return self.collected or self.status in ENDED
+
+
+def list_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
+    """Every batch the run submitted, oldest first."""
+    folder = Path(run_dir) / "batches"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        raise MapdError(
+            f"no batches recorded in {run_dir}",
+            "a run whose teachers have `batch: true` (or anthropic) records them in RUN_DIR/batches/",
+        )
+    rows = []
+    for path in files:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        found = store.db.execute(
+            "SELECT status, done, failed, collected FROM batches WHERE id = ?", (saved["id"],)
+        ).fetchone()
+        status, done, failed, collected = found or ("unknown", 0, 0, 0)
+        (cost,) = store.db.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM calls WHERE batch = ?", (saved["id"],)
+        ).fetchone()
+        rows.append(
+            BatchRow(
+                saved["id"],
+                saved["endpoint"],
+                saved["kind"],
+                saved["stage"],
+                status,
+                saved["requests"],
+                done,
+                failed,
+                saved["submitted"],
+                bool(collected),
+                cost,
+            )
+        )
+    return sorted(rows, key=lambda r: r.submitted)
+
+
+async def cancel_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
+    """Cancel every batch of the run that has not ended; return the list after."""
+    from mapd.config import load_config
+    from mapd.llm.batch_api import batch_api
+
+    run_dir = Path(run_dir)
+    rows = list_batches(store, run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise MapdError(
+            f"{run_dir / 'config.yaml'} not found",
+            "give the run folder itself (it keeps the config the run was made with)",
+        )
+    endpoints = {t.name: t for t in load_config(run_dir / "config.yaml").teachers}
+    for row in rows:
+        if row.ended:
+            continue
+        endpoint = endpoints.get(row.endpoint)
+        if endpoint is None or not endpoint.batch_kind:
+            raise MapdError(
+                f"batch {row.id}: the run's config has no batch teacher {row.endpoint!r}",
+                "cancel it in the provider's console",
+            )
+        api = batch_api(endpoint)
+        try:
+            state = await api.cancel(row.id)
+        except BackendError as exc:
+            raise MapdError(
+                f"cancelling batch {row.id} failed: {exc.message}",
+                "check the endpoint's key and base_url, or cancel it in the provider's console",
+            ) from None
+        finally:
+            await api.aclose()
+        store.db.execute(
+            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ? WHERE id = ?",
+            (state.status, state.done, state.failed, time.time(), row.id),
+        )
+    return list_batches(store, run_dir)

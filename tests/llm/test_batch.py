@@ -1,0 +1,227 @@
+"""Batch endpoints through the loopback batch server: results, resubmission, split, cost, re-runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import pytest
+
+from mapd.config import Limits, ModelEndpoint, Price
+from mapd.llm import Request, client_for
+from mapd.llm.batch_api import OpenAIBatches, anthropic_params
+from mapd.llm.ledger import call_cost
+from mapd.testing.batch_server import BatchServer
+from mapd.testing.loopback import LoopbackServer
+
+PRICE = Price(input_per_mtok=3.0, output_per_mtok=15.0)
+
+
+@pytest.fixture
+def batch_server():
+    with BatchServer() as server:
+        yield server
+
+
+def endpoint(base_url: str, batch: bool | str = True, **limits) -> ModelEndpoint:
+    return ModelEndpoint(
+        name="t",
+        model="fake-model",
+        base_url=base_url,
+        batch=batch,
+        price=PRICE,
+        limits=Limits(poll_interval=0.001, **limits),
+    )
+
+
+def complete(ep, store, requests, run_dir=None):
+    async def go():
+        client = client_for(ep, store=store, run="run-1", stage="teach", run_dir=run_dir)
+        try:
+            return await client.complete_many(requests, progress=False)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def prompts(n: int) -> list[Request]:
+    return [Request.user(f"question {i}", tag=f"q{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_batch_results_match_live_results_in_input_order(kind, batch_server, store, tmp_path):
+    with LoopbackServer() as live:
+        live_results = complete(endpoint(live.base_url, False), store, prompts(12))
+    results = complete(endpoint(batch_server.base_url, kind), store, prompts(12), tmp_path)
+    assert [r.request.tag for r in results] == [f"q{i}" for i in range(12)]
+    assert [r.text for r in results] == [r.text for r in live_results]
+    assert all(r.ok and r.attempts == 1 and not r.completion.cached for r in results)
+    assert len(batch_server.batches) == 1
+    # recorded in the run folder and the database before polling: custom_id -> cache key
+    (saved,) = (tmp_path / "batches").glob("*.json")
+    record = json.loads(saved.read_text())
+    assert set(record["custom_ids"].values()) == {
+        k for (k,) in store.db.execute("SELECT key FROM batch_items")
+    }
+    assert store.db.execute("SELECT collected FROM batches").fetchone() == (1,)
+
+
+def test_anthropic_params_move_the_system_prompt_and_require_max_tokens():
+    ep = ModelEndpoint(name="c", model="claude", base_url="http://127.0.0.1:1/v1")
+    req = Request(
+        messages=({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}),
+        temperature=1.5,
+        top_p=1.0,
+        stop=("\n\n",),
+        seed=3,
+    )
+    params = anthropic_params(ep, req)
+    assert params == {
+        "model": "claude",
+        "max_tokens": 512,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "temperature": 1.0,
+        "stop_sequences": ["\n\n"],
+    }
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_failed_and_expired_items_are_resubmitted_once(kind, batch_server, store):
+    batch_server.outcomes.append("expire")  # the first batch ends with half its items done
+    batch_server.fail = lambda body, attempt: 500 if attempt == 1 and "1" in last(body) else None
+    results = complete(endpoint(batch_server.base_url, kind), store, prompts(10))
+    assert all(r.ok for r in results)
+    assert len(batch_server.batches) == 2
+    first, second = batch_server.batches.values()
+    done_first = {cid for cid, out in first.outcome.items() if isinstance(out, str)}
+    resubmitted = {cid for cid, _, _ in second.items}
+    assert resubmitted == {cid for cid, _, _ in first.items} - done_first
+    assert max(batch_server.submissions.values()) == 2  # each item at most twice
+    # "question 1" failed with a 500 in the first half, and came back on its second attempt
+    assert results[1].attempts == 2 and results[0].attempts == 1
+
+
+def last(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def test_an_item_that_keeps_failing_is_reported_with_the_providers_error(batch_server, store):
+    batch_server.fail = lambda body, attempt: 503 if last(body) == "question 2" else None
+    results = complete(endpoint(batch_server.base_url, max_attempts=3), store, prompts(4))
+    assert [r.ok for r in results] == [True, True, False, True]
+    assert results[2].error == "HTTP 503: injected error 503" and results[2].attempts == 3
+    assert len(batch_server.batches) == 3
+
+
+def test_a_client_error_is_not_resubmitted(batch_server, store):
+    batch_server.fail = lambda body, attempt: 400 if last(body) == "question 0" else None
+    results = complete(endpoint(batch_server.base_url, "anthropic"), store, prompts(3))
+    assert not results[0].ok and results[0].error.startswith("invalid_request_error")
+    assert len(batch_server.batches) == 1
+
+
+def test_a_rerun_sends_nothing_batch_or_live(batch_server, store):
+    ep = endpoint(batch_server.base_url)
+    first = complete(ep, store, prompts(6))
+    again = complete(ep, store, prompts(6))
+    # live calls to the same URL: the batch server serves no /chat/completions, so any
+    # request sent would fail
+    live = complete(ep.model_copy(update={"batch": False}), store, prompts(6))
+    assert len(batch_server.batches) == 1
+    assert [r.text for r in again] == [r.text for r in live] == [r.text for r in first]
+    assert all(r.completion.cached for r in again + live)
+
+
+def test_requests_are_split_at_the_size_limit(batch_server, store, monkeypatch):
+    line = len(OpenAIBatches(endpoint(batch_server.base_url)).line("x" * 64, _resolved()))
+    limit = 4 * line + 100  # four lines fit, five do not
+    monkeypatch.setattr(OpenAIBatches, "max_bytes", limit)
+    batch_server.max_bytes = limit  # the server refuses a bigger file
+    results = complete(endpoint(batch_server.base_url), store, prompts(10))
+    assert all(r.ok for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [4, 4, 2]
+    uploads = [batch_server.files[b.input_file_id] for b in batch_server.batches.values()]
+    assert all(len(content) <= limit for content in uploads)
+
+
+def test_requests_are_split_at_the_request_limit(batch_server, store, monkeypatch):
+    monkeypatch.setattr(OpenAIBatches, "max_requests", 3)
+    batch_server.max_requests = 3
+    results = complete(endpoint(batch_server.base_url), store, prompts(7))
+    assert all(r.ok for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3, 3, 1]
+
+
+def _resolved() -> Request:
+    return Request.user(
+        "question 0", model="fake-model", temperature=0.8, top_p=1.0, max_tokens=512
+    )
+
+
+@pytest.mark.parametrize("discount", [0.5, 0.3])
+def test_the_ledger_records_batch_calls_at_the_discounted_price(discount, batch_server, store):
+    with LoopbackServer() as live:
+        complete(endpoint(live.base_url, False), store, prompts(5))
+    ep = endpoint(batch_server.base_url)
+    ep = ep.model_copy(update={"price": PRICE.model_copy(update={"batch_discount": discount})})
+    complete(ep, store, prompts(5))
+    rows = store.db.execute(
+        "SELECT batch IS NOT NULL, SUM(cost), SUM(prompt_tokens), SUM(completion_tokens), COUNT(*)"
+        " FROM calls GROUP BY batch IS NOT NULL ORDER BY 1"
+    ).fetchall()
+    (_, live_cost, pt, ct, n_live), (_, batch_cost, pt_b, ct_b, n_batch) = rows
+    assert (pt, ct, n_live) == (pt_b, ct_b, n_batch) == (pt, ct, 5)
+    assert live_cost == pytest.approx(call_cost(PRICE, pt, ct))
+    assert batch_cost == pytest.approx(discount * live_cost)
+
+
+def test_budget_stops_new_batches(batch_server, store):
+    from mapd.llm import Budget, BudgetExceeded
+
+    async def go():
+        client = client_for(
+            endpoint(batch_server.base_url), store=store, run="r", budget=Budget(usd=1e-9)
+        )
+        try:
+            await client.complete_many(prompts(3), progress=False)
+            await client.complete_many([Request.user("another")], progress=False)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(BudgetExceeded):
+        asyncio.run(go())
+    assert len(batch_server.batches) == 1  # the first batch spent it; no second one
+
+
+def test_a_killed_wait_resumes_the_recorded_batch(batch_server, store, tmp_path):
+    """The batch a run submitted (recorded in the database) is polled again by the next run,
+    not submitted again; the process kill itself is tested with `mapd run` in tests/stages."""
+    batch_server.tick = 0  # the batch stays in progress
+
+    async def wait_a_little():
+        client = client_for(endpoint(batch_server.base_url), store=store, run="r", run_dir=tmp_path)
+        try:
+            await asyncio.wait_for(client.complete_many(prompts(5), progress=False), 0.3)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(wait_a_little())
+    assert store.db.execute("SELECT collected FROM batches").fetchall() == [(0,)]
+    batch_server.tick = 1
+    results = complete(endpoint(batch_server.base_url), store, prompts(5))
+    assert all(r.ok for r in results) and len(batch_server.batches) == 1
+
+
+def test_batches_of_an_old_database_get_their_ledger_column(tmp_path):
+    from mapd.llm import open_store
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE calls (id INTEGER PRIMARY KEY, run TEXT)")
+    with open_store(path) as store:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(calls)")}
+    assert "batch" in columns

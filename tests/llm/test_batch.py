@@ -24,12 +24,13 @@ def batch_server():
         yield server
 
 
-def endpoint(base_url: str, batch: bool | str = True, **limits) -> ModelEndpoint:
+def endpoint(base_url: str, batch: bool | str = True, system: str | None = None, **limits):
     return ModelEndpoint(
         name="t",
         model="fake-model",
         base_url=base_url,
         batch=batch,
+        system_prompt=system,
         price=PRICE,
         limits=Limits(poll_interval=0.001, **limits),
     )
@@ -53,8 +54,9 @@ def prompts(n: int) -> list[Request]:
 @pytest.mark.parametrize("kind", [True, "anthropic"])
 def test_batch_results_match_live_results_in_input_order(kind, batch_server, store, tmp_path):
     with LoopbackServer() as live:
-        live_results = complete(endpoint(live.base_url, False), store, prompts(12))
-    results = complete(endpoint(batch_server.base_url, kind), store, prompts(12), tmp_path)
+        live_results = complete(endpoint(live.base_url, False, "Be brief."), store, prompts(12))
+    ep = endpoint(batch_server.base_url, kind, "Be brief.")
+    results = complete(ep, store, prompts(12), tmp_path)
     assert [r.request.tag for r in results] == [f"q{i}" for i in range(12)]
     assert [r.text for r in results] == [r.text for r in live_results]
     assert all(r.ok and r.attempts == 1 and not r.completion.cached for r in results)

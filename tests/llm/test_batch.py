@@ -227,3 +227,22 @@ def test_batches_of_an_old_database_get_their_ledger_column(tmp_path):
     with open_store(path) as store:
         columns = {row[1] for row in store.db.execute("PRAGMA table_info(calls)")}
     assert "batch" in columns
+
+
+def test_progress_shows_each_batch_status_counts_and_time_since_submission(
+    batch_server, store, capsys
+):
+    async def go():
+        client = client_for(endpoint(batch_server.base_url), store=store, run="r")
+        try:
+            await client.complete_many(prompts(10), desc="teach: t")  # progress as in a log
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    lines = [line for line in capsys.readouterr().err.splitlines() if "batch_1" in line]
+    statuses = [line.split("batch_1: ", 1)[1].split(" ", 1)[0] for line in lines]
+    assert statuses[0] == "validating" and statuses[-1] == "completed"
+    assert "in_progress" in statuses and "finalizing" in statuses
+    assert any("in_progress 5/10 · " in line for line in lines)
+    assert all(line.endswith("since submission") for line in lines)

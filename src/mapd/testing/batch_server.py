@@ -12,7 +12,7 @@ Real HTTP on 127.0.0.1 (aiohttp in a thread) with the documented routes: `POST /
 `POST /v1/batches/ID/cancel`, `GET /v1/files/ID/content`; `POST /v1/messages/batches`,
 `GET /v1/messages/batches/ID`, `POST .../cancel`, `GET .../results`; `GET /stats`.
 
-Time is the server's own clock, which moves by `tick` seconds at every status request (set
+Time is the server's own clock, which moves by `tick` seconds after every status request (set
 `tick = 0` to hold every batch where it is, or call `advance`), so no test waits for real. A
 batch validates for `validating` seconds, its items finish evenly over `running` seconds,
 it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the next batches:
@@ -305,9 +305,10 @@ class BatchServer:
         if batch is None:
             return error(404, "no such batch")
         self.polls += 1
-        self.clock += self.tick
         view = self.openai_view if batch.kind == "openai" else self.anthropic_view
-        return web.json_response(view(batch))
+        reply = web.json_response(view(batch))
+        self.clock += self.tick  # what the next look will see
+        return reply
 
     async def cancel(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])

@@ -85,6 +85,7 @@ class BatchServer:
         self.files: dict[str, bytes] = {}
         self.submissions: dict[str, int] = {}  # custom_id -> times submitted
         self.polls = 0
+        self.http_requests = 0
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
         self.thread: threading.Thread | None = None
@@ -101,12 +102,18 @@ class BatchServer:
             "batches": len(self.batches),
             "items": sum(len(b.items) for b in self.batches.values()),
             "polls": self.polls,
+            "http_requests": self.http_requests,
         }
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> BatchServer:
-        app = web.Application(client_max_size=1 << 30)
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.http_requests += request.path != "/stats"
+            return await handler(request)
+
+        app = web.Application(client_max_size=1 << 30, middlewares=[count])
         app.add_routes(
             [
                 web.post("/v1/files", self.upload),
@@ -365,9 +372,10 @@ class BatchServer:
                 self.write_openai_files(batch, status, done)
             else:
                 file_id = f"results-{batch.id}"
-                self.files[file_id] = jsonl(
-                    anthropic_line(batch, cid, status) for cid, *_ in batch.items
+                lines = (
+                    anthropic_line(batch, cid, params, status) for cid, params, _ in batch.items
                 )
+                self.files[file_id] = jsonl(lines)
                 batch.files = (file_id, None)
         return status
 
@@ -405,9 +413,10 @@ class BatchServer:
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
-def anthropic_line(batch: ServerBatch, cid: str, status: str) -> dict[str, Any]:
+def anthropic_line(
+    batch: ServerBatch, cid: str, params: dict[str, Any], status: str
+) -> dict[str, Any]:
     outcome = batch.outcome.get(cid)
-    params = next(p for c, p, _ in batch.items if c == cid)
     if isinstance(outcome, str):
         prompt = words(params.get("system", "")) + sum(
             words(m["content"]) for m in params["messages"]

@@ -246,3 +246,15 @@ def test_progress_shows_each_batch_status_counts_and_time_since_submission(
     assert "in_progress" in statuses and "finalizing" in statuses
     assert any("in_progress 5/10 · " in line for line in lines)
     assert all(line.endswith("since submission") for line in lines)
+
+
+def test_batch_is_a_setting_of_http_endpoints_only():
+    with pytest.raises(ValueError, match="batch needs backend openai"):
+        ModelEndpoint(model="m", backend="transformers", batch="anthropic")
+    with pytest.raises(ValueError):
+        ModelEndpoint(model="m", base_url="http://127.0.0.1:1/v1", batch="gemini")
+    assert (
+        ModelEndpoint(model="m", base_url="http://127.0.0.1:1/v1", batch=True).batch_kind
+        == "openai"
+    )
+    assert ModelEndpoint(model="m", base_url="http://127.0.0.1:1/v1").batch_kind is None

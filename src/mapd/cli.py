@@ -416,21 +416,22 @@ def ledger(
     with open_store() as store:
         rows = ledger_totals(store, run_dir)
     header = (
-        f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} "
+        f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} {'batch':>7} "
         f"{'prompt tok':>11} {'output tok':>11} {'cost $':>10}"
     )
     out.print(header, highlight=False)
     for r in rows:
         out.print(
             f"{r.stage:<10} {r.endpoint:<16} {r.calls:>7} {r.cached:>7} {r.failed:>6} "
-            f"{r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.cost:>10.4f}",
+            f"{r.batched:>7} {r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.cost:>10.4f}",
             highlight=False,
         )
     total = sum(r.cost for r in rows)
     calls = sum(r.calls for r in rows)
     out.print(
         f"{'total':<27} {calls:>7} {sum(r.cached for r in rows):>7} "
-        f"{sum(r.failed for r in rows):>6} {sum(r.prompt_tokens for r in rows):>11,} "
+        f"{sum(r.failed for r in rows):>6} {sum(r.batched for r in rows):>7} "
+        f"{sum(r.prompt_tokens for r in rows):>11,} "
         f"{sum(r.completion_tokens for r in rows):>11,} {total:>10.4f}",
         highlight=False,
     )

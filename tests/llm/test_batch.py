@@ -258,3 +258,24 @@ def test_batch_is_a_setting_of_http_endpoints_only():
         == "openai"
     )
     assert ModelEndpoint(model="m", base_url="http://127.0.0.1:1/v1").batch_kind is None
+
+
+def test_mapd_ledger_counts_the_batch_calls(batch_server, store, tmp_path):
+    from typer.testing import CliRunner
+
+    from mapd.cli import app
+    from mapd.llm import run_id
+
+    async def go():
+        run = run_id(tmp_path)
+        for batch in (True, False):  # the second pass is answered by the cache
+            client = client_for(endpoint(batch_server.base_url, batch), store=store, run=run)
+            await client.complete_many(prompts(3), progress=False)
+            await client.aclose()
+
+    asyncio.run(go())
+    result = CliRunner().invoke(app, ["ledger", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    header, *_, total = result.output.splitlines()
+    assert header.split()[5] == "batch"
+    assert total.split()[1:5] == ["6", "3", "0", "3"]  # calls, cached, failed, batch

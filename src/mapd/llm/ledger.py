@@ -100,13 +100,15 @@ class LedgerRow:
     completion_tokens: int
     cost: float
     latency: float
+    batched: int = 0  # calls answered through a provider's batch API
 
 
 def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
     """Totals per stage and endpoint for one run, in the order the stages first called."""
     rows = store.db.execute(
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
-        " SUM(completion_tokens), SUM(cost), SUM(latency) FROM calls WHERE run = ?"
+        " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(batch IS NOT NULL) FROM calls"
+        " WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
         (run_id(run_dir, create=False),),
     ).fetchall()

@@ -90,9 +90,10 @@ def test_anthropic_params_move_the_system_prompt_and_require_max_tokens():
     }
 
 
+@pytest.mark.parametrize("plan", ["expire", "cancel"])
 @pytest.mark.parametrize("kind", [True, "anthropic"])
-def test_failed_and_expired_items_are_resubmitted_once(kind, batch_server, store):
-    batch_server.outcomes.append("expire")  # the first batch ends with half its items done
+def test_failed_expired_and_cancelled_items_are_resubmitted_once(kind, plan, batch_server, store):
+    batch_server.outcomes.append(plan)  # the first batch ends with half its items done
     batch_server.fail = lambda body, attempt: 500 if attempt == 1 and "1" in last(body) else None
     results = complete(endpoint(batch_server.base_url, kind), store, prompts(10))
     assert all(r.ok for r in results)

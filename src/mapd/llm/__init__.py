@@ -11,8 +11,10 @@ CallResult: request, completion | None, error | None, attempts, skipped; .ok, .t
 open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
 make_clients(cfg, *, run_dir, stage, store=None, budget=None)
     async context manager -> dict[str, Client]: every teacher by name, plus "student"
-client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use", scope=None)
-    -> Client; `scope` is added to its cache keys (e.g. a stamp of the weights a server holds)
+client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use", scope=None,
+           run_dir=None)
+    -> Client; `scope` is added to its cache keys (e.g. a stamp of the weights a server holds);
+    a batch endpoint records its batches in `run_dir`/batches/
 Client.complete(request) -> Completion          raises CallFailed (a MapdError) on failure
 Client.complete_many(requests, *, desc=None, progress=None) -> list[CallResult]
     concurrent, limited, retried, cached; results in input order. Failed items carry their
@@ -50,6 +52,10 @@ Behaviour worth knowing
   row, mark the endpoint down: the rest of the batch fails fast.
 - Budget: counts paid calls (not cache hits, not in-process models) of every endpoint
   of the run, including earlier invocations; once reached no new request starts.
+- Batch endpoints (`batch: true` for OpenAI's Batch API, `batch: anthropic` for Anthropic's
+  Message Batches): `complete_many` sends the cache misses as batches, polls them every
+  `limits.poll_interval` seconds and returns the same CallResults; see mapd.llm.batch for
+  resuming after a kill, resubmission and cost. `complete` (one request) stays live.
 - Transformers: concurrent requests with the same decoding settings are batched
   (`batch_size`); the model loads on the first call and stays loaded in the process.
 

@@ -280,3 +280,26 @@ def test_mapd_ledger_counts_the_batch_calls(batch_server, store, tmp_path):
     header, *_, total = result.output.splitlines()
     assert header.split()[5] == "batch"
     assert total.split()[1:5] == ["6", "3", "0", "3"]  # calls, cached, failed, batch
+
+
+def test_a_batch_created_but_not_yet_recorded_is_found_again(batch_server, store, monkeypatch):
+    """A kill between the provider creating a batch and the database recording it: the next
+    run finds the batch by its metadata instead of paying for it again."""
+    from mapd.llm.batch import BatchRun
+
+    class Killed(Exception):
+        pass
+
+    record = BatchRun.record
+
+    async def killed_before_recording(self, b, state):
+        raise Killed
+
+    monkeypatch.setattr(BatchRun, "record", killed_before_recording)
+    with pytest.raises(Killed):
+        complete(endpoint(batch_server.base_url), store, prompts(5))
+    assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone() == (0,)
+    monkeypatch.setattr(BatchRun, "record", record)
+    results = complete(endpoint(batch_server.base_url), store, prompts(5))
+    assert all(r.ok for r in results)
+    assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1

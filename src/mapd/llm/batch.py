@@ -10,7 +10,10 @@ Resumable, never paid twice: every batch is recorded in the call database (`batc
 `batch_items`: custom_id -> cache key and request) and in RUN_DIR/batches/<id>.json before it
 is first polled. A run killed while it waits finds its uncollected batches there (by the
 requests' cache keys, so any run sharing the cache does) and polls them instead of
-submitting again. A batch's replies go into the response cache and the ledger (as batch
+submitting again. For the moment between the provider creating a batch and the database
+recording it (or a create whose reply was lost), an OpenAI batch carries a digest of its
+lines in its metadata, and a submission first looks for one among the newest batches;
+Anthropic's batches carry no metadata, so that moment stays open there. A batch's replies go into the response cache and the ledger (as batch
 calls, at `price.batch_discount` of the live price) in the same transaction that marks it
 collected, so a re-run, live or batch, sends nothing.
 
@@ -23,6 +26,7 @@ timeout) and the unfinished items of an expired or cancelled batch go into a new
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -187,10 +191,9 @@ class BatchRun:
             return {}
         lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in todo]
         waiting = {}
-        tag = f"{client.stage or 'mapd'}-{client.name}"
         for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
             try:
-                state = await self.retrying(lambda c=chunk: self.api.submit([x for _, x in c], tag))
+                state = await self.submit_once([line for _, line in chunk])
             except BackendError as exc:
                 self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
@@ -201,6 +204,24 @@ class BatchRun:
             await self.record(b, state)
             waiting[b.id] = b
         return waiting
+
+    async def submit_once(self, lines: list[bytes]) -> BatchState:
+        """Create a batch for `lines`, unless the provider already holds one for exactly
+        these lines that this database has not recorded (see `find`)."""
+        client = self.client
+        submission = hashlib.sha256(b"".join(lines)).hexdigest()[:32]
+        if client.store is not None:
+            found = await self.retrying(lambda: self.api.find(submission))
+            known = (
+                found
+                and client.store.db.execute(
+                    "SELECT 1 FROM batches WHERE id = ?", (found.id,)
+                ).fetchone()
+            )
+            if found is not None and not known:
+                return found
+        tag = f"{client.stage or 'mapd'}-{client.name}"
+        return await self.retrying(lambda: self.api.submit(lines, tag, submission))
 
     async def record(self, b: Submitted, state: BatchState) -> None:
         """Write the batch and its custom_id -> cache key map before it is first polled."""

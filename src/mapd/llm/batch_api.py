@@ -1,7 +1,7 @@
 """The providers' batch APIs over plain HTTP: OpenAI's Files + Batches and Anthropic's Message Batches.
 
     api = batch_api(endpoint)                       # OpenAIBatches or AnthropicBatches
-    state = await api.submit([api.line(custom_id, request) for ...], tag="teach-gpt")
+    state = await api.submit([api.line(custom_id, request) for ...], "teach-gpt", digest)
     state = await api.status(state.id)              # again, until state.ended
     outcomes = await api.results(state, latency)    # custom_id -> Completion or ItemError
     await api.aclose()
@@ -188,7 +188,18 @@ class OpenAIBatches(BatchAPI):
         entry = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions"}
         return json.dumps({**entry, "body": body}, ensure_ascii=False).encode() + b"\n"
 
-    async def submit(self, lines: list[bytes], tag: str) -> BatchState:
+    async def find(self, submission: str) -> BatchState | None:
+        """A live batch created earlier for the same lines: by a run killed between creating
+        it and recording it, or by a create whose reply was lost. Found by the
+        `mapd_submission` metadata among the 100 newest batches."""
+        listing = await self.fetch_json("GET", "/batches", params={"limit": "100"})
+        for batch in listing.get("data") or []:
+            mine = (batch.get("metadata") or {}).get("mapd_submission") == submission
+            if mine and batch.get("status") not in ("failed", "expired", "cancelling", "cancelled"):
+                return self.state(batch)
+        return None
+
+    async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         form = aiohttp.FormData()
         form.add_field("purpose", "batch")
         form.add_field(
@@ -202,7 +213,7 @@ class OpenAIBatches(BatchAPI):
                 "input_file_id": uploaded["id"],
                 "endpoint": "/v1/chat/completions",
                 "completion_window": "24h",
-                "metadata": {"mapd": tag},
+                "metadata": {"mapd": tag, "mapd_submission": submission},
             },
         )
         return self.state(created)
@@ -284,7 +295,11 @@ class AnthropicBatches(BatchAPI):
         params = anthropic_params(self.endpoint, request)
         return json.dumps({"custom_id": custom_id, "params": params}, ensure_ascii=False).encode()
 
-    async def submit(self, lines: list[bytes], tag: str) -> BatchState:
+    async def find(self, submission: str) -> BatchState | None:
+        """Anthropic's batches carry no metadata to find one by: always None."""
+        return None
+
+    async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         body = b'{"requests": [' + b", ".join(lines) + b"]}"
         headers = {"Content-Type": "application/json"}
         return self.state(

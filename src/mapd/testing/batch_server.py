@@ -8,9 +8,10 @@
         assert len(server.batches) == 2
 
 Real HTTP on 127.0.0.1 (aiohttp in a thread) with the documented routes: `POST /v1/files`
-(multipart, purpose batch), `POST /v1/batches`, `GET /v1/batches/ID`,
-`POST /v1/batches/ID/cancel`, `GET /v1/files/ID/content`; `POST /v1/messages/batches`,
-`GET /v1/messages/batches/ID`, `POST .../cancel`, `GET .../results`; `GET /stats`.
+(multipart, purpose batch), `POST /v1/batches`, `GET /v1/batches` (list),
+`GET /v1/batches/ID`, `POST /v1/batches/ID/cancel`, `GET /v1/files/ID/content`;
+`POST /v1/messages/batches`, `GET /v1/messages/batches/ID`, `POST .../cancel`,
+`GET .../results`; and `GET /stats`.
 
 Time is the server's own clock, which moves by `tick` seconds after every status request (set
 `tick = 0` to hold every batch where it is, or call `advance`), so no test waits for real. A
@@ -57,6 +58,7 @@ class ServerBatch:
     stopped_at: float | None = None  # when a cancel was asked for
     outcome: dict[str, dict[str, Any] | int] = field(default_factory=dict)  # reply or status
     files: tuple[str | None, str | None] = (None, None)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class BatchServer:
@@ -119,6 +121,7 @@ class BatchServer:
                 web.post("/v1/files", self.upload),
                 web.get("/v1/files/{id}/content", self.file_content),
                 web.post("/v1/batches", self.create_openai),
+                web.get("/v1/batches", self.list_openai),
                 web.get("/v1/batches/{id}", self.get_batch),
                 web.post("/v1/batches/{id}/cancel", self.cancel),
                 web.post("/v1/messages/batches", self.create_anthropic),
@@ -188,6 +191,7 @@ class BatchServer:
             return error(404, "no such file")
         batch = ServerBatch(f"batch_{len(self.batches) + 1}", "openai", self.clock, [])
         batch.input_file_id = args["input_file_id"]
+        batch.metadata = args.get("metadata") or {}
         problem = self.read_lines(batch, content)
         if problem:
             batch.plan, batch.outcome["_error"] = "failed", {"message": problem}
@@ -221,6 +225,7 @@ class BatchServer:
             "completion_window": "24h",
             "status": status,
             "created_at": int(batch.created),
+            "metadata": batch.metadata,
             "output_file_id": batch.files[0],
             "error_file_id": batch.files[1],
             "request_counts": {
@@ -233,6 +238,12 @@ class BatchServer:
             view["errors"] = {"object": "list", "data": [batch.outcome["_error"]]}
             view["request_counts"] = {"total": 0, "completed": 0, "failed": 0}
         return view
+
+    async def list_openai(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit", "20"))
+        newest = [b for b in reversed(self.batches.values()) if b.kind == "openai"][:limit]
+        data = [self.openai_view(b) for b in newest]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
 
     async def file_content(self, request: web.Request) -> web.Response:
         content = self.files.get(request.match_info["id"])

@@ -241,8 +241,9 @@ def test_progress_shows_each_batch_status_counts_and_time_since_submission(
             await client.aclose()
 
     asyncio.run(go())
-    lines = [line for line in capsys.readouterr().err.splitlines() if "batch_1" in line]
-    statuses = [line.split("batch_1: ", 1)[1].split(" ", 1)[0] for line in lines]
+    (batch_id,) = batch_server.batches
+    lines = [line for line in capsys.readouterr().err.splitlines() if batch_id in line]
+    statuses = [line.split(f"{batch_id}: ", 1)[1].split(" ", 1)[0] for line in lines]
     assert statuses[0] == "validating" and statuses[-1] == "completed"
     assert "in_progress" in statuses and "finalizing" in statuses
     assert any("in_progress 5/10 · " in line for line in lines)
@@ -303,3 +304,23 @@ def test_a_batch_created_but_not_yet_recorded_is_found_again(batch_server, store
     results = complete(endpoint(batch_server.base_url), store, prompts(5))
     assert all(r.ok for r in results)
     assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1
+
+
+def test_a_recorded_batch_the_provider_no_longer_knows_is_submitted_again(store, tmp_path):
+    with BatchServer(tick=0) as first:
+
+        async def wait_a_little():
+            client = client_for(endpoint(first.base_url), store=store, run="r")
+            try:
+                await asyncio.wait_for(client.complete_many(prompts(3), progress=False), 0.3)
+            finally:
+                await client.aclose()
+
+        with pytest.raises(asyncio.TimeoutError):
+            asyncio.run(wait_a_little())
+        port = first.port
+    with BatchServer(port=port) as second:  # the same URL, none of the first one's batches
+        results = complete(endpoint(second.base_url), store, prompts(3))
+    assert all(r.ok for r in results) and len(second.batches) == 1
+    statuses = dict(store.db.execute("SELECT status, collected FROM batches").fetchall())
+    assert statuses == {"gone": 1, "completed": 1}

@@ -49,6 +49,10 @@ T = TypeVar("T")
 FINAL_EMPTY = {"length", "content_filter"}  # as on the live path: an empty reply cut short stays so
 
 
+class BatchGone(Exception):
+    """The provider answers 404 for a recorded batch."""
+
+
 @dataclass
 class Item:
     """One distinct request (by cache key) of a `complete_batched` call, and how it ended."""
@@ -272,7 +276,10 @@ class BatchRun:
         with line:
             while True:
                 try:
-                    state = await self.retrying(lambda: self.api.status(b.id))
+                    state = await self.retrying(lambda: self.api.status(b.id), b.id)
+                except BatchGone:
+                    await self.forget(b)
+                    return
                 except BackendError as exc:
                     self.fail(self.waiting_in(b), exc.message)
                     return
@@ -386,9 +393,19 @@ class BatchRun:
             c = item.completion
             self.bar.advance(cached=False, failed=c is None, tokens=c.tokens if c else 0, cost=cost)
 
-    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def forget(self, b: Submitted) -> None:
+        """A recorded batch the provider no longer knows (another account's key, or deleted):
+        marked collected with nothing in it, and its items go into a new batch."""
+        for item in self.waiting_in(b):
+            item.batch = None
+        await self.client._write(
+            ("UPDATE batches SET status = 'gone', collected = 1 WHERE id = ?", (b.id,))
+        )
+
+    async def retrying(self, send: Callable[[], Awaitable[T]], batch: str | None = None) -> T:
         """One call to the batch API with the endpoint's retries; an endpoint that cannot
-        serve (bad key, unreachable, nothing but failures) is marked down."""
+        serve (bad key, unreachable, nothing but failures) is marked down. A 404 for the
+        status of `batch` raises BatchGone: that batch is gone, not the endpoint."""
         client = self.client
         max_attempts = client.endpoint.limits.max_attempts
         for attempt in range(1, max_attempts + 1):
@@ -398,6 +415,8 @@ class BatchRun:
                 return await send()
             except BackendError as exc:
                 message = client.scrub(exc.message)
+                if batch is not None and message.startswith("HTTP 404"):
+                    raise BatchGone(batch) from None
                 if exc.retryable and attempt < max_attempts:
                     await limits.backoff_sleep(retry_delay(attempt, exc.retry_after))
                     continue

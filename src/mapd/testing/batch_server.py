@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import re
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -88,6 +89,7 @@ class BatchServer:
         self.submissions: dict[str, int] = {}  # custom_id -> times submitted
         self.polls = 0
         self.http_requests = 0
+        self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
         self.thread: threading.Thread | None = None
@@ -189,7 +191,7 @@ class BatchServer:
         content = self.files.get(args.get("input_file_id", ""))
         if content is None:
             return error(404, "no such file")
-        batch = ServerBatch(f"batch_{len(self.batches) + 1}", "openai", self.clock, [])
+        batch = ServerBatch(f"batch_{self.serial}{len(self.batches) + 1}", "openai", self.clock, [])
         batch.input_file_id = args["input_file_id"]
         batch.metadata = args.get("metadata") or {}
         problem = self.read_lines(batch, content)
@@ -262,7 +264,9 @@ class BatchServer:
         requests = body.get("requests") or []
         if len(requests) > self.max_requests or len(raw) > self.max_bytes:
             return error(413, "request_too_large: too many requests or bytes in one batch")
-        batch = ServerBatch(f"msgbatch_{len(self.batches) + 1}", "anthropic", self.clock, [])
+        batch = ServerBatch(
+            f"msgbatch_{self.serial}{len(self.batches) + 1}", "anthropic", self.clock, []
+        )
         for entry in requests:
             params = entry.get("params") or {}
             if not CUSTOM_ID.match(entry.get("custom_id", "")):

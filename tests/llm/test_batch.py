@@ -57,6 +57,11 @@ def test_batch_results_match_live_results_in_input_order(kind, batch_server, sto
         live_results = complete(endpoint(live.base_url, False, "Be brief."), store, prompts(12))
     ep = endpoint(batch_server.base_url, kind, "Be brief.")
     results = complete(ep, store, prompts(12), tmp_path)
+    if kind is True:  # every batch line's body is the body the live path sends
+        (batch,) = batch_server.batches.values()
+        assert sorted(map(json.dumps, live.requests)) == sorted(
+            json.dumps(body) for _, body, _ in batch.items
+        )
     assert [r.request.tag for r in results] == [f"q{i}" for i in range(12)]
     assert [r.text for r in results] == [r.text for r in live_results]
     assert all(r.ok and r.attempts == 1 and not r.completion.cached for r in results)

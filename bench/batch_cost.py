@@ -136,8 +136,9 @@ def main() -> None:
         root = Path(home)
         live = run_mode(root, live_root + "/v1", False, args.mistakes)
         batch = run_mode(root, batch_root + "/v1", True, args.mistakes)
-        before = server_stats(batch_root)
+        before, rerun_s = server_stats(batch_root), time.perf_counter()
         asyncio.run(teach_and_review(batch["cfg"], batch["run_dir"]))  # a re-run: all cached
+        rerun_s = time.perf_counter() - rerun_s
         rerun_sent = server_stats(batch_root)["http_requests"] - before["http_requests"]
     finally:
         for process in (live_server, batch_server):
@@ -156,6 +157,7 @@ def main() -> None:
             batch["client_cpu_ms_per_call"] / live["client_cpu_ms_per_call"], 3
         ),
         "batch_rerun_http_requests": rerun_sent,
+        "batch_rerun_s": round(rerun_s, 2),
     }
     for name, mode in (("live", live), ("batch", batch)):
         print(
@@ -165,7 +167,7 @@ def main() -> None:
         )
     print(f"cost batch/live: {ratio:.4f} (price.batch_discount 0.5)")
     print(f"client CPU per call batch/live: {figures['cpu_ratio_batch_to_live']}")
-    print(f"batch re-run: {rerun_sent} HTTP requests")
+    print(f"batch re-run: {rerun_sent} HTTP requests, {rerun_s:.1f} s")
     assert abs(ratio - 0.5) < 1e-6, ratio
     assert batch["prompt_tokens"] == live["prompt_tokens"], "the two modes sent different prompts"
     assert rerun_sent == 0

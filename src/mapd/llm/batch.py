@@ -126,6 +126,7 @@ class BatchRun:
         client = self.client
         prepared = [client.prepare(r) for r in requests]
         hits: dict[str, Completion] = {}
+        rows: list[Row] = []
         with BatchProgress(self.desc, len(requests), self.progress) as self.bar:
             for req, key, canonical in prepared:
                 if key in self.items or key in hits:
@@ -135,7 +136,8 @@ class BatchRun:
                     self.items[key] = Item(key, canonical, req)
                     continue
                 hits[key] = hit
-                await client._write(client._ledger_row(req, key, hit, 0.0, None, 0))
+                rows.append(client._ledger_row(req, key, hit, 0.0, None, 0))
+            await client._write(*rows)  # one transaction for every cache hit
             for _ in range(len(requests) - len(self.items)):
                 self.bar.advance(cached=True, failed=False, tokens=0, cost=0.0)
             await self.finish()

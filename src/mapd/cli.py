@@ -60,7 +60,10 @@ def validate(
     from mapd.config import load_config
 
     cfg = load_config(config, overrides or [])
-    teachers = ", ".join(f"{t.name} ({t.backend})" for t in cfg.teachers)
+    teachers = ", ".join(
+        f"{t.name} ({t.backend}{f', {t.batch_kind} batch' if t.batch_kind else ''})"
+        for t in cfg.teachers
+    )
     out.print(
         f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
         f"teachers {teachers}, output {cfg.run_dir}"

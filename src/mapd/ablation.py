@@ -153,7 +153,7 @@ class RowResult:
     name: str
     description: str
     right: dict[int | None, dict[str, bool]]
-    examples: dict[int, tuple[int, int]] = field(default_factory=dict)  # (all, rationale)
+    examples: dict[int | None, tuple[int, int]] = field(default_factory=dict)  # (all, rationale)
 
     def items(self, seeds: list[int | None]) -> dict[tuple[int | None, str], bool]:
         """(seed, question id) -> right?; the untrained student answers alike for every seed."""
@@ -220,12 +220,12 @@ def table_line(row: RowResult, seeds: list[int | None], mapd: RowResult | None) 
         "ci_high": round(high, 4),
     }
     if trained and len(seeds) == 1:
-        line["examples"], line["rationale_examples"] = row.examples[seeds[0]]  # type: ignore[index]
+        line["examples"], line["rationale_examples"] = row.examples[seeds[0]]
     elif not trained:
         line["examples"] = line["rationale_examples"] = 0
     if mapd is not None and row is not mapd:
         paired = [s for s in seeds if s in mapd.right] if trained else list(mapd.right)
-        pair = paired_counts(row.items(paired), mapd.items(paired))  # type: ignore[arg-type]
+        pair = paired_counts(row.items(paired), mapd.items(paired))
         if pair.n:
             line |= {
                 "both_right": pair.both_right,

@@ -257,6 +257,12 @@ class TrainConfig(Strict):
         "(CUDA, or a CPU with AMX or AVX512-BF16), else fp32. The weights stay fp32.",
     )
     logging_steps: int = Field(10, ge=1, description="Log the losses every this many steps.")
+    seed: int | None = Field(
+        None,
+        description="Seed of the training and of the random pick of examples (dataset.pick); "
+        "none = the run's `seed`. The questions, exam, teaching, reviews and evaluation keep "
+        "the run's seed, so `mapd ablate`'s seeds repeat only what training draws.",
+    )
 
 
 class EvalConfig(Strict):
@@ -281,6 +287,21 @@ class EvalConfig(Strict):
         return self
 
 
+class AblationConfig(Strict):
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="`mapd ablate`: train every row once per seed (as train.seed) and report "
+        "each seed and the pooled figure; none = the run's seed once.",
+    )
+    rows: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="`mapd ablate`: only these rows (untrained, mapd, mapd-alpha0, "
+        "mapd-answer-check, committee-no-review, single-<teacher>); none = every row.",
+    )
+
+
 class BudgetConfig(Strict):
     usd: float | None = Field(None, gt=0, description="Stop new requests after this spend.")
     tokens: int | None = Field(None, gt=0, description="Stop new requests after this many tokens.")
@@ -300,6 +321,7 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rounds: int = Field(1, ge=1)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     cache: Literal["use", "refresh", "off"] = "use"
     prompts: dict[str, str] = Field(
@@ -324,6 +346,11 @@ class RunConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of the pick of examples and of the training (train.seed, else seed)."""
+        return self.seed if self.train.seed is None else self.train.seed
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ recomputed by the review stage from the imported scores with the config's review
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from mapd.answers import answers_match, extract_answer, normalize_gold
 from mapd.config import RunConfig, load_config, preset_path
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Feedback, Mistake, Rationale, Review
-from mapd.stages.rundir import write_json, write_jsonl, write_text_atomic
+from mapd.stages.rundir import load_manifest, write_json, write_jsonl, write_text_atomic
 
 TEACHERS = {"gpt": "gpt-3.5-turbo", "gemini": "gemini-1.0-pro", "mistral": "mixtral-8x7b"}
 ANSWER_TYPES: dict[str, AnswerType] = {"svamp": "number", "gsm8k": "number", "strategyqa": "yesno"}
@@ -170,3 +171,22 @@ def write_release_run(
             },
         )
     write_json(out / MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now})
+
+
+def share_imported(source: Path, dest: Path) -> bool:
+    """Copy the imported stages of run folder `source` (files and manifests) into `dest`.
+
+    `dest` then builds, trains and evaluates on the same imported mistakes, feedback,
+    rationales and reviews. False, and nothing copied, when `source` holds no import."""
+    if not (source / MARKER).exists():
+        return False
+    names = [MARKER, "reviews.jsonl"]
+    for stage in ("exam", "teach"):
+        manifest = load_manifest(source, stage)
+        if manifest and manifest.get("imported"):
+            names += [f"manifests/{stage}.json", *manifest["summary"]["imported_files"]]
+    for name in names:
+        if (source / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, dest / name)
+    return True

@@ -9,7 +9,7 @@ import pytest
 
 from mapd.errors import MapdError
 from mapd.records import Decision, Example
-from mapd.report.collect import collect_run, funnel_steps
+from mapd.report.collect import ablation_rows, collect_run, funnel_steps
 from mapd.stages.rundir import read_jsonl
 
 
@@ -102,3 +102,19 @@ def test_accuracy_from_eval_and_ablation(release_run: Path):
         ("mapd", 0.6),
     ]
     assert rows[0].n == 300 and "10%" in rows[0].note
+
+
+def test_ablation_rows_name_each_seed(tmp_path: Path):
+    path = tmp_path / "ablation.csv"
+    path.write_text(
+        "row,description,seed,correct,n,accuracy,ci_low,ci_high\n"
+        "untrained,untrained student,,17,613,0.0277,0.0174,0.044\n"
+        "mapd,MAPD,731,77,613,0.1256,0.1017,0.1542\n"
+        "mapd,MAPD,pooled,150,1226,0.1223,0.105,0.142\n"
+    )
+    rows = ablation_rows(path)
+    assert [(r.label, r.n) for r in rows] == [
+        ("untrained", 613),
+        ("mapd (seed 731)", 613),
+        ("mapd (seed pooled)", 1226),
+    ]

@@ -93,7 +93,7 @@ def test_ablate_writes_every_row(tmp_path, tiny_student):
         "single-bob",
         "single-carol",
     ]
-    mistakes = len((root / "mapd" / "mistakes.jsonl").read_text().splitlines())
+    mistakes = len((root / "mapd" / "seed-731" / "mistakes.jsonl").read_text().splitlines())
     assert teach_calls == 3 * mistakes
     assert sent > 0
     md = (root / "ablation.md").read_text()

@@ -187,7 +187,7 @@ def accuracy_rows(run_dir: Path) -> list[AccuracyRow]:
 
 
 def ablation_rows(path: Path) -> list[AccuracyRow]:
-    """Rows of `mapd ablate`'s table (row or name, description, accuracy, examples)."""
+    """Rows of `mapd ablate`'s table (row or name, seed, description, accuracy, n, examples)."""
     rows = []
     with path.open(encoding="utf-8", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -196,8 +196,11 @@ def ablation_rows(path: Path) -> list[AccuracyRow]:
             except (KeyError, TypeError, ValueError):
                 continue  # a row still training has no accuracy yet
             name = row.get("row") or row.get("name") or "?"
+            if row.get("seed"):  # one line per seed, and a pooled one, since seeds exist
+                name = f"{name} (seed {row['seed']})"
+            n = int(row["n"]) if (row.get("n") or "").isdigit() else None
             examples = row.get("examples")
-            rows.append(AccuracyRow(name, acc, None, f"{examples} examples" if examples else ""))
+            rows.append(AccuracyRow(name, acc, n, f"{examples} examples" if examples else ""))
     return rows
 
 

@@ -13,8 +13,8 @@ with no accepted rationale is dropped. Feedback is not peer-reviewed; with
 rationale for the question was accepted is trained, so a teacher whose rationale was
 rejected (by the review or, when on, the answer check) does not explain the mistake either
 (`any`, the paper: every teacher's feedback is a candidate).
-`dataset.pick: random` takes one of each at random, seeded per question so that the choice
-does not depend on file order; `all` takes every one.
+`dataset.pick: random` takes one of each at random, seeded per question (train.seed, else the
+run's seed) so that the choice does not depend on file order; `all` takes every one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ OUTPUTS = ["dataset/train.jsonl", "dataset/trl.jsonl", "dataset/alpaca.json", "d
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
-    return {"dataset": cfg.dataset.model_dump(), "seed": cfg.seed, "prompts": cfg.prompts}
+    return {"dataset": cfg.dataset.model_dump(), "seed": cfg.training_seed, "prompts": cfg.prompts}
 
 
 def with_answer_line(text: str, mistake: Mistake) -> str:
@@ -81,13 +81,13 @@ def build_examples(
             usable = [f for f in fb if f.teacher in solved]
             counts["feedback_of_rejected_teachers"] += len(fb) - len(usable)
         if cfg.dataset.pick == "random":
-            rng = random.Random(f"{cfg.seed}:{m.question_id}")
+            rng = random.Random(f"{cfg.training_seed}:{m.question_id}")
             # the first draw over every teacher's feedback keeps the rationale draw after it
             # the same whichever feedback is usable: the two settings differ in feedback only
             drawn = rng.choice(fb) if fb else None
             rats = [rng.choice(rats)]
             if cfg.dataset.feedback_from == "accepted":
-                feedback_rng = random.Random(f"{cfg.seed}:{m.question_id}:feedback")
+                feedback_rng = random.Random(f"{cfg.training_seed}:{m.question_id}:feedback")
                 drawn = feedback_rng.choice(usable) if usable else None
             usable = [drawn] if drawn else []
         counts["mistakes_without_feedback"] += not usable

@@ -55,6 +55,18 @@ def _is_imported(run_dir: Path, stage: str) -> bool:
     return bool(manifest and manifest.get("imported"))
 
 
+def stage_fingerprint(cfg: RunConfig, run_dir: Path, name: str) -> str:
+    module = stage_module(name)
+    return fingerprint(module.settings(cfg), [run_dir / i for i in module.INPUTS])
+
+
+def is_current(cfg: RunConfig, run_dir: Path, name: str) -> bool:
+    """Whether stage `name` of `run_dir` is imported, or finished with these settings and inputs."""
+    return _is_imported(run_dir, name) or stage_is_done(
+        run_dir, name, stage_fingerprint(cfg, run_dir, name)
+    )
+
+
 async def run_stage(
     cfg: RunConfig, run_dir: Path, name: str, force: bool = False
 ) -> dict[str, Any]:
@@ -69,7 +81,7 @@ async def run_stage(
             f"{name}: {run_dir / missing[0]} is missing",
             f"run the earlier stages first: mapd run {run_dir / 'config.yaml'} --until {name}",
         )
-    fp = fingerprint(module.settings(cfg), [run_dir / i for i in module.INPUTS])
+    fp = stage_fingerprint(cfg, run_dir, name)
     if not force and stage_is_done(run_dir, name, fp):
         summary = (load_manifest(run_dir, name) or {}).get("summary", {})
         console.print(f"[dim]{name}: finished earlier, inputs and settings unchanged; skipped[/]")

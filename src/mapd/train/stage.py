@@ -77,8 +77,8 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=cfg.training_seed,
+        data_seed=cfg.training_seed,
         train_sampling_strategy="group_by_length",
         save_strategy="epoch",
         save_total_limit=2,
@@ -123,9 +123,9 @@ def train_settings(cfg: RunConfig) -> dict[str, Any]:
         fixed["merge"] = False
     train = cfg.train.model_copy(update=fixed)
     return {
-        "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps"}),
+        "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps", "seed"}),
         "student": cfg.student.model,
-        "seed": cfg.seed,
+        "seed": cfg.training_seed,
     }
 
 
@@ -189,7 +189,7 @@ def run(
         return change_merge_only(cfg, run_dir, fp, started, state)
 
     t = cfg.train
-    set_seed(cfg.seed)
+    set_seed(cfg.training_seed)
     model, tokenizer = load_student(cfg.student.model, t)
     encoded = encode_examples(examples, tokenizer, t.prompt_format, t.max_length, t.on_overlong)
     if not encoded.rows:

@@ -1,0 +1,235 @@
+"""`mapd ablate`: rows per seed on a tiny in-process student, the table's statistics, a release folder."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.stages.scripted_classroom import reply, write_config
+from tests.train.toy_run import build_tiny_model
+
+from mapd.ablation import RowResult, render, run_ablation, table_lines
+from mapd.config import load_config
+from mapd.llm.ledger import run_id
+from mapd.release import import_release
+from mapd.stats import mcnemar_exact, wilson_interval
+from mapd.testing.loopback import LoopbackServer
+
+RELEASE = sorted((Path(__file__).parent / "fixtures" / "release").glob("*.json"))
+SVAMP = Path(__file__).parent / "fixtures" / "svamp"
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-student"))
+
+
+def in_process(student: Path) -> list[str]:
+    """The tiny model as the in-process student, trained for one step."""
+    return [
+        "student.backend=transformers",
+        f"student.model={student}",
+        "student.device=cpu",
+        "student.sampling.max_tokens=8",
+        "eval.max_tokens=8",
+        "train.max_steps=1",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.max_length=256",
+    ]
+
+
+def read_right(path: Path) -> set[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["question_id"] for r in rows if r["correct"]}
+
+
+def read_ids(path: Path) -> set[str]:
+    return {json.loads(line)["question_id"] for line in path.read_text().splitlines()}
+
+
+def uncached_calls(home: Path, run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Per stage of one run folder: (calls, calls not answered from the cache)."""
+    with sqlite3.connect(home / "calls.sqlite") as db:
+        rows = db.execute(
+            "SELECT stage, count(*), sum(1 - cached) FROM calls WHERE run = ? GROUP BY stage",
+            (run_id(run_dir, create=False),),
+        ).fetchall()
+    return {stage: (n, fresh) for stage, n, fresh in rows}
+
+
+def test_two_seeds_share_every_call_and_report_paired_statistics(tmp_path, tiny_student, mapd_home):
+    rows = ["untrained", "mapd", "committee-no-review", "single-alice"]
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        overrides = [*in_process(tiny_student), "ablation.seeds=[731, 1]"]
+        cfg = load_config(config, [*overrides, f"ablation.rows=[{', '.join(rows)}]"])
+        root = asyncio.run(run_ablation(cfg))
+        teach_calls = sum(
+            "Student's answer" in r["messages"][-1]["content"] for r in server.requests
+        )
+        sent = len(server.requests)
+
+        # a kill during the last row's evaluation: only that evaluation runs again
+        last = root / "single-alice" / "seed-1"
+        trained_at = json.loads((last / "manifests" / "train.json").read_text())["finished_at"]
+        (last / "manifests" / "eval.json").unlink()
+        asyncio.run(run_ablation(cfg))
+        assert len(server.requests) == sent  # nothing asked of a teacher again
+    assert json.loads((last / "manifests" / "train.json").read_text())["finished_at"] == trained_at
+    assert (last / "manifests" / "eval.json").exists()
+
+    # teaching was paid once for all 3 rows x 2 seeds; the second seed took every exam,
+    # teaching and review call from the cache, but trained its own student
+    mistakes = len((root / "mapd" / "seed-731" / "mistakes.jsonl").read_text().splitlines())
+    assert teach_calls == 3 * mistakes > 0
+    second = uncached_calls(mapd_home, root / "mapd" / "seed-1")
+    assert second["exam"][0] > 0 and second["teach"][0] > 0 and second["review"][0] > 0
+    assert all(second[s][1] == 0 for s in ("exam", "teach", "review"))
+    train_fps = {
+        json.loads((root / "mapd" / f"seed-{s}" / "manifests" / "train.json").read_text())[
+            "fingerprint"
+        ]
+        for s in (731, 1)
+    }
+    assert len(train_fps) == 2
+    assert not (root / "mapd" / "seed-731" / "eval" / "base").exists()  # measured once
+
+    with (root / "ablation.csv").open(newline="") as fh:
+        lines = list(csv.DictReader(fh))
+    assert [(r["row"], r["seed"]) for r in lines] == [
+        ("untrained", ""),
+        *((row, s) for row in rows[1:] for s in ("731", "1", "pooled")),
+    ]
+    preds = {
+        (row, s): root / row / f"seed-{s}" / "eval" / "trained" / "predictions.jsonl"
+        for row in rows[1:]
+        for s in (731, 1)
+    }
+    preds[("untrained", 731)] = preds[("untrained", 1)] = (
+        root / "untrained" / "eval" / "base" / "predictions.jsonl"
+    )
+    n = len(read_ids(preds[("mapd", 731)]))
+    for line in lines:
+        seeds = [731, 1] if line["seed"] in ("pooled", "") else [int(line["seed"])]
+        own = [731] if line["row"] == "untrained" else seeds
+        correct = sum(len(read_right(preds[(line["row"], s)])) for s in own)
+        assert (int(line["correct"]), int(line["n"])) == (correct, n * len(own))
+        low, high = wilson_interval(correct, n * len(own))
+        assert (float(line["ci_low"]), float(line["ci_high"])) == (round(low, 4), round(high, 4))
+        if line["row"] == "mapd":
+            assert line["only_mapd"] == ""
+            continue
+        both = only_this = only_mapd = 0
+        for s in seeds:
+            this, mapd = read_right(preds[(line["row"], s)]), read_right(preds[("mapd", s)])
+            both += len(this & mapd)
+            only_this += len(this - mapd)
+            only_mapd += len(mapd - this)
+        assert (int(line["both_right"]), int(line["only_this"]), int(line["only_mapd"])) == (
+            both,
+            only_this,
+            only_mapd,
+        )
+        assert float(line["p_value"]) == round(mcnemar_exact(only_this, only_mapd), 6)
+    md = (root / "ablation.md").read_text()
+    assert "## What the data supports" in md
+    assert f"(2 seeds × {n} questions)" in md
+    for description in ("untrained student", "committee without review", "single teacher alice"):
+        assert f"- MAPD vs {description}" in md
+
+
+def _right(n: int, ids: list[int]) -> dict[str, bool]:
+    return {f"q{i}": i in ids for i in range(1, n + 1)}
+
+
+def test_pooled_mcnemar_pairs_each_seed_with_the_same_seed_of_mapd():
+    mapd = RowResult(
+        "mapd", "MAPD", {731: _right(10, [1, 2, 3, 4, 5, 6]), 1: _right(10, [1, 2, 3, 4, 5])}
+    )
+    mapd.examples = {731: (6, 3), 1: (6, 3)}
+    other = RowResult(
+        "other", "one teacher", {731: _right(10, [1, 2, 7, 8]), 1: _right(10, [1, 7, 8, 9])}
+    )
+    other.examples = {731: (4, 2), 1: (4, 2)}
+    base = RowResult("untrained", "untrained student", {None: _right(10, [1])})
+    lines = table_lines([base, mapd, other])
+    by = {(x["row"], x["seed"]): x for x in lines}
+    counts = lambda x: (x["both_right"], x["only_this"], x["only_mapd"])  # noqa: E731
+    assert counts(by[("other", 731)]) == (2, 2, 4)
+    assert counts(by[("other", 1)]) == (1, 3, 4)
+    assert counts(by[("other", "pooled")]) == (3, 5, 8)
+    assert by[("other", "pooled")]["p_value"] == pytest.approx(0.581055, abs=1e-6)  # 2·2380/2^13
+    assert (by[("other", "pooled")]["correct"], by[("other", "pooled")]["n"]) == (8, 20)
+    # the untrained student: its accuracy on its 10 answers, paired with each MAPD seed
+    assert (by[("untrained", "")]["correct"], by[("untrained", "")]["n"]) == (1, 10)
+    assert counts(by[("untrained", "")]) == (2, 0, 9)
+    md, csv_text = render(lines)
+    assert (
+        "- MAPD vs untrained student: 55.0 % vs 10.0 %, 9 vs 0 discordant, p = 0.004: "
+        "MAPD is better at the 5 % level, n = 20 (2 seeds × 10 questions)." in md
+    )
+    assert (
+        "- MAPD vs one teacher: 55.0 % vs 40.0 %, 8 vs 5 discordant, p = 0.58: "
+        "no significant difference at n = 20 (2 seeds × 10 questions)." in md
+    )
+    assert "| one teacher | 731 | 40.0 % (16.8–68.7) | 4 / 10 | 2 | 2 | 4 | 0.69 | 4 |" in md
+    assert csv_text.splitlines()[0].startswith("row,description,seed,correct,n,accuracy,ci_low")
+
+
+def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_student):
+    out = tmp_path / "release"
+    import_release("svamp", RELEASE, out)
+    overrides = [
+        *in_process(tiny_student),
+        "task.source=local",
+        f"task.path={SVAMP}",
+        "task.files.test=SVAMP.json",
+        "eval.limit=2",
+        "ablation.rows=[untrained, mapd, committee-no-review]",
+    ]
+    # the preset's teachers are hosted APIs without keys here: any call would fail the run
+    root = asyncio.run(run_ablation(load_config(out / "config.yaml", overrides)))
+    for row in ("mapd", "committee-no-review"):
+        folder = root / row / "seed-731"
+        assert (folder / "mistakes.jsonl").read_text() == (out / "mistakes.jsonl").read_text()
+        assert (folder / "reviews.jsonl").read_text() == (out / "reviews.jsonl").read_text()
+        assert json.loads((folder / "manifests" / "teach.json").read_text())["imported"]
+    stats = {
+        row: json.loads((root / row / "seed-731" / "dataset" / "stats.json").read_text())
+        for row in ("mapd", "committee-no-review")
+    }
+    # the imported reviews reject every rationale of one mistake; without review none is
+    assert stats["mapd"]["rationale_examples"] == 3
+    assert stats["committee-no-review"]["rationale_examples"] == 4
+    with (root / "ablation.csv").open(newline="") as fh:
+        assert [r["row"] for r in csv.DictReader(fh)] == [
+            "untrained",
+            "mapd",
+            "committee-no-review",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--rows", "mapd,nope"], "unknown ablation row 'nope'"),
+        (["--seeds", "731,one"], "--seeds '731,one': not whole numbers"),
+    ],
+)
+def test_bad_rows_and_seeds_are_one_line_errors(tmp_path, option, needle):
+    config = write_config(tmp_path, "http://127.0.0.1:9/v1")
+    result = subprocess.run(
+        [sys.executable, "-m", "mapd", "ablate", str(config), *option],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "ablation").exists()

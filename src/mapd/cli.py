@@ -443,10 +443,52 @@ def _fail(err: MapdError) -> NoReturn:
     sys.exit(2)
 
 
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """The usage-error base of the click that typer really raises from.
+
+    typer 0.2x bundles its own copy of click whose exceptions are not subclasses of the
+    installed click's, so both bases are caught.
+    """
+    import click
+    import typer.core
+
+    bundled = getattr(typer.core, "_click", click)
+    return (click.ClickException, bundled.exceptions.ClickException)
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    """A command-line mistake in one line, and where to look, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "mapd"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the whole help page
+        names = ", ".join(ctx.command.list_commands(ctx))
+        message, hint = (
+            f"{command}: no command given ({names})",
+            f"`{command} --help` explains them",
+        )
+    else:
+        message, hint = exc.format_message(), f"`{command} --help` lists what it takes"  # type: ignore[attr-defined]
+        takes_settings = ctx is not None and any(p.name == "overrides" for p in ctx.command.params)
+        if type(exc).__name__ == "NoSuchOption" and takes_settings:
+            hint = f"settings are dotted KEY=VALUE, e.g. task.limit=4; {hint}"
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"  hint: {hint}", highlight=False, markup=False)
+    sys.exit(getattr(exc, "exit_code", 2))
+
+
+def _interrupted() -> NoReturn:
+    import shlex
+
+    command = shlex.join(["mapd", *sys.argv[1:]])
+    console.print(f"interrupted; `{command}` resumes from here", highlight=False, markup=False)
+    sys.exit(130)
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:
-        app(standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130), which is returned in non-standalone mode
+        code = app(standalone_mode=False)
     except MapdError as err:
         _fail(err)
     except OSError as exc:
@@ -473,12 +515,9 @@ def main() -> None:
         console.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+        _interrupted()
+    except _usage_error_types() as exc:
+        _usage_error(exc)
+    if code == 130:
+        _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)

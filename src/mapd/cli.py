@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.markup import escape
 
 from mapd import __version__
 from mapd.errors import MapdError
+
+if TYPE_CHECKING:
+    from mapd.config import RunConfig
 
 app = typer.Typer(
     name="mapd",
@@ -52,19 +55,33 @@ def _root(
 def validate(
     config: Path = CONFIG_ARG,
     overrides: list[str] = OVERRIDES_ARG,
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Also check every endpoint: key variables set, servers answering, models present.",
+    ),
 ) -> None:
     """Check a run config and list every problem at once.
 
-    Example: mapd validate configs/paper/gsm8k.yaml train.lr=2e-5 teachers.0.model=gpt-4o-mini
+    Example: mapd validate configs/paper/gsm8k.yaml train.lr=2e-5 teachers.0.model=gpt-4o-mini --check
     """
     from mapd.config import load_config
+    from mapd.preflight import check_endpoints, require_endpoints
 
     cfg = load_config(config, overrides or [])
     teachers = ", ".join(f"{t.name} ({t.backend})" for t in cfg.teachers)
     out.print(
         f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
-        f"teachers {teachers}, output {cfg.run_dir}"
+        f"teachers {teachers}, output {cfg.run_dir}",
+        highlight=False,
     )
+    if not check:
+        out.print("(`--check` also checks keys, servers and models)", highlight=False)
+        return
+    checks = check_endpoints(cfg)
+    for found in checks:
+        out.print(f"  {found.line()}", highlight=False, markup=False)
+    require_endpoints(checks, shown=True)
 
 
 @app.command()
@@ -106,10 +123,23 @@ def _run_stages(
             f"(undo with {key}={_yaml_value(before)})"
         )
         console.print(escape(note))
+    _check_endpoints(cfg, start, until)
     started = time.time()
     summaries = asyncio.run(run_pipeline(cfg, start=start, until=until))
     print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
+
+
+def _check_endpoints(cfg: RunConfig, start: str | None, until: str | None) -> None:
+    """Keys, servers and models checked before the exam, not found missing after it."""
+    from mapd.preflight import check_before_run, require_endpoints
+    from mapd.stages.pipeline import select_stages
+
+    checks = check_before_run(cfg, select_stages(start, until))
+    for found in checks:
+        if found.worth_saying:
+            console.print(f"note: {found.line()}", highlight=False, markup=False)
+    require_endpoints(checks)
 
 
 def _yaml_value(value: object) -> str:

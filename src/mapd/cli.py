@@ -377,14 +377,18 @@ def report_command(
 
     Example: mapd report runs/demo --format md
     """
-    from mapd.report import markdown_report, write_report
+    from mapd.report import collect_run, save_report
+    from mapd.report.markdown import render_markdown
 
-    if format == "md":
-        out.print(markdown_report(run_dir), markup=False, highlight=False, end="")
-    elif format == "html":
-        out.print(f"wrote {write_report(run_dir)}")
-    else:
+    if format not in ("md", "html"):
         raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")
+    report = collect_run(run_dir)
+    if format == "md":
+        out.print(render_markdown(report), markup=False, highlight=False, end="")
+    else:
+        out.print(f"wrote {save_report(report)}")
+    for note in report.left_out:
+        console.print(f"warning: {note}", highlight=False, markup=False)
 
 
 cache_app = typer.Typer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -301,3 +302,17 @@ def test_an_empty_training_set_says_why(tmp_path, exam, dropped, needle):
     with pytest.raises(MapdError) as err:
         run(make_config(tmp_path / "no-model", run_dir), run_dir)
     assert needle in err.value.message and "dataset stage" not in str(err.value)
+
+
+def test_progress_is_a_line_per_tenth_with_losses_per_task_not_raw_dicts(
+    tiny_model_dir, tmp_path, capsys
+):
+    write_dataset(tmp_path, toy_examples(16))
+    run(make_config(tiny_model_dir, tmp_path, epochs=2, logging_steps=1), tmp_path)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("train: step ")]
+    assert len(lines) == 10 and lines[-1].startswith("train: step 16/16 (100%), loss ")
+    assert all(re.search(r"loss [\d.]+ \(feedback [\d.]+, rationale [\d.]+\), ", x) for x in lines)
+    assert all(x.endswith(" left") for x in lines)
+    assert "{'" not in captured.err + captured.out  # no printed log dicts
+    assert len([e for e in log_entries(tmp_path) if "loss" in e]) == 16  # the raw log is kept

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_torch_bf16_gpu_available
 
@@ -42,6 +43,7 @@ from mapd.stages.rundir import (
 )
 from mapd.train.collate import PadCollator
 from mapd.train.model import load_student, merge_adapter
+from mapd.train.progress import TrainProgress
 from mapd.train.tokenize import TASK_IDS, EncodedSet, encode_examples
 from mapd.train.trainer import JsonlLogCallback, TwoTaskTrainer
 
@@ -226,8 +228,11 @@ def run(
         train_dataset=[asdict(row) for row in encoded.rows],
         data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[log, *(callbacks or [])],
+        callbacks=[log, TrainProgress(), *(callbacks or [])],
     )
+    # ours shows step, losses per task and time left; theirs print raw log dicts
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume)
     out_dir = student_dir / ("adapter" if t.method == "lora" else "model")
     trainer.save_model(str(out_dir))  # main process only; gathers FSDP/ZeRO-3 shards

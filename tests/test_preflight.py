@@ -94,9 +94,12 @@ def test_finished_stages_need_no_endpoint(tmp_path, server):
     moved = load_config(config, [f"teachers.0.base_url={closed}", f"student.base_url={closed}"])
     assert check_before_run(moved, select_stages(None, "review")) == []
     assert check_before_run(moved, select_stages(None, "build")) == []  # no model needed
-    # train and eval are still to run: the student is checked, the teachers are not
-    [student] = check_before_run(moved, select_stages(None, None))
+    # train and eval are still to run: the student is checked, the teachers are not; the
+    # served student's weights are what training loads (a hub id, offline here: only said)
+    student, weights = check_before_run(moved, select_stages(None, None))
     assert student.role == "student" and "not reachable" in (student.problem or "")
+    assert weights.role == "student weights for training" and weights.problem is None
+    assert weights.worth_saying and "HF_HUB_OFFLINE" in weights.found
 
 
 def mapd(*args: object) -> subprocess.CompletedProcess[str]:
@@ -117,7 +120,7 @@ def test_validate_check_and_run_find_a_closed_port_before_the_exam(tmp_path, ser
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"teacher bob ({url}): not reachable" in result.stdout
     assert "teacher alice" in result.stdout and "student" in result.stdout
-    assert "1 of 4 endpoint(s) cannot be used" in result.stderr
+    assert "1 of 5 endpoint(s) cannot be used" in result.stderr
 
     chats = len(server.requests)
     result = mapd("run", config, bad)

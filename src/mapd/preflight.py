@@ -159,13 +159,21 @@ def endpoints_of(
 
 
 def check_endpoints(
-    cfg: RunConfig, student: bool = True, teachers: bool = True, timeout: float = TIMEOUT
+    cfg: RunConfig,
+    student: bool = True,
+    teachers: bool = True,
+    training: bool = True,
+    timeout: float = TIMEOUT,
 ) -> list[EndpointCheck]:
-    """Every endpoint checked at once (a few threads), results in config order."""
+    """Every endpoint checked at once (a few threads), results in config order. `training`:
+    a student served over HTTP is trained from its weights, loaded here; check those too."""
     chosen = endpoints_of(cfg, student, teachers)
     with ThreadPoolExecutor(max_workers=min(8, len(chosen) or 1)) as pool:
         found = pool.map(lambda pair: check_endpoint(*pair, timeout), chosen)
-        return [check for checks in found for check in checks]
+        checks = [check for checks in found for check in checks]
+    if training and cfg.student.backend == "openai":
+        checks.append(check_local("student weights for training", cfg.student))
+    return checks
 
 
 def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:
@@ -182,6 +190,7 @@ def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:
         cfg,
         student=bool(to_run & {"exam", "train", "eval"}),
         teachers=bool(to_run & {"teach", "review"}),
+        training="train" in to_run,
     )
 
 

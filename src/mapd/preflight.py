@@ -44,6 +44,7 @@ class EndpointCheck:
 
 
 def base_urls(endpoint: ModelEndpoint) -> list[str]:
+    """The endpoint's server URLs: one, or a list of replicas of the same model."""
     urls = endpoint.base_url
     return list(urls) if isinstance(urls, list | tuple) else [urls] if urls else []
 

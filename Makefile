@@ -27,6 +27,7 @@ test-fast: venv
 
 demo: venv
 	$(BIN)/mapd run configs/demo.yaml
+	@echo "mapd is installed in $(VENV): run 'source $(BIN)/activate' to put it on PATH, or call $(BIN)/mapd"
 
 lint: venv
 	$(BIN)/ruff check src tests bench

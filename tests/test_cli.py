@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +52,26 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["mapd", "run", DEMO])
     with pytest.raises(OSError):
         cli.main()
+
+
+MAPD_SCRIPT = Path(sys.executable).with_name("mapd")  # the console script pip installed
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        ([], "no command given"),
+        (["rn"], "No such command 'rn'"),
+        (["report"], "Missing argument"),
+        (["run", "--limit", "4"], "task.limit=4"),
+        (["cache"], "no command given"),
+    ],
+)
+def test_usage_errors_of_the_installed_script_are_one_line(argv, needle):
+    """Through the real entry point, so typer's own (bundled) click exceptions are met."""
+    result = subprocess.run([str(MAPD_SCRIPT), *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "hint:" in lines[1], lines
+    assert needle in result.stderr

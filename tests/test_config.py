@@ -96,8 +96,25 @@ def test_validate_reports_every_error_with_suggestions(tmp_path):
     assert "Traceback" not in result.stderr
     assert "3 problem(s)" in result.stderr
     assert "task.sourc: unknown key; did you mean `source`?" in result.stderr
-    assert "teachers.0.temprature: unknown key" in result.stderr
+    assert (
+        "teachers.0.temprature: unknown key; did you mean `sampling.temperature`?" in result.stderr
+    )
     assert "train.lr" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("teachers.0.base_url=null", "teachers.0: backend openai needs `base_url`"),
+        ("task.source=local", "task: source: local needs `path`"),
+        ("dataset.mode=single_teacher", "dataset.teacher must name one of the teachers"),
+    ],
+)
+def test_section_errors_name_the_field_not_the_whole_section(override, needle):
+    config = "configs/examples/hosted-teachers-vllm-student.yaml"
+    result = mapd("validate", str(ROOT / config), override)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert "got {" not in result.stderr and len(result.stderr) < 600, result.stderr
 
 
 def test_validate_accepts_a_shipped_config():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.markup import escape
 
 from mapd import __version__
 from mapd.errors import MapdError
+
+if TYPE_CHECKING:
+    from mapd.config import RunConfig
 
 app = typer.Typer(
     name="mapd",
@@ -52,12 +55,18 @@ def _root(
 def validate(
     config: Path = CONFIG_ARG,
     overrides: list[str] = OVERRIDES_ARG,
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Also check every endpoint: key variables set, servers answering, models present.",
+    ),
 ) -> None:
     """Check a run config and list every problem at once.
 
-    Example: mapd validate configs/paper/gsm8k.yaml train.lr=2e-5 teachers.0.model=gpt-4o-mini
+    Example: mapd validate configs/paper/gsm8k.yaml train.lr=2e-5 teachers.0.model=gpt-4o-mini --check
     """
     from mapd.config import load_config
+    from mapd.preflight import check_endpoints, require_endpoints
 
     cfg = load_config(config, overrides or [])
     teachers = ", ".join(
@@ -66,8 +75,16 @@ def validate(
     )
     out.print(
         f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
-        f"teachers {teachers}, output {cfg.run_dir}"
+        f"teachers {teachers}, output {cfg.run_dir}",
+        highlight=False,
     )
+    if not check:
+        out.print("(`--check` also checks keys, servers and models)", highlight=False)
+        return
+    checks = check_endpoints(cfg)
+    for found in checks:
+        out.print(f"  {found.line()}", highlight=False, markup=False)
+    require_endpoints(checks, shown=True)
 
 
 @app.command()
@@ -109,10 +126,23 @@ def _run_stages(
             f"(undo with {key}={_yaml_value(before)})"
         )
         console.print(escape(note))
+    _check_endpoints(cfg, start, until)
     started = time.time()
     summaries = asyncio.run(run_pipeline(cfg, start=start, until=until))
     print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
+
+
+def _check_endpoints(cfg: RunConfig, start: str | None, until: str | None) -> None:
+    """Keys, servers and models checked before the exam, not found missing after it."""
+    from mapd.preflight import check_before_run, require_endpoints
+    from mapd.stages.pipeline import select_stages
+
+    checks = check_before_run(cfg, select_stages(start, until))
+    for found in checks:
+        if found.worth_saying:
+            console.print(f"note: {found.line()}", highlight=False, markup=False)
+    require_endpoints(checks)
 
 
 def _yaml_value(value: object) -> str:
@@ -371,14 +401,18 @@ def report_command(
 
     Example: mapd report runs/demo --format md
     """
-    from mapd.report import markdown_report, write_report
+    from mapd.report import collect_run, save_report
+    from mapd.report.markdown import render_markdown
 
-    if format == "md":
-        out.print(markdown_report(run_dir), markup=False, highlight=False, end="")
-    elif format == "html":
-        out.print(f"wrote {write_report(run_dir)}")
-    else:
+    if format not in ("md", "html"):
         raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")
+    report = collect_run(run_dir)
+    if format == "md":
+        out.print(render_markdown(report), markup=False, highlight=False, end="")
+    else:
+        out.print(f"wrote {save_report(report)}")
+    for note in report.left_out:
+        console.print(f"warning: {note}", highlight=False, markup=False)
 
 
 cache_app = typer.Typer(
@@ -507,10 +541,52 @@ def _fail(err: MapdError) -> NoReturn:
     sys.exit(2)
 
 
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """The usage-error base of the click that typer really raises from.
+
+    typer 0.2x bundles its own copy of click whose exceptions are not subclasses of the
+    installed click's, so both bases are caught.
+    """
+    import click
+    import typer.core
+
+    bundled = getattr(typer.core, "_click", click)
+    return (click.ClickException, bundled.exceptions.ClickException)
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    """A command-line mistake in one line, and where to look, exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "mapd"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the whole help page
+        names = ", ".join(ctx.command.list_commands(ctx))
+        message, hint = (
+            f"{command}: no command given ({names})",
+            f"`{command} --help` explains them",
+        )
+    else:
+        message, hint = exc.format_message(), f"`{command} --help` lists what it takes"  # type: ignore[attr-defined]
+        takes_settings = ctx is not None and any(p.name == "overrides" for p in ctx.command.params)
+        if type(exc).__name__ == "NoSuchOption" and takes_settings:
+            hint = f"settings are dotted KEY=VALUE, e.g. task.limit=4; {hint}"
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    console.print(f"  hint: {hint}", highlight=False, markup=False)
+    sys.exit(getattr(exc, "exit_code", 2))
+
+
+def _interrupted() -> NoReturn:
+    import shlex
+
+    command = shlex.join(["mapd", *sys.argv[1:]])
+    console.print(f"interrupted; `{command}` resumes from here", highlight=False, markup=False)
+    sys.exit(130)
+
+
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:
-        app(standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130), which is returned in non-standalone mode
+        code = app(standalone_mode=False)
     except MapdError as err:
         _fail(err)
     except OSError as exc:
@@ -537,12 +613,9 @@ def main() -> None:
         console.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+        _interrupted()
+    except _usage_error_types() as exc:
+        _usage_error(exc)
+    if code == 130:
+        _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)

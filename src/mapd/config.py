@@ -325,7 +325,9 @@ class RunConfig(Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     cache: Literal["use", "refresh", "off"] = "use"
     prompts: dict[str, str] = Field(
-        default_factory=dict, description="Template overrides by prompt name (see `mapd prompts`)."
+        default_factory=dict,
+        description="Template overrides by prompt name: rationale, feedback, review or "
+        "answer_format (their texts and fields: src/mapd/prompts.py).",
     )
 
     @model_validator(mode="after")
@@ -398,21 +400,40 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
                     )
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The valid field names of the section that `loc` points into."""
+def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The config section (a model class) that `loc` points into, or None."""
     current: Any = model
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
         field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
         if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", None)
-        if args:
-            annotation = next((a for a in args if hasattr(a, "model_fields")), annotation)
-        current = annotation
-    return list(getattr(current, "model_fields", {}))
+            return None
+        current = _section_type(field.annotation) or field.annotation
+    return current if hasattr(current, "model_fields") else None
+
+
+def _section_type(annotation: Any) -> Any:
+    """The model class of a field that is a section (also inside `X | None`, `list[X]`)."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    return next(
+        (a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")), None
+    )
+
+
+def _suggest_key(section: Any, key: str) -> str:
+    """The closest valid key, looking one section deeper too: `temprature` in a teacher is
+    `sampling.temperature`, not the top-level `system_prompt` that merely looks alike."""
+    candidates = {name: name for name in section.model_fields}
+    for name, field in section.model_fields.items():
+        inner = _section_type(field.annotation)
+        for leaf in getattr(inner, "model_fields", {}) if inner is not None else {}:
+            candidates.setdefault(leaf, f"{name}.{leaf}")
+    guess = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    if guess:
+        return f"did you mean `{candidates[guess[0]]}`?"
+    return f"valid keys: {', '.join(section.model_fields)}"
 
 
 def format_errors(err: ValidationError) -> list[str]:
@@ -421,17 +442,16 @@ def format_errors(err: ValidationError) -> list[str]:
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         path = ".".join(str(p) for p in loc) or "(top)"
         if e["type"] == "extra_forbidden":
-            valid = _fields_at(RunConfig, loc)
-            guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean `{guess[0]}`?" if guess else f"; valid keys: {', '.join(valid)}"
-            lines.append(f"{path}: unknown key{hint}")
+            section = _section_at(RunConfig, loc)
+            hint = _suggest_key(section, str(loc[-1])) if section is not None else "not a setting"
+            lines.append(f"{path}: unknown key; {hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(
-                f"{path}: {msg} (got {e['input']!r})"
-                if e["type"] != "missing"
-                else f"{path}: required key is missing"
-            )
+            # a whole section as the value says nothing the message does not: it names the field
+            got = "" if isinstance(e["input"], dict | list) else f" (got {e['input']!r})"
+            lines.append(f"{path}: {msg}{got}")
     return lines
 
 

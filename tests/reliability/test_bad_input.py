@@ -124,7 +124,9 @@ def test_missing_api_key_variable(config, examined):
         text=True,
         env=env,
     )
-    assert_clear_error(result, "No key found: set MAPD_NO_SUCH_KEY", "export MAPD_NO_SUCH_KEY")
+    assert_clear_error(
+        result, "the API key variable MAPD_NO_SUCH_KEY is not set", "export MAPD_NO_SUCH_KEY"
+    )
     assert_kept(examined)
 
 
@@ -135,7 +137,9 @@ def test_unreachable_base_url(config, examined):
         "teachers.1.base_url=http://127.0.0.1:9/v1",
         "teachers.1.limits.max_attempts=2",
     )
-    assert_clear_error(result, "endpoint bob (http://127.0.0.1:9/v1)", "server is running")
+    assert_clear_error(
+        result, "teacher bob (http://127.0.0.1:9/v1): not reachable", "start the server"
+    )
     assert_kept(examined)
 
 

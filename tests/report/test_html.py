@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from mapd.report import write_report
@@ -57,3 +59,26 @@ def test_a_run_with_only_a_config_still_renders(release_run: Path, tmp_path: Pat
     page = write_report(bare).read_text(encoding="utf-8")
     assert "paper-svamp" in page and 'id="mistakes"' not in page
     assert "No evaluation in this run folder yet" in page
+
+
+def test_an_unreadable_config_is_said_and_the_rest_still_written(release_run: Path):
+    (release_run / "config.yaml").write_text("name: [unclosed\n  ::: garbage\n")
+    for fmt in ("html", "md"):
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("mapd")),
+                "report",
+                str(release_run),
+                "--format",
+                fmt,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "warning: " in result.stderr and "config.yaml: malformed YAML" in result.stderr
+        assert "settings section is left out" in result.stderr
+    assert "left out" in result.stdout and "mistakes" in result.stdout.lower()
+    page = (release_run / "report.html").read_text(encoding="utf-8")
+    assert "malformed YAML" in page and 'id="mistakes"' in page

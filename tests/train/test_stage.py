@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from mapd.errors import MapdError
 from mapd.records import Example
+from mapd.stages.rundir import write_manifest
 from mapd.train import run
 from mapd.train.collate import PadCollator
 from mapd.train.stage import use_bf16
@@ -273,3 +275,44 @@ def test_activation_checkpointing_recomputes_the_layers_and_trains_the_same(
     assert calls_off == 2  # one forward per step
     assert calls_on == 2 * calls_off
     assert loss_on == pytest.approx(loss_off, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "exam, dropped, needle",
+    [
+        (
+            {"questions": 0, "skipped_rows": 3, "mistakes": 0},
+            0,
+            "0 training questions (3 malformed rows skipped",
+        ),
+        ({"questions": 12, "skipped_rows": 0, "mistakes": 0}, 0, "answered all 12 questions right"),
+        (
+            {"questions": 12, "skipped_rows": 0, "mistakes": 5},
+            5,
+            "5 of 5 mistakes had no accepted rationale",
+        ),
+    ],
+)
+def test_an_empty_training_set_says_why(tmp_path, exam, dropped, needle):
+    run_dir = tmp_path / "run"
+    write_dataset(run_dir, [])
+    (run_dir / "exam.json").write_text(json.dumps(exam))
+    summary = {"dropped_no_accepted_rationale": dropped}
+    write_manifest(run_dir, "build", "sha256:0", [], summary, 0.0)
+    with pytest.raises(MapdError) as err:
+        run(make_config(tmp_path / "no-model", run_dir), run_dir)
+    assert needle in err.value.message and "dataset stage" not in str(err.value)
+
+
+def test_progress_is_a_line_per_tenth_with_losses_per_task_not_raw_dicts(
+    tiny_model_dir, tmp_path, capsys
+):
+    write_dataset(tmp_path, toy_examples(16))
+    run(make_config(tiny_model_dir, tmp_path, epochs=2, logging_steps=1), tmp_path)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("train: step ")]
+    assert len(lines) == 10 and lines[-1].startswith("train: step 16/16 (100%), loss ")
+    assert all(re.search(r"loss [\d.]+ \(feedback [\d.]+, rationale [\d.]+\), ", x) for x in lines)
+    assert all(x.endswith(" left") for x in lines)
+    assert "{'" not in captured.err + captured.out  # no printed log dicts
+    assert len([e for e in log_entries(tmp_path) if "loss" in e]) == 16  # the raw log is kept

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mapd.report.collect import collect_run
+from mapd.report.collect import RunReport, collect_run
 from mapd.report.html import render_html
 from mapd.report.markdown import render_markdown
 from mapd.stages.rundir import write_text_atomic
 
-__all__ = ["markdown_report", "write_report"]
+__all__ = ["collect_run", "markdown_report", "save_report", "write_report"]
 
 
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir/report.html` and return its path."""
-    run_dir = Path(run_dir)
-    path = run_dir / "report.html"
-    write_text_atomic(path, render_html(collect_run(run_dir)))
+    return save_report(collect_run(Path(run_dir)))
+
+
+def save_report(report: RunReport) -> Path:
+    """Write a collected report as `report.html` in its run folder and return the path."""
+    path = report.run_dir / "report.html"
+    write_text_atomic(path, render_html(report))
     return path
 
 

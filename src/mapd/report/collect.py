@@ -96,6 +96,7 @@ class RunReport:
     accuracy: list[AccuracyRow]
     training: dict[str, Any] | None
     items: list[Item]
+    left_out: list[str] = field(default_factory=list)  # what could not be read, and why
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:
@@ -111,15 +112,16 @@ def read_json_optional(path: Path) -> Any:
         return None
 
 
-def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The config as written, not validated: a report must open runs made by older versions."""
+def load_run_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The config as written, not validated (a report must open runs made by older versions),
+    and why it could not be read when it exists but is unreadable."""
     path = run_dir / "config.yaml"
     if not path.exists():
-        return {}
+        return {}, None
     try:
-        return read_yaml(path)
-    except MapdError:
-        return {}
+        return read_yaml(path), None
+    except MapdError as err:
+        return {}, f"{err.message}; the settings section is left out"
 
 
 def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -209,7 +211,7 @@ def collect_run(run_dir: Path) -> RunReport:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MapdError(f"run folder {run_dir} not found", "give the output_dir of a run")
-    cfg = load_run_config(run_dir)
+    cfg, unreadable = load_run_config(run_dir)
     mistakes = read_optional(run_dir / "mistakes.jsonl", Mistake)
     feedback = read_optional(run_dir / "feedback.jsonl", Feedback)
     rationales = read_optional(run_dir / "rationales.jsonl", Rationale)
@@ -243,6 +245,7 @@ def collect_run(run_dir: Path) -> RunReport:
         accuracy=accuracy_rows(run_dir),
         training=read_json_optional(run_dir / "student" / "manifest.json"),
         items=build_items(mistakes, feedback, rationales, reviews, decisions, examples),
+        left_out=[unreadable] if unreadable else [],
     )
 
 

@@ -150,11 +150,11 @@ def overview_html(report: RunReport) -> str:
     config = "".join(
         f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in config_summary(report.config)
     )
+    missing = " ".join(report.left_out) or "No config.yaml in the run folder."
     left = (
-        f'<dl class="config">{config}</dl>'
-        if config
-        else '<p class="dim">No config.yaml in the run folder.</p>'
+        f'<dl class="config">{config}</dl>' if config else f'<p class="dim">{escape(missing)}</p>'
     )
+
     return (
         '<section id="overview"><h2>Run</h2><div class="two"><div><h3>Settings</h3>'
         f"{left}{training_html(report)}</div><div><h3>Stages</h3>{stages_table(report)}</div></div></section>"

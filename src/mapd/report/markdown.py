@@ -21,7 +21,8 @@ def md_table(head: list[str], rows: list[list[object]]) -> list[str]:
 
 def render_markdown(report: RunReport) -> str:
     out = [f"# mapd report: {md_cell(report.name)}", ""]
-    out += [f"- **{k}**: {md_cell(v)}" for k, v in config_summary(report.config)] + [""]
+    out += [f"- **{k}**: {md_cell(v)}" for k, v in config_summary(report.config)]
+    out += [f"- **left out**: {md_cell(note)}" for note in report.left_out] + [""]
     out += stages_md(report) + funnel_md(report) + review_md(report) + accuracy_md(report)
     return "\n".join(out).rstrip() + "\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -43,14 +44,26 @@ def _disk_error(path: Path, exc: OSError) -> MapdError:
     )
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask; reading it means setting it, so it is read once."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one."""
+    """Write `text` to `path` so that readers see the old file or the whole new one.
+
+    The file gets the mode a plain `open` would give (0644 under umask 022), not the 0600 of
+    the temporary file, so a colleague can read a shared run folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _disk_error(path, exc) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -115,8 +115,11 @@ class LoopbackServer:
         reply: Reply | None = None,
         latency: float | Callable[[dict[str, Any]], float] = 0.0,
         port: int = 0,
+        models: tuple[str, ...] = (),
     ) -> None:
         self.reply = reply or echo_reply
+        self.models = models  # what GET /models lists; empty: the server names none
+        self.models_asked: list[dict[str, str]] = []  # the headers of each GET /models
         self.latency = latency
         self.port = port
         self.faults: deque[Fault] = deque()
@@ -204,6 +207,14 @@ class LoopbackServer:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         if method == "GET" and path.endswith("/stats"):
             writer.write(http_response(200, json.dumps(self.stats()).encode()))
+            await writer.drain()
+            return True
+        if method == "GET" and path.endswith("/models"):
+            self.models_asked.append(headers)
+            listed = [{"id": m, "object": "model"} for m in self.models]
+            writer.write(
+                http_response(200, json.dumps({"object": "list", "data": listed}).encode())
+            )
             await writer.drain()
             return True
         if not path.endswith("/chat/completions"):

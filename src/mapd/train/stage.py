@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_torch_bf16_gpu_available
 
@@ -32,6 +33,7 @@ from mapd.errors import MapdError
 from mapd.records import Example
 from mapd.stages.rundir import (
     fingerprint,
+    load_manifest,
     read_json,
     read_jsonl,
     stage_is_done,
@@ -41,6 +43,7 @@ from mapd.stages.rundir import (
 )
 from mapd.train.collate import PadCollator
 from mapd.train.model import load_student, merge_adapter
+from mapd.train.progress import TrainProgress
 from mapd.train.tokenize import TASK_IDS, EncodedSet, encode_examples
 from mapd.train.trainer import JsonlLogCallback, TwoTaskTrainer
 
@@ -164,6 +167,26 @@ def build_manifest(
     }
 
 
+def why_no_examples(run_dir: Path) -> tuple[str, str]:
+    """What emptied the training set, read from the exam's and the build's summaries."""
+    exam_path, build = run_dir / "exam.json", load_manifest(run_dir, "build")
+    if build is None or not exam_path.exists():
+        return "the build stage has not run", "run `mapd run CONFIG` (it builds the dataset)"
+    exam = read_json(exam_path)
+    if exam["questions"] == 0:
+        skipped = exam.get("skipped_rows", 0)
+        because = f" ({skipped} malformed rows skipped, task.on_bad_row: skip)" if skipped else ""
+        return f"0 training questions{because}", "check task.path and the rows' format"
+    if exam["mistakes"] == 0:
+        return f"the student answered all {exam['questions']} questions right", (
+            "use harder or more questions (task.limit), or a weaker student"
+        )
+    dropped = build["summary"].get("dropped_no_accepted_rationale", 0)
+    return f"{dropped} of {exam['mistakes']} mistakes had no accepted rationale", (
+        "see review.json; review.threshold or more teachers may help"
+    )
+
+
 def run(
     cfg: RunConfig, run_dir: Path | None = None, callbacks: list[TrainerCallback] | None = None
 ) -> dict[str, Any]:
@@ -174,9 +197,8 @@ def run(
     student_dir = run_dir / "student"
     examples = read_jsonl(data_path, Example)
     if not examples:
-        raise MapdError(
-            f"{data_path} has no examples", "run the dataset stage first (mapd run ...)"
-        )
+        cause, hint = why_no_examples(run_dir)
+        raise MapdError(f"{data_path} has no examples: {cause}", hint)
     fp = fingerprint(train_settings(cfg), [data_path])
     checkpoints = student_dir / "checkpoints"
     args = training_args(cfg, checkpoints)  # sets up the processes; before any PartialState()
@@ -206,8 +228,11 @@ def run(
         train_dataset=[asdict(row) for row in encoded.rows],
         data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[log, *(callbacks or [])],
+        callbacks=[log, TrainProgress(), *(callbacks or [])],
     )
+    # ours shows step, losses per task and time left; theirs print raw log dicts
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume)
     out_dir = student_dir / ("adapter" if t.method == "lora" else "model")
     trainer.save_model(str(out_dir))  # main process only; gathers FSDP/ZeRO-3 shards

@@ -1,0 +1,207 @@
+"""Check a run's endpoints before anything runs: keys set, servers answering, models present.
+
+    checks = check_endpoints(cfg)           # one EndpointCheck per endpoint, in config order
+    require_endpoints(cfg, checks)          # MapdError naming every failed one
+
+`mapd validate --check` prints every line; `mapd run` runs the check before the exam, so a
+missing key or a closed port is found in a second, not after the student's exam. An HTTP
+endpoint is asked `GET {base_url}/models` with a short timeout; a local model must be
+present (a folder or file that exists, a `package:` model whose package is installed); a
+hub id is only looked up in the local hub cache, so an offline machine is told, not failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from mapd.config import ModelEndpoint, RunConfig
+from mapd.errors import MapdError
+
+TIMEOUT = 5.0  # seconds for GET /models: a live server answers it in milliseconds
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    """What was found for one endpoint: `problem` is None when it can be used."""
+
+    role: str  # "student" or "teacher alice"
+    where: str  # the base URL or model spec
+    found: str
+    problem: str | None = None
+    fix: str | None = None
+    worth_saying: bool = False  # usable, but the user should know (not cached, not listed)
+
+    def line(self) -> str:
+        if self.problem is None:
+            return f"{self.role} ({self.where}): {self.found}"
+        return f"{self.role} ({self.where}): {self.problem}; fix: {self.fix}"
+
+
+def base_urls(endpoint: ModelEndpoint) -> list[str]:
+    """The endpoint's server URLs: one, or a list of replicas of the same model."""
+    urls = endpoint.base_url
+    return list(urls) if isinstance(urls, list | tuple) else [urls] if urls else []
+
+
+def check_key(role: str, endpoint: ModelEndpoint) -> EndpointCheck | None:
+    """A failed check when the key variable the config names is unset, else None."""
+    name = endpoint.api_key_env
+    if name is None or os.environ.get(name, "").strip():
+        return None
+    return EndpointCheck(
+        role,
+        ", ".join(base_urls(endpoint)),
+        "",
+        f"the API key variable {name} is not set",
+        f"export {name}=... (or api_key_env: null for a server without keys)",
+    )
+
+
+def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> EndpointCheck:
+    """`GET {url}/models`: any answer but a refused key means the server is there."""
+    from mapd.llm.openai_backend import api_key, env_proxy
+
+    proxy = env_proxy(url)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
+    )
+    headers = {**endpoint.headers, "Authorization": f"Bearer {api_key(endpoint)}"}
+    request = urllib.request.Request(url.rstrip("/") + "/models", headers=headers)
+    try:
+        with opener.open(request, timeout=timeout) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return EndpointCheck(
+                role,
+                url,
+                "",
+                f"the server refused the key (HTTP {exc.code})",
+                f"check the key in {endpoint.api_key_env} and its access to {endpoint.model}",
+            )
+        return EndpointCheck(role, url, f"reachable (GET /models: HTTP {exc.code})")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return EndpointCheck(
+            role,
+            url,
+            "",
+            f"not reachable ({reason})",
+            "start the server, or correct base_url (it ends in /v1 for most servers)",
+        )
+    if others := unlisted(endpoint.model, body):
+        found = f"reachable, but {endpoint.model} is not among its models ({others})"
+        return EndpointCheck(role, url, found, worth_saying=True)
+    return EndpointCheck(role, url, "reachable")
+
+
+def unlisted(model: str, body: bytes) -> str | None:
+    """The server's models when its list does not hold `model` (an empty list is not judged)."""
+    try:
+        listed = [m.get("id", "") for m in json.loads(body).get("data", [])]
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if not listed or any(m == model or m.endswith("/" + model) for m in listed):
+        return None
+    return ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
+
+
+def check_local(role: str, endpoint: ModelEndpoint) -> EndpointCheck:
+    """The in-process model is present: a file or folder, an installed package, a cached hub id."""
+    from mapd.llm.model_loading import SPEC_HINT, package_file
+
+    spec = endpoint.model
+    if spec.startswith("package:"):
+        try:
+            return EndpointCheck(role, spec, f"present ({package_file(spec).name})")
+        except MapdError as err:
+            return EndpointCheck(role, spec, "", err.message, err.hint)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return EndpointCheck(role, spec, "present")
+    if spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or "\\" in spec:
+        return EndpointCheck(role, spec, "", "cannot load model: no such file or folder", SPEC_HINT)
+    found = hub_status(spec)
+    return EndpointCheck(role, spec, found, worth_saying=found != "in the local hub cache")
+
+
+def hub_status(repo: str) -> str:
+    """Whether a hub model is in the local cache; never a network request."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return "in the local hub cache"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "not in the local hub cache and HF_HUB_OFFLINE is set: loading it will fail"
+    return "not in the local hub cache: downloaded on first use (needs the network)"
+
+
+def check_endpoint(role: str, endpoint: ModelEndpoint, timeout: float) -> list[EndpointCheck]:
+    if endpoint.backend != "openai":
+        return [check_local(role, endpoint)]
+    if missing := check_key(role, endpoint):
+        return [missing]
+    return [check_http(role, endpoint, url, timeout) for url in base_urls(endpoint)]
+
+
+def endpoints_of(
+    cfg: RunConfig, student: bool = True, teachers: bool = True
+) -> list[tuple[str, ModelEndpoint]]:
+    chosen = [("student", cfg.student)] if student else []
+    if teachers:
+        chosen += [(f"teacher {t.name}", t) for t in cfg.teachers]
+    return chosen
+
+
+def check_endpoints(
+    cfg: RunConfig,
+    student: bool = True,
+    teachers: bool = True,
+    training: bool = True,
+    timeout: float = TIMEOUT,
+) -> list[EndpointCheck]:
+    """Every endpoint checked at once (a few threads), results in config order. `training`:
+    a student served over HTTP is trained from its weights, loaded here; check those too."""
+    chosen = endpoints_of(cfg, student, teachers)
+    with ThreadPoolExecutor(max_workers=min(8, len(chosen) or 1)) as pool:
+        found = pool.map(lambda pair: check_endpoint(*pair, timeout), chosen)
+        checks = [check for checks in found for check in checks]
+    if training and cfg.student.backend == "openai":
+        checks.append(check_local("student weights for training", cfg.student))
+    return checks
+
+
+def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:
+    """The endpoints that the stages still to run need (a stage with a manifest is taken as
+    finished: a re-run that only builds or reports needs no teacher). A run folder made by
+    `mapd import-release` holds the teachers' work and reviews: no teacher is called."""
+    from mapd.release import MARKER
+    from mapd.stages.rundir import load_manifest
+
+    to_run = {s for s in stages if load_manifest(cfg.run_dir, s) is None}
+    if (cfg.run_dir / MARKER).exists():
+        to_run -= {"teach", "review"}
+    return check_endpoints(
+        cfg,
+        student=bool(to_run & {"exam", "train", "eval"}),
+        teachers=bool(to_run & {"teach", "review"}),
+        training="train" in to_run,
+    )
+
+
+def require_endpoints(checks: list[EndpointCheck], shown: bool = False) -> None:
+    """Raise one MapdError naming every endpoint that cannot be used (unless `shown` already)."""
+    failed = [c for c in checks if c.problem is not None]
+    if not failed:
+        return
+    lines = "" if shown else "".join(f"\n  {c.line()}" for c in failed)
+    raise MapdError(
+        f"{len(failed)} of {len(checks)} endpoint(s) cannot be used{' (above)' if shown else ':'}{lines}",
+        "fix them and run again (`mapd validate CONFIG --check` checks without running)",
+    )

@@ -1,0 +1,132 @@
+"""The endpoint check before a run: against a real loopback server, a closed port, unset key
+variables and local model specs; and through `mapd validate --check` and `mapd run`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.stages.scripted_classroom import reply, write_config
+
+from mapd.config import ModelEndpoint, load_config
+from mapd.errors import MapdError
+from mapd.preflight import check_before_run, check_endpoint, require_endpoints
+from mapd.stages.pipeline import run_pipeline, select_stages
+from mapd.testing.loopback import LoopbackServer
+
+MAPD_SCRIPT = Path(sys.executable).with_name("mapd")
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def teacher(base_url: str, **extra: object) -> ModelEndpoint:
+    return ModelEndpoint(name="t", model="t-model", base_url=base_url, **extra)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LoopbackServer(reply=reply, models=("t-model", "other")) as srv:
+        yield srv
+
+
+def test_a_live_server_is_reachable_and_gets_the_key(server, monkeypatch):
+    monkeypatch.setenv("MAPD_TEST_KEY", "sk-loopback")
+    [found] = check_endpoint("teacher t", teacher(server.base_url, api_key_env="MAPD_TEST_KEY"), 5)
+    assert found.problem is None and found.found == "reachable" and not found.worth_saying
+    assert server.models_asked[-1]["authorization"] == "Bearer sk-loopback"
+
+
+def test_a_model_the_server_does_not_list_is_said_but_not_failed(server):
+    endpoint = ModelEndpoint(name="t", model="typo-model", base_url=server.base_url)
+    [found] = check_endpoint("teacher t", endpoint, 5)
+    assert found.problem is None and found.worth_saying
+    assert "typo-model is not among its models (t-model, other)" in found.line()
+
+
+def test_a_closed_port_names_the_endpoint_and_the_fix():
+    url = closed_port_url()
+    [found] = check_endpoint("teacher t", teacher(url), 5)
+    assert found.problem is not None and "not reachable" in found.problem
+    assert found.line().startswith(f"teacher t ({url}): not reachable")
+    with pytest.raises(MapdError, match="1 of 1 endpoint"):
+        require_endpoints([found])
+
+
+def test_an_unset_key_variable_fails_without_a_request(server, monkeypatch):
+    monkeypatch.delenv("MAPD_NO_SUCH_KEY", raising=False)
+    before = len(server.models_asked)
+    [found] = check_endpoint(
+        "teacher t", teacher(server.base_url, api_key_env="MAPD_NO_SUCH_KEY"), 5
+    )
+    assert found.problem == "the API key variable MAPD_NO_SUCH_KEY is not set"
+    assert "export MAPD_NO_SUCH_KEY" in (found.fix or "")
+    assert len(server.models_asked) == before
+
+
+def test_local_models(tmp_path):
+    def check(model: str):
+        endpoint = ModelEndpoint(name="s", model=model, backend="transformers")
+        return check_endpoint("student", endpoint, 5)[0]
+
+    (tmp_path / "model").mkdir()
+    assert check(str(tmp_path / "model")).problem is None
+    assert "no such file or folder" in (check(str(tmp_path / "nowhere")).problem or "")
+    assert "is not installed" in (check("package:no_such_pkg/m.gguf").problem or "")
+    assert "pip install" in (check("package:no_such_pkg/m.gguf").fix or "")
+    hub = check("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in every test
+    assert hub.problem is None and hub.worth_saying and "HF_HUB_OFFLINE" in hub.found
+
+
+def test_finished_stages_need_no_endpoint(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    asyncio.run(run_pipeline(load_config(config), until="review"))
+    closed = closed_port_url()
+    moved = load_config(config, [f"teachers.0.base_url={closed}", f"student.base_url={closed}"])
+    assert check_before_run(moved, select_stages(None, "review")) == []
+    assert check_before_run(moved, select_stages(None, "build")) == []  # no model needed
+    # train and eval are still to run: the student is checked, the teachers are not; the
+    # served student's weights are what training loads (a hub id, offline here: only said)
+    student, weights = check_before_run(moved, select_stages(None, None))
+    assert student.role == "student" and "not reachable" in (student.problem or "")
+    assert weights.role == "student weights for training" and weights.problem is None
+    assert weights.worth_saying and "HF_HUB_OFFLINE" in weights.found
+
+
+def mapd(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(MAPD_SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
+
+
+def test_validate_check_and_run_find_a_closed_port_before_the_exam(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    url = closed_port_url()
+    bad = f"teachers.1.base_url={url}"
+    result = mapd("validate", config, bad, "--check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"teacher bob ({url}): not reachable" in result.stdout
+    assert "teacher alice" in result.stdout and "student" in result.stdout
+    assert "1 of 5 endpoint(s) cannot be used" in result.stderr
+
+    chats = len(server.requests)
+    result = mapd("run", config, bad)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"teacher bob ({url}): not reachable" in result.stderr
+    assert len(server.requests) == chats  # no exam was taken
+    assert not (tmp_path / "run" / "attempts.jsonl").exists()
+
+    assert mapd("validate", config, "--check").returncode == 0

@@ -98,7 +98,11 @@ def test_writes_left_by_a_loop_that_ended_are_committed_not_lost():
 
 
 def test_rows_of_several_statements_commit_together_each_in_written_order(monkeypatch):
-    reply = "INSERT INTO responses VALUES (?, 'b', 'm', '{}', 't', 'stop', 0, 0, 0, 0)"
+    reply = (
+        "INSERT INTO responses (key, backend, model, request, text, finish_reason,"
+        " prompt_tokens, completion_tokens, latency, created)"
+        " VALUES (?, 'b', 'm', '{}', 't', 'stop', 0, 0, 0, 0)"
+    )
     with open_store() as store:
         opened = count_transactions(store, monkeypatch)
 

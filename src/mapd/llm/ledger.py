@@ -53,6 +53,7 @@ class CallRecord:
     cost: float
     error: str | None
     attempts: int
+    timeouts: int = 0
 
 
 def call_row(rec: CallRecord) -> Row:
@@ -60,8 +61,9 @@ def call_row(rec: CallRecord) -> Row:
     c = rec.completion
     return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
-        " completion_tokens, latency, cost, cached, ok, error, attempts, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " completion_tokens, latency, cost, cached, ok, error, attempts, created,"
+        " finish_reason, reasoning_tokens, estimated, timeouts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rec.run,
             rec.stage,
@@ -78,6 +80,10 @@ def call_row(rec: CallRecord) -> Row:
             rec.error,
             rec.attempts,
             time.time(),
+            c.finish_reason if c else None,
+            c.reasoning_tokens if c else 0,
+            int(bool(c and c.estimated)),
+            rec.timeouts,
         ),
     )
 
@@ -94,13 +100,18 @@ class LedgerRow:
     completion_tokens: int
     cost: float
     latency: float
+    reasoning_tokens: int = 0
+    cut_off: int = 0  # replies stopped at the token limit
+    timeouts: int = 0  # attempts that timed out
+    estimated: int = 0  # calls whose tokens are estimated (the endpoint sent no usage)
 
 
 def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
     """Totals per stage and endpoint for one run, in the order the stages first called."""
     rows = store.db.execute(
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
-        " SUM(completion_tokens), SUM(cost), SUM(latency) FROM calls WHERE run = ?"
+        " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(reasoning_tokens),"
+        " COALESCE(SUM(finish_reason = 'length'), 0), SUM(timeouts), SUM(estimated) FROM calls WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
         (run_id(run_dir, create=False),),
     ).fetchall()

@@ -55,10 +55,36 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_by_run ON calls (run);
 """
+# Columns added after the first release: added to an older database when it is opened.
+ADDED_COLUMNS = {
+    "responses": {
+        "reasoning": "TEXT",  # a reasoning model's thinking, returned beside the answer
+        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "calls": {
+        "finish_reason": "TEXT",
+        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "estimated": "INTEGER NOT NULL DEFAULT 0",  # the endpoint sent no usage
+        "timeouts": "INTEGER NOT NULL DEFAULT 0",  # attempts that timed out
+    },
+}
 
 DB_NAME = "calls.sqlite"
 
 Row = tuple[str, Sequence[Any]]  # an INSERT statement and its parameters
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name in have:
+                continue
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class CallStore:
@@ -74,6 +100,7 @@ class CallStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            add_missing_columns(self.db)
         except (sqlite3.Error, OSError) as exc:
             raise MapdError(
                 f"cannot open the call database {path}: {exc}",

@@ -72,6 +72,12 @@ def create_backend(endpoint: ModelEndpoint) -> Backend:
     return HFBackend(endpoint)
 
 
+TIMEOUT_HINT = (
+    "no answer within limits.timeout: check that the server is running; a busy server "
+    "needs a larger limits.timeout or a smaller limits.concurrency"
+)
+
+
 def empty_reply_error(completion: Completion, req: Request) -> str:
     """Why an empty reply failed; one cut off at the limit says which settings to change."""
     if not completion.cut_off:
@@ -284,6 +290,8 @@ class Client:
                 self.failures_in_a_row += 1
             if failure.fatal or self._looks_down(attempt, started, failure):
                 self.down = f"{self.name} ({backend.base_url or req.model}): {message}"
+                if failure.timed_out:
+                    self.down_hint = TIMEOUT_HINT
             self._count_refusal(failure, message, req)
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt, timeouts

@@ -232,7 +232,8 @@ def cut_off_line(counts: dict[str, dict[str, tuple[int, int]]]) -> str | None:
     if not any(cut for per in counts.values() for cut, _ in per.values()):
         return None
     return "; ".join(
-        f"{stage}: " + ", ".join(f"{who} {cut}/{total}" for who, (cut, total) in per.items())
+        f"{stage}: "
+        + ", ".join(f"{who} {cut}/{total}" for who, (cut, total) in sorted(per.items()))
         for stage, per in counts.items()
     )
 

@@ -159,7 +159,8 @@ def test_a_reply_cut_off_is_marked_and_an_empty_one_says_which_setting_to_change
     assert rows.fetchall() == [("length", 0), ("length", 512)]
 
 
-def test_without_usage_tokens_are_estimated_and_the_budget_still_stops(store, capsys):
+def test_without_usage_tokens_are_estimated_and_the_budget_still_stops(store, capsys, monkeypatch):
+    monkeypatch.setattr("mapd.llm.client.TOLD_NO_USAGE", set())  # not yet told in this process
     long_reply = ScriptedReply("The answer is 4. " * 10, usage=False)
     with LoopbackServer(reply=lambda request: long_reply) as server:
         ep = endpoint(server, limits=Limits(concurrency=1))

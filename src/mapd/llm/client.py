@@ -72,6 +72,7 @@ def create_backend(endpoint: ModelEndpoint) -> Backend:
     return HFBackend(endpoint)
 
 
+TOLD_NO_USAGE: set[str] = set()  # endpoints already said to send no usage
 TIMEOUT_HINT = (
     "no answer within limits.timeout: check that the server is running; a busy server "
     "needs a larger limits.timeout or a smaller limits.concurrency"
@@ -125,7 +126,6 @@ class Client:
         self.down: str | None = None  # why the endpoint cannot serve, once known
         self.down_hint = DOWN_HINT
         self.refusals: tuple[str, int] = ("", 0)  # the last refusal and how often in a row
-        self.told_no_usage = False
         # send time of the latest-sent request that was answered, and who waits for news of it
         self.latest_answered_sent = 0.0
         self.waiting_for_answers: list[asyncio.Future[None]] = []
@@ -233,9 +233,9 @@ class Client:
         return CallResult(request, completion, None, attempts, timeouts=timeouts)
 
     def _tell_no_usage(self) -> None:
-        """Say once per endpoint that its token counts are estimates."""
-        if not self.told_no_usage:
-            self.told_no_usage = True
+        """Say once per endpoint (and process) that its token counts are estimates."""
+        if self.name not in TOLD_NO_USAGE:
+            TOLD_NO_USAGE.add(self.name)
             print(
                 f"note: {self.name} sends no token usage: tokens (and the budget) are "
                 f"estimated from the text, about 4 characters a token",

@@ -144,7 +144,13 @@ def test_unreachable_base_url(config, examined):
 
 def test_a_teacher_whose_provider_refuses_the_body(config, examined, server):
     sent = len(server.requests)
-    result = mapd("run", config, "teachers.1.model=o3-mini", "teachers.1.sampling.temperature=0.5")
+    result = mapd(
+        "run",
+        config,
+        "teachers.1.model=o3-mini",
+        "teachers.1.sampling.temperature=0.5",
+        "teachers.1.limits.concurrency=1",
+    )
     assert_clear_error(
         result,
         "endpoint bob",

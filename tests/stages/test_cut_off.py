@@ -14,6 +14,7 @@ from tests.stages.scripted_classroom import reply, write_config
 from mapd.config import load_config
 from mapd.records import Decision, Example, Feedback, Rationale, Review
 from mapd.report.collect import collect_run
+from mapd.report.html import render_html
 from mapd.report.markdown import render_markdown
 from mapd.stages.pipeline import run_pipeline
 from mapd.stages.rundir import read_jsonl
@@ -75,6 +76,24 @@ def test_cut_off_replies_are_marked_not_trained_and_counted(tmp_path):
     line = f"teach: alice 0/{2 * n}, bob {n}/{2 * n}, carol {n}/{2 * n}"
     assert line in printed
     assert f"review: alice 0/{2 * n}, bob 0/{2 * n}, carol {2 * n}/{2 * n}" in printed
-    report = render_markdown(collect_run(run_dir))
-    assert "Replies cut off at max_tokens" in report and line in report
+    report = collect_run(run_dir)
+    markdown = render_markdown(report)
+    assert "Replies cut off at max_tokens" in markdown and line in markdown
+    assert "Replies cut off at max_tokens" in render_html(report)
     assert json.loads((run_dir / "manifests" / "teach.json").read_text())  # stage finished
+
+
+def test_new_endpoint_fields_enter_a_stage_fingerprint_only_when_set(tmp_path):
+    from mapd.stages import teach
+
+    config = write_config(tmp_path, "http://127.0.0.1:1/v1")
+    plain = teach.settings(load_config(config))["teachers"][0]
+    assert "extra_body" not in plain and "reasoning_effort" not in plain["sampling"]
+    changed = teach.settings(
+        load_config(
+            config,
+            ["teachers.0.extra_body={top_k: 20}", "teachers.0.sampling.reasoning_effort=low"],
+        )
+    )["teachers"][0]
+    assert changed["extra_body"] == {"top_k": 20}
+    assert changed["sampling"]["reasoning_effort"] == "low"

@@ -1,7 +1,7 @@
 """The response cache: a reply stored under a tagged hash of the canonical request.
 
-The key covers the backend kind, base URL, model, messages, every sampling parameter and
-the sample index, never the API key. Only complete replies are stored: errors, empty
+The key covers the backend kind, base URL, model, messages, every sampling parameter, the
+endpoint's `extra_body` and the sample index, never the API key. Only complete replies are stored: errors, empty
 texts and replies stopped by a content filter or an error never are.
 """
 

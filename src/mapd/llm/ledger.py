@@ -111,7 +111,8 @@ def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
     rows = store.db.execute(
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
         " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(reasoning_tokens),"
-        " COALESCE(SUM(finish_reason = 'length'), 0), SUM(timeouts), SUM(estimated) FROM calls WHERE run = ?"
+        " COALESCE(SUM(finish_reason = 'length'), 0), SUM(timeouts), SUM(estimated)"
+        " FROM calls WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
         (run_id(run_dir, create=False),),
     ).fetchall()

@@ -258,7 +258,12 @@ class Client:
                         if reason := self._blocked():
                             return None, reason, attempt - 1, timeouts
                         sent = time.monotonic()
-                        completion = await backend.generate(req)
+                        try:
+                            completion = await backend.generate(req)
+                        except BackendError as exc:
+                            if exc.timed_out:  # still held by the server: keep its slot
+                                await self._until_past(sent)
+                            raise
                         slot.settle(completion.tokens)
                 else:
                     if reason := self._blocked():
@@ -295,8 +300,6 @@ class Client:
             self._count_refusal(failure, message, req)
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt, timeouts
-            if failure.timed_out:
-                await self._until_past(sent)
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
         raise AssertionError("unreachable")
 
@@ -308,9 +311,10 @@ class Client:
 
     async def _until_past(self, sent: float) -> None:
         """After a timed-out attempt sent at `sent`: the server may still be working on it (a
-        server that answers one request at a time keeps the queued ones), so the same body
-        is not sent again until the server answers a request sent after it (it is then past
-        this one), or one more limits.timeout has passed (it dropped it, or hangs)."""
+        server that answers one request at a time keeps the queued ones). So it still counts
+        as in flight, holding its slot, and the same body is not sent again, until the
+        server answers a request sent after it (it is then past this one), or one more
+        limits.timeout has passed (it dropped it, or hangs)."""
         deadline = time.monotonic() + self.endpoint.limits.timeout
         while self.latest_answered_sent <= sent and (left := deadline - time.monotonic()) > 0:
             waiter = asyncio.get_running_loop().create_future()

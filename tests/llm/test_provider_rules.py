@@ -209,4 +209,4 @@ def test_a_timeout_is_counted_and_its_error_names_the_settings(server, store, sl
     assert not result.ok and result.timeouts == 1
     assert "limits.timeout" in result.error and "limits.concurrency" in result.error
     assert "limits.timeout" in info.value.hint
-    assert "failed 1 (timed out 1)" in capsys.readouterr().err  # the progress line
+    assert "failed 1, timed out 1," in capsys.readouterr().err  # the progress line

@@ -111,19 +111,20 @@ class BatchProgress:
             self.task,
             advance=1,
             rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
-            stats=f"cache {self.cached} · failed {self.failed}{self._timeouts()}"
+            stats=f"cache {self.cached} · failed {self.failed}{self._timeouts(' ·')}"
             f" · {self.tokens:,} tok · ${self.cost:.4f}",
         )
 
-    def _timeouts(self) -> str:
-        return f" (timed out {self.timeouts})" if self.timeouts else ""
+    def _timeouts(self, separator: str) -> str:
+        """Attempts that timed out (retried or not), when there were any."""
+        return f"{separator} timed out {self.timeouts}" if self.timeouts else ""
 
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started
         print(
             f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
             f"{self.done / elapsed if elapsed else 0:.1f}/s, cache {self.cached}, "
-            f"failed {self.failed}{self._timeouts()}, {self.tokens:,} tok, ${self.cost:.4f}, "
+            f"failed {self.failed}{self._timeouts(',')}, {self.tokens:,} tok, ${self.cost:.4f}, "
             f"{elapsed:.0f} s",
             file=sys.stderr,
             flush=True,

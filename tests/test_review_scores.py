@@ -108,3 +108,9 @@ def test_answer_check_rejects_only_what_the_review_passed():
     d = decide(_rationale(False), [], review, reviewed=False)
     assert (d.reason, d.accepted) == ("wrong_answer", False)
     assert decide(_rationale(True), [], review, reviewed=False).reason == "unreviewed"
+
+
+def test_a_reply_cut_off_at_the_token_limit_counts_only_a_bracketed_score():
+    assert parse_review_score("Steps 1 to 3 hold. [4] Also step 5 of", cut_off=True) == 4.0
+    assert parse_review_score("Step one holds, step 2 of 4", cut_off=True) is None
+    assert parse_review_score("Step one holds, step 2 of 4") == 4.0  # whole reply: last number

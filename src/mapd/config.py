@@ -95,10 +95,21 @@ class Price(Strict):
 
 
 class Sampling(Strict):
+    """Decoding settings. Over HTTP, `top_p` is sent only when it is not 1 and `seed` only
+    when set; OpenAI's reasoning models (o1, o3, o4, gpt-5...) get no temperature or top_p
+    unless set here explicitly, and `max_completion_tokens` in place of `max_tokens`."""
+
     temperature: float = Field(0.8, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(
+        512, ge=1, description="Most tokens of a reply (a reasoning model's thinking included)."
+    )
     seed: int | None = None
+    reasoning_effort: str | None = Field(
+        None,
+        description="Sent as `reasoning_effort` (OpenAI reasoning models, Gemini, vLLM): "
+        "none, minimal, low, medium or high, as the provider documents; none = not sent.",
+    )
 
 
 def http_url(url: str) -> bool:
@@ -120,6 +131,12 @@ class ModelEndpoint(Strict):
         None, description="Environment variable holding the API key (never the key itself)."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Merged into every request's JSON body (as in the openai SDK); a key set "
+        "to null removes a field mapd would send. Part of the cache key. Example: "
+        "{chat_template_kwargs: {enable_thinking: false}}.",
+    )
     system_prompt: str | None = Field(
         None, description="System message prepended to every request."
     )

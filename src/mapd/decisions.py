@@ -3,7 +3,8 @@
 A rationale is accepted when the aggregate of its valid scores is above the threshold
 (paper: mean > 3 on 1..5) and, with `require_correct_answer`, its own final answer matches
 the gold answer. The reason of a rejection names the first rule that failed, review first,
-so "wrong_answer" means: the reviewers passed it but its answer is wrong.
+so "wrong_answer" means: the reviewers passed it but its answer is wrong. A rationale cut
+off at max_tokens ("cut_off") is rejected whatever its reviews: its end is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def decide(
     """The decision for one rationale; `reviewed` is False for the no-review baselines."""
     scores = {r.reviewer: r.score for r in reviews if r.score is not None}
     agg = aggregate_scores(list(scores.values()), review.aggregate)
-    if not reviewed:
+    if rationale.cut_off:
+        reason = "cut_off"
+    elif not reviewed:
         reason = "unreviewed"
     elif agg is None:
         reason = "no_valid_review"

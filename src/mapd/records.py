@@ -58,20 +58,34 @@ class Mistake(Record):
     student_answer: str | None
 
 
+CUT_OFF = "length"  # the finish reason of a reply stopped at the token limit
+
+
 class Feedback(Record):
-    """One teacher's explanation of one mistake. Feedback is not peer-reviewed."""
+    """One teacher's explanation of one mistake. Feedback is not peer-reviewed.
+
+    `finish_reason` is why the teacher's reply ended ("length": cut off at max_tokens, so
+    it is not trained); `reasoning` the thinking a reasoning model sent beside the text,
+    kept for reading and never trained."""
 
     id: str
     question_id: str
     teacher: str
     text: str
+    finish_reason: str | None = None
+    reasoning: str | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        return self.finish_reason == CUT_OFF
 
 
 class Rationale(Record):
     """One teacher's own step-by-step solution of a mistake's question (no hint given).
 
     `extracted` and `correct` are the answer check: the rationale's own final answer
-    against the gold answer.
+    against the gold answer. `finish_reason` and `reasoning` as in Feedback: a rationale
+    cut off at max_tokens is rejected.
     """
 
     id: str
@@ -80,10 +94,17 @@ class Rationale(Record):
     text: str
     extracted: str | None
     correct: bool
+    finish_reason: str | None = None
+    reasoning: str | None = None
+
+    @property
+    def cut_off(self) -> bool:
+        return self.finish_reason == CUT_OFF
 
 
 class Review(Record):
-    """One reviewer's score of one rationale; `score` is None when the reply had no valid score."""
+    """One reviewer's score of one rationale; `score` is None when the reply had no valid score
+    (or was cut off at max_tokens before a bracketed score)."""
 
     id: str
     rationale_id: str
@@ -92,6 +113,8 @@ class Review(Record):
     reviewer: str
     score: float | None
     raw: str
+    finish_reason: str | None = None
+    reasoning: str | None = None
 
 
 class Decision(Record):
@@ -101,7 +124,9 @@ class Decision(Record):
     question_id: str
     teacher: str
     accepted: bool
-    reason: Literal["accepted", "unreviewed", "low_score", "no_valid_review", "wrong_answer"]
+    reason: Literal[
+        "accepted", "unreviewed", "low_score", "no_valid_review", "wrong_answer", "cut_off"
+    ]
     scores: dict[str, float] = {}
     aggregate: float | None = None
     answer_correct: bool

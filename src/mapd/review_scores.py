@@ -29,9 +29,14 @@ _PATTERNS = [
 ]
 
 
-def parse_review_score(reply: str, scale_min: int = 1, scale_max: int = 5) -> float | None:
-    """The reviewer's score in [scale_min, scale_max], or None for an invalid review."""
-    for pattern in _PATTERNS:
+def parse_review_score(
+    reply: str, scale_min: int = 1, scale_max: int = 5, cut_off: bool = False
+) -> float | None:
+    """The reviewer's score in [scale_min, scale_max], or None for an invalid review.
+
+    A reply cut off at the token limit counts only a bracketed score: without one it
+    stopped before its score, and its last number is part of an unfinished sentence."""
+    for pattern in _PATTERNS[:1] if cut_off else _PATTERNS:
         matches = pattern.findall(reply)
         if matches:
             score = float(matches[-1])

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from mapd.cli import app
 from mapd.config import Price
 from mapd.llm import Request, client_for, open_store, run_id
+from mapd.testing.loopback import ScriptedReply
 
 runner = CliRunner()
 
@@ -35,6 +36,22 @@ def test_ledger_prints_totals_per_stage(make_teacher, tmp_path):
     assert review.split()[1:5] == ["t", "4", "4", "0"]
     assert lines[-1].split()[:3] == ["total", "8", "4"]
     assert lines[-1].split()[-1] == "0.4000"  # 4 paid calls x 1 prompt token x $0.1
+
+
+def test_ledger_shows_reasoning_tokens_cut_off_replies_and_estimated_usage(
+    server, make_teacher, tmp_path
+):
+    replies = iter([ScriptedReply("Step 1: comp", "length", reasoning_tokens=30)] * 2)
+    server.reply = lambda request: next(replies, ScriptedReply("ok", usage=False))
+    fill(make_teacher(), tmp_path / "run")
+    result = runner.invoke(app, ["ledger", str(tmp_path / "run")])
+    lines = result.output.splitlines()
+    assert lines[0].split()[-6:] == ["reasoning", "cut", "off", "timeouts", "cost", "$"]
+    teach = next(line for line in lines if line.startswith("teach")).split()
+    review = next(line for line in lines if line.startswith("review")).split()
+    assert teach[-4:-1] == ["60", "2", "0"]  # reasoning tokens, cut off, timeouts
+    assert review[-4:-1] == ["60", "2", "0"]  # the same replies, from the cache
+    assert lines[-1].startswith("2 calls had no usage from their endpoint")
 
 
 def test_ledger_of_an_unknown_run_is_a_user_error(tmp_path):

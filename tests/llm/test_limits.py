@@ -101,7 +101,8 @@ def test_an_empty_reply_cut_by_the_token_limit_fails_without_retry(
         lambda req, text: body(req, "").replace(b'"stop"', b'"length"'),
     )
     (result,) = run_batch(make_teacher(), store, 1)
-    assert not result.ok and "empty reply (finish reason length)" in result.error
+    assert not result.ok and "empty reply: cut off at max_tokens (512)" in result.error
+    assert "raise sampling.max_tokens" in result.error
     assert sleeps == [] and len(server.requests) == 1
 
 

@@ -23,6 +23,19 @@ def test_progress_counts_and_renders():
     assert "feedback gpt" in rendered and "3/3" in rendered and "1,300 tok" in rendered
 
 
+def test_progress_shows_timed_out_attempts_only_when_there_are_some():
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    bar = BatchProgress("teach: t", total=2, enabled=True, console=console)
+    with bar:
+        bar.advance(cached=False, failed=False, tokens=10, cost=0.0)
+        assert "timed out" not in bar.progress.tasks[0].fields["stats"]
+        bar.advance(cached=False, failed=False, tokens=10, cost=0.0, timeouts=2)
+    assert (
+        bar.progress.tasks[0].fields["stats"]
+        == "cache 0 · failed 0 · timed out 2 · 20 tok · $0.0000"
+    )
+
+
 def test_progress_is_silent_when_disabled(capsys):
     with BatchProgress("x", total=1, enabled=False) as bar:
         bar.advance(cached=False, failed=False, tokens=1, cost=0.0)

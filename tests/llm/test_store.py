@@ -98,7 +98,11 @@ def test_writes_left_by_a_loop_that_ended_are_committed_not_lost():
 
 
 def test_rows_of_several_statements_commit_together_each_in_written_order(monkeypatch):
-    reply = "INSERT INTO responses VALUES (?, 'b', 'm', '{}', 't', 'stop', 0, 0, 0, 0)"
+    reply = (
+        "INSERT INTO responses (key, backend, model, request, text, finish_reason,"
+        " prompt_tokens, completion_tokens, latency, created)"
+        " VALUES (?, 'b', 'm', '{}', 't', 'stop', 0, 0, 0, 0)"
+    )
     with open_store() as store:
         opened = count_transactions(store, monkeypatch)
 
@@ -112,3 +116,26 @@ def test_rows_of_several_statements_commit_together_each_in_written_order(monkey
         keys = [k for (k,) in store.db.execute("SELECT key FROM calls ORDER BY id")]
         assert keys == [f"k{n}" for n in range(5)]
         assert store.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 5
+
+
+def test_a_database_of_an_older_mapd_gets_the_new_columns_and_keeps_its_replies(tmp_path):
+    from mapd.llm.cache import ResponseCache
+
+    path = tmp_path / "calls.sqlite"
+    with sqlite3.connect(path) as db:  # the tables as the first release made them
+        db.execute(
+            "CREATE TABLE responses (key TEXT PRIMARY KEY, backend TEXT NOT NULL, model TEXT"
+            " NOT NULL, request TEXT NOT NULL, text TEXT NOT NULL, finish_reason TEXT,"
+            " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,"
+            " latency REAL NOT NULL, created REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO responses VALUES ('k', 'openai', 'm', '{}', 'hi', 'stop', 1, 2, 0, 0)"
+        )
+    with open_store(path) as store:
+        hit = ResponseCache(store).get("k")
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(calls)")}
+    assert (hit.text, hit.reasoning, hit.reasoning_tokens) == ("hi", None, 0)
+    assert {"finish_reason", "reasoning_tokens", "estimated", "timeouts"} <= columns
+    with open_store(path):  # opened again: nothing to add, no error
+        pass

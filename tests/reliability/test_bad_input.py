@@ -21,6 +21,7 @@ from mapd.records import Decision, Example, Review
 from mapd.stages.pipeline import run_pipeline
 from mapd.stages.rundir import read_jsonl, run_lock
 from mapd.testing.loopback import Fault, LoopbackServer
+from mapd.testing.providers import openai_reasoning
 
 CONTEXT_CHARS = 100_000  # the scripted endpoints' context window
 
@@ -28,6 +29,8 @@ CONTEXT_CHARS = 100_000  # the scripted endpoints' context window
 def scripted_with_context(request: dict) -> str | Fault:
     if sum(len(m["content"]) for m in request["messages"]) > CONTEXT_CHARS:
         return Fault.error(400)  # as a real server does: maximum context length exceeded
+    if request["model"].startswith("o3") and (refusal := openai_reasoning(request)):
+        return refusal  # as OpenAI's reasoning models refuse a body
     return reply(request)
 
 
@@ -140,6 +143,27 @@ def test_unreachable_base_url(config, examined):
     assert_clear_error(
         result, "teacher bob (http://127.0.0.1:9/v1): not reachable", "start the server"
     )
+    assert_kept(examined)
+
+
+def test_a_teacher_whose_provider_refuses_the_body(config, examined, server):
+    sent = len(server.requests)
+    result = mapd(
+        "run",
+        config,
+        "teachers.1.model=o3-mini",
+        "teachers.1.sampling.temperature=0.5",
+        "teachers.1.limits.concurrency=1",
+    )
+    assert_clear_error(
+        result,
+        "endpoint bob",
+        "refused 3 requests",
+        "'temperature' does not support 0.5 with this model",
+        "sampling.temperature",
+    )
+    refused = [r for r in server.requests[sent:] if r["model"] == "o3-mini"]
+    assert len(refused) == 3  # of 2 per mistake: stopped after three refusals
     assert_kept(examined)
 
 

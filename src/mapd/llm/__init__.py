@@ -3,10 +3,12 @@
 Public API
 ----------
 Request(messages, model=None, temperature=None, top_p=None, max_tokens=None, stop=None,
-        seed=None, sample=0, tag=None)          fields left None come from the endpoint config
+        seed=None, sample=0, tag=None, reasoning_effort=None)
+                                                fields left None come from the endpoint config
 Request.user(prompt, **fields) -> Request       one user message
-Completion: text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model, cached
-CallResult: request, completion | None, error | None, attempts, skipped; .ok, .text
+Completion: text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model,
+            cached, reasoning, reasoning_tokens, estimated; .cut_off
+CallResult: request, completion | None, error | None, attempts, skipped, timeouts; .ok, .text
 
 open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
 make_clients(cfg, *, run_dir, stage, store=None, budget=None)
@@ -41,7 +43,8 @@ Example
 Behaviour worth knowing
 -----------------------
 - Cache key: `sha256:` of backend kind, base URL, model, messages, every sampling
-  parameter and the sample index (never the key, never `tag`). Identical requests in
+  parameter, the endpoint's `extra_body` and the sample index (never the key, never
+  `tag`). Identical requests in
   flight at once are sent once. Errors, empty replies and content-filtered replies are
   never cached. `cache: refresh` re-sends and overwrites; `off` neither reads nor writes.
 - Retries: 408, 409, 429, 5xx, connection errors, timeouts and malformed replies, with
@@ -49,7 +52,13 @@ Behaviour worth knowing
   and 503; `limits.max_attempts` in all. An empty reply that stopped normally is sent
   again; one cut by the token limit or a content filter, and a 400, fail the item.
   401, 403, 404, or nothing but failures for concurrency x max_attempts attempts in a
-  row, mark the endpoint down: the rest of the batch fails fast.
+  row, mark the endpoint down: the rest of the batch fails fast; so does the same refusal
+  of the body (another 4xx) three times in a row, with the setting that fixes it. A
+  timed-out request is sent again only once the server answered a request sent after it,
+  or after one more `limits.timeout`: a server that works through a queue is not sent
+  a second copy of what it still holds.
+- Bodies: see `openai_backend.request_body` (what each provider is sent, `extra_body`).
+- Usage: a reply without `usage` gets its tokens estimated from the text (said once).
 - Budget: counts paid calls (not cache hits, not in-process models) of every endpoint
   of the run, including earlier invocations; once reached no new request starts.
 - Batch endpoints (`batch: true` for OpenAI's Batch API, `batch: anthropic` for Anthropic's

@@ -1,7 +1,7 @@
 """The response cache: a reply stored under a tagged hash of the canonical request.
 
-The key covers the backend kind, base URL, model, messages, every sampling parameter and
-the sample index, never the API key. Only complete replies are stored: errors, empty
+The key covers the backend kind, base URL, model, messages, every sampling parameter, the
+endpoint's `extra_body` and the sample index, never the API key. Only complete replies are stored: errors, empty
 texts and replies stopped by a content filter or an error never are.
 """
 
@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mapd.llm.store import CallStore, Row
 from mapd.llm.types import Completion, Request
@@ -23,11 +23,19 @@ CacheMode = Literal["use", "refresh", "off"]
 UNCACHEABLE_FINISH = {"content_filter", "error"}
 
 
-def canonical_json(request: Request, backend: str, scope: str | None) -> str:
+def canonical_json(
+    request: Request,
+    backend: str,
+    scope: str | None,
+    extra_body: dict[str, Any] | None = None,
+) -> str:
     """The canonical JSON of everything that decides the reply; `scope` is the endpoint's
-    URL, or the precision of an in-process model. Stored beside the reply, so a cached
-    reply shows what it answered."""
+    URL, or the precision of an in-process model; `extra_body` the endpoint's additions to
+    the body (absent when empty, so configs without it keep their keys). Stored beside the
+    reply, so a cached reply shows what it answered."""
     canonical = {"backend": backend, "base_url": scope, **request.canonical()}
+    if extra_body:
+        canonical["extra_body"] = extra_body
     return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -65,20 +73,33 @@ class ResponseCache:
 
     def get(self, key: str) -> Completion | None:
         row = self.store.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model"
-            " FROM responses WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model,"
+            " reasoning, reasoning_tokens FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        text, finish, pt, ct, latency, backend, model = row
-        return Completion(text, finish, pt, ct, latency, backend, model, cached=True)
+        text, finish, pt, ct, latency, backend, model, reasoning, reasoning_tokens = row
+        return Completion(
+            text,
+            finish,
+            pt,
+            ct,
+            latency,
+            backend,
+            model,
+            cached=True,
+            reasoning=reasoning,
+            reasoning_tokens=reasoning_tokens,
+        )
 
     @staticmethod
     def row(key: str, canonical: str, completion: Completion) -> Row:
         """The write that stores a reply (see `cacheable`) under its request's key."""
         return (
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses (key, backend, model, request, text, finish_reason,"
+            " prompt_tokens, completion_tokens, latency, created, reasoning, reasoning_tokens)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 completion.backend,
@@ -90,6 +111,8 @@ class ResponseCache:
                 completion.completion_tokens,
                 completion.latency,
                 time.time(),
+                completion.reasoning,
+                completion.reasoning_tokens,
             ),
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
 BUDGET_REACHED = "not sent: the budget is spent"
 # An empty reply cut by the token limit or a content filter would come back the same: not retried.
 FINAL_EMPTY = {"length", "content_filter"}
+# The same refusal of the request body this many times in a row stops the endpoint: every
+# other request carries the same body fields and would be refused the same way.
+REFUSALS_TO_STOP = 3
+DOWN_HINT = (
+    "check that the server is running, the base_url, model and key; "
+    "finished calls are cached, so re-running resumes"
+)
 
 
 class CallFailed(MapdError):
@@ -67,6 +75,27 @@ def create_backend(endpoint: ModelEndpoint) -> Backend:
     from mapd.llm.hf_backend import HFBackend
 
     return HFBackend(endpoint)
+
+
+TOLD_NO_USAGE: set[str] = set()  # endpoints already said to send no usage
+TIMEOUT_HINT = (
+    "no answer within limits.timeout: check that the server is running; a busy server "
+    "needs a larger limits.timeout or a smaller limits.concurrency"
+)
+
+
+def empty_reply_error(completion: Completion, req: Request) -> str:
+    """Why an empty reply failed; one cut off at the limit says which settings to change."""
+    if not completion.cut_off:
+        return f"empty reply (finish reason {completion.finish_reason})"
+    thinking = f" ({completion.reasoning_tokens} reasoning tokens)" * bool(
+        completion.reasoning_tokens
+    )
+    return (
+        f"empty reply: cut off at max_tokens ({req.max_tokens}) before any answer{thinking}; "
+        "raise sampling.max_tokens (review.max_tokens for reviews) or lower "
+        "sampling.reasoning_effort"
+    )
 
 
 def estimate_tokens(request: Request) -> int:
@@ -103,6 +132,11 @@ class Client:
         self._backend = backend
         self._batch_api: BatchAPI | None = None
         self.down: str | None = None  # why the endpoint cannot serve, once known
+        self.down_hint = DOWN_HINT
+        self.refusals: tuple[str, int] = ("", 0)  # the last refusal and how often in a row
+        # send time of the latest-sent request that was answered, and who waits for news of it
+        self.latest_answered_sent = 0.0
+        self.waiting_for_answers: list[asyncio.Future[None]] = []
         self.last_success = 0.0
         self.in_flight: dict[str, asyncio.Future[CallResult]] = {}  # identical requests wait
         self.failures_in_a_row = 0  # retryable failures (429 aside) since the last success
@@ -128,7 +162,7 @@ class Client:
         backend = self.backend
         req = self.resolve(request)
         scope = " ".join(s for s in (backend.cache_scope, self.scope) if s) or None
-        canonical = canonical_json(req, backend.kind, scope)
+        canonical = canonical_json(req, backend.kind, scope, self.endpoint.extra_body)
         return req, key_of(canonical), canonical
 
     def resolve(self, request: Request) -> Request:
@@ -144,6 +178,7 @@ class Client:
             top_p=s.top_p if request.top_p is None else request.top_p,
             max_tokens=request.max_tokens or s.max_tokens,
             seed=s.seed if request.seed is None else request.seed,
+            reasoning_effort=request.reasoning_effort or s.reasoning_effort,
         )
 
     def scrub(self, text: str) -> str:
@@ -196,7 +231,7 @@ class Client:
     async def _call(self, request: Request, req: Request, key: str, canonical: str) -> CallResult:
         if reason := self._blocked():
             return CallResult(request, error=reason, skipped=True)
-        completion, error, attempts = await self._send(req)
+        completion, error, attempts, timeouts = await self._send(req)
         if attempts == 0:  # blocked while waiting for a slot
             return CallResult(request, error=error, skipped=True)
         cost = 0.0
@@ -206,42 +241,66 @@ class Client:
             )
             if self._counts_budget():
                 self.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
+            if completion.estimated:
+                self._tell_no_usage()
             if not completion.text.strip():
-                error = f"empty reply (finish reason {completion.finish_reason})"
-        rows = [self._ledger_row(req, key, completion, cost, error, attempts)]
+                error = empty_reply_error(completion, req)
+        rows = [self._ledger_row(req, key, completion, cost, error, attempts, timeouts=timeouts)]
         if error is None and self.cache is not None and cacheable(completion):  # type: ignore[arg-type]
             rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
         await self._write(*rows)
         if error is not None:
-            return CallResult(request, error=error, attempts=attempts)
-        return CallResult(request, completion, None, attempts)
+            return CallResult(request, error=error, attempts=attempts, timeouts=timeouts)
+        return CallResult(request, completion, None, attempts, timeouts=timeouts)
 
-    async def _send(self, req: Request) -> tuple[Completion | None, str | None, int]:
+    def _tell_no_usage(self) -> None:
+        """Say once per endpoint (and process) that its token counts are estimates."""
+        if self.name not in TOLD_NO_USAGE:
+            TOLD_NO_USAGE.add(self.name)
+            print(
+                f"note: {self.name} sends no token usage: tokens (and the budget) are "
+                f"estimated from the text, about 4 characters a token",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def _send(self, req: Request) -> tuple[Completion | None, str | None, int, int]:
+        """The completion or the last error, the attempts made and how many timed out."""
         backend, started = self.backend, time.monotonic()
         max_attempts = self.endpoint.limits.max_attempts
+        timeouts = 0
         for attempt in range(1, max_attempts + 1):
+            sent = time.monotonic()
             try:
                 if backend.rate_limited:
                     async with self.limiter.slot(estimate_tokens(req)) as slot:
                         # Checked again here: the endpoint may have gone down, or the
                         # budget run out, while this request waited for its slot.
                         if reason := self._blocked():
-                            return None, reason, attempt - 1
-                        completion = await backend.generate(req)
+                            return None, reason, attempt - 1, timeouts
+                        sent = time.monotonic()
+                        try:
+                            completion = await backend.generate(req)
+                        except BackendError as exc:
+                            if exc.timed_out:  # still held by the server: keep its slot
+                                await self._until_past(sent)
+                            raise
                         slot.settle(completion.tokens)
                 else:
                     if reason := self._blocked():
-                        return None, reason, attempt - 1
+                        return None, reason, attempt - 1, timeouts
                     completion = await backend.generate(req)
             except BackendError as exc:
                 failure = exc
             except Exception as exc:  # a bug or an unexpected library error: fail the item
                 failure = BackendError(f"{type(exc).__name__}: {exc}")
             else:
+                self._answered(sent)
                 if completion.text.strip() or completion.finish_reason in FINAL_EMPTY:
                     self.last_success = time.monotonic()
                     self.failures_in_a_row = 0
-                    return completion, None, attempt
+                    self.refusals = ("", 0)
+                    return completion, None, attempt, timeouts
                 # An empty reply that stopped normally is a glitch: its tokens count, and
                 # it is sent again.
                 if self._counts_budget():
@@ -252,14 +311,53 @@ class Client:
                     f"empty reply (finish reason {completion.finish_reason})", retryable=True
                 )
             message = self.scrub(failure.message)
+            timeouts += failure.timed_out
             if failure.retryable and not failure.throttled:
                 self.failures_in_a_row += 1
             if failure.fatal or self._looks_down(attempt, started, failure):
                 self.down = f"{self.name} ({backend.base_url or req.model}): {message}"
+                if failure.timed_out:
+                    self.down_hint = TIMEOUT_HINT
+            self._count_refusal(failure, message, req)
             if not failure.retryable or attempt == max_attempts:
-                return None, message, attempt
+                return None, message, attempt, timeouts
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
         raise AssertionError("unreachable")
+
+    def _answered(self, sent: float) -> None:
+        self.latest_answered_sent = max(self.latest_answered_sent, sent)
+        for waiter in self.waiting_for_answers:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _until_past(self, sent: float) -> None:
+        """After a timed-out attempt sent at `sent`: the server may still be working on it (a
+        server that answers one request at a time keeps the queued ones). So it still counts
+        as in flight, holding its slot, and the same body is not sent again, until the
+        server answers a request sent after it (it is then past this one), or one more
+        limits.timeout has passed (it dropped it, or hangs)."""
+        deadline = time.monotonic() + self.endpoint.limits.timeout
+        while self.latest_answered_sent <= sent and (left := deadline - time.monotonic()) > 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiting_for_answers.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except asyncio.TimeoutError:
+                return
+            finally:
+                self.waiting_for_answers.remove(waiter)
+
+    def _count_refusal(self, failure: BackendError, message: str, req: Request) -> None:
+        """The same refusal REFUSALS_TO_STOP times in a row: stop sending to this endpoint,
+        quoting the provider and naming the config field that fixes it."""
+        if failure.refusal_hint is None:
+            return
+        last, times = self.refusals
+        self.refusals = (message, times + 1 if message == last else 1)
+        if self.refusals[1] >= REFUSALS_TO_STOP and not self.down:
+            where = self.backend.base_url or req.model
+            self.down = f"{self.name} ({where}) refused {REFUSALS_TO_STOP} requests: {message}"
+            self.down_hint = f"{failure.refusal_hint} (endpoint {self.name!r} in the config)"
 
     def _looks_down(self, attempt: int, started: float, failure: BackendError) -> bool:
         """Nothing succeeds: one request used every attempt, or as many attempts failed
@@ -284,6 +382,7 @@ class Client:
         error: str | None,
         attempts: int,
         batch: str | None = None,
+        timeouts: int = 0,
     ) -> Row:
         return call_row(
             CallRecord(
@@ -297,7 +396,8 @@ class Client:
                 cost,
                 error,
                 attempts,
-                batch,
+                batch=batch,
+                timeouts=timeouts,
             ),
         )
 
@@ -346,6 +446,7 @@ class Client:
             bar.advance(
                 cached=bool(c and c.cached),
                 failed=not result.ok,
+                timeouts=result.timeouts,
                 tokens=c.tokens if c else 0,
                 cost=0.0
                 if c is None or c.cached
@@ -364,8 +465,7 @@ class Client:
         if self.down:
             raise EndpointUnavailable(
                 f"endpoint {self.down}; {done} of {len(results)} calls done, {unsent} not sent",
-                "check that the server is running, the base_url, model and key; "
-                "finished calls are cached, so re-running resumes",
+                self.down_hint,
                 results,
             )
         if any(r.error == BUDGET_REACHED for r in results):

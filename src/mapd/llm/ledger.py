@@ -58,6 +58,7 @@ class CallRecord:
     error: str | None
     attempts: int
     batch: str | None = None  # the provider's batch id, for a call sent in a batch
+    timeouts: int = 0
 
 
 def call_row(rec: CallRecord) -> Row:
@@ -65,8 +66,9 @@ def call_row(rec: CallRecord) -> Row:
     c = rec.completion
     return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
-        " completion_tokens, latency, cost, cached, ok, error, attempts, created, batch)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " completion_tokens, latency, cost, cached, ok, error, attempts, created, batch,"
+        " finish_reason, reasoning_tokens, estimated, timeouts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rec.run,
             rec.stage,
@@ -84,6 +86,10 @@ def call_row(rec: CallRecord) -> Row:
             rec.attempts,
             time.time(),
             rec.batch,
+            c.finish_reason if c else None,
+            c.reasoning_tokens if c else 0,
+            int(bool(c and c.estimated)),
+            rec.timeouts,
         ),
     )
 
@@ -100,6 +106,10 @@ class LedgerRow:
     completion_tokens: int
     cost: float
     latency: float
+    reasoning_tokens: int = 0
+    cut_off: int = 0  # replies stopped at the token limit
+    timeouts: int = 0  # attempts that timed out
+    estimated: int = 0  # calls whose tokens are estimated (the endpoint sent no usage)
     batched: int = 0  # calls answered through a provider's batch API
 
 
@@ -107,8 +117,9 @@ def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
     """Totals per stage and endpoint for one run, in the order the stages first called."""
     rows = store.db.execute(
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
-        " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(batch IS NOT NULL) FROM calls"
-        " WHERE run = ?"
+        " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(reasoning_tokens),"
+        " COALESCE(SUM(finish_reason = 'length'), 0), SUM(timeouts), SUM(estimated),"
+        " SUM(batch IS NOT NULL) FROM calls WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
         (run_id(run_dir, create=False),),
     ).fetchall()

@@ -12,6 +12,9 @@ both). The body and reply are the documented chat-completions JSON, so nothing o
 SDK's typing is lost: the reply was parsed by hand before as well. There is no retry here:
 each failure becomes a BackendError saying whether another attempt is worth it, and the
 client's retry loop is the only one.
+
+Providers differ in what body they accept; `request_body` follows their documented rules
+(see its docstring) and `extra_body` lets a user change the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import time
 import urllib.request
 from typing import Any
@@ -37,6 +41,9 @@ RETRYABLE_STATUS = {408, 409, 429}
 RETRY_AFTER_STATUS = {429, 503}
 FATAL_STATUS = {401, 403, 404}  # bad key, no access, unknown model or URL: no request can work
 NO_KEY = "none"  # local servers want some key string; they ignore its value
+# OpenAI's reasoning models: max_completion_tokens, and temperature/top_p only at 1
+REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+CHARS_PER_TOKEN = 4  # the estimate used when an endpoint sends no usage
 
 
 def api_key(endpoint: ModelEndpoint) -> str:
@@ -88,15 +95,84 @@ def error_detail(body: bytes) -> str:
     return str(error)[:300]
 
 
+# The body fields a provider may refuse, and the config that changes each.
+FIELD_FIXES = {
+    "max_completion_tokens": "extra_body: {max_completion_tokens: null, max_tokens: N}",
+    "max_tokens": "extra_body: {max_tokens: null, max_completion_tokens: N} "
+    "(sampling.max_tokens sets N)",
+    "temperature": "sampling.temperature (some models take only 1), "
+    "or extra_body: {temperature: null}",
+    "top_p": "sampling.top_p: 1 (then it is not sent), or extra_body: {top_p: null}",
+    "seed": "sampling.seed: null, or extra_body: {seed: null}",
+    "reasoning_effort": "sampling.reasoning_effort",
+    "stop": "extra_body: {stop: null}",
+}
+
+
+def refusal_hint(detail: str) -> str:
+    """Which config fields to change for a refused body, from the fields the message names."""
+    named = [f for f in FIELD_FIXES if re.search(rf"(?<![\w.]){f}(?!\w)", detail)]
+    if "max_completion_tokens" in named and "max_tokens" in named:  # "use X instead of Y"
+        named.remove("max_completion_tokens")
+    if not named:
+        return (
+            "the endpoint refuses the request body: change the setting it names, or add or "
+            "remove body fields with the endpoint's extra_body (a key set to null is removed)"
+        )
+    return "the endpoint refuses the request body; set " + "; or ".join(
+        FIELD_FIXES[f] for f in named
+    )
+
+
 def status_error(status: int, headers: Any, body: bytes) -> BackendError:
     retry_after = parse_retry_after(headers) if status in RETRY_AFTER_STATUS else None
+    detail = error_detail(body)
+    retryable = status in RETRYABLE_STATUS or status >= 500
+    fatal = status in FATAL_STATUS
     return BackendError(
-        f"HTTP {status}: {error_detail(body)}",
-        retryable=status in RETRYABLE_STATUS or status >= 500,
-        fatal=status in FATAL_STATUS,
+        f"HTTP {status}: {detail}",
+        retryable=retryable,
+        fatal=fatal,
         retry_after=retry_after,
         throttled=status == 429,
+        refusal_hint=refusal_hint(detail) if not (retryable or fatal) else None,
     )
+
+
+def reasoning_model(model: str) -> bool:
+    """An OpenAI reasoning model (o1, o3, o4, gpt-5 families), also behind a prefix such as
+    LiteLLM's or OpenRouter's `openai/`."""
+    return model.rsplit("/", 1)[-1].lower().startswith(REASONING_MODEL_PREFIXES)
+
+
+def request_body(endpoint: ModelEndpoint, request: Request) -> dict[str, Any]:
+    """The JSON body of a chat request to `endpoint`.
+
+    What is sent by default: model, messages, temperature, max_tokens; top_p only when not
+    1; stop, seed and reasoning_effort only when set. OpenAI's reasoning models get
+    `max_completion_tokens` and no temperature/top_p unless the config sets them (they
+    accept only 1). Then the endpoint's `extra_body` is merged in; its null values remove
+    fields.
+    """
+    model = request.model or endpoint.model
+    chosen = endpoint.sampling.model_fields_set
+    reasoning = reasoning_model(model)
+    body: dict[str, Any] = {"model": model, "messages": list(request.messages)}
+    if not reasoning or "temperature" in chosen:
+        body["temperature"] = request.temperature
+    if request.top_p != 1 and (not reasoning or "top_p" in chosen):
+        body["top_p"] = request.top_p
+    body["max_completion_tokens" if reasoning else "max_tokens"] = request.max_tokens
+    body["stop"] = list(request.stop) if request.stop else None
+    body["seed"] = request.seed
+    body["reasoning_effort"] = request.reasoning_effort
+    body = {k: v for k, v in body.items() if v is not None}
+    for key, value in endpoint.extra_body.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
 
 
 def parse_reply(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -121,18 +197,29 @@ def reply_text(message: dict[str, Any]) -> str:
     return content if isinstance(content, str) else str(content)
 
 
-def request_body(endpoint: ModelEndpoint, request: Request) -> dict[str, Any]:
-    """The chat-completions JSON body for `request`; the batch path sends the same body."""
-    args: dict[str, Any] = {
-        "model": request.model or endpoint.model,
-        "messages": list(request.messages),
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "max_tokens": request.max_tokens,
-        "stop": list(request.stop) if request.stop else None,
-        "seed": request.seed,
-    }
-    return {k: v for k, v in args.items() if v is not None}
+def reply_reasoning(message: dict[str, Any]) -> str | None:
+    """A reasoning model's thinking: `reasoning_content` (vLLM until 0.11, DeepSeek, llama.cpp)
+    or `reasoning` (vLLM 0.11+, Ollama, OpenRouter). Kept apart from the answer text."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def reply_usage(
+    usage: dict[str, Any], request: Request, text: str, reasoning: str | None
+) -> tuple[int, int, int, bool]:
+    """Prompt, completion and reasoning tokens, and whether they are estimated: without
+    `usage` they are estimated from the characters, so that a token budget still holds."""
+    details = usage.get("completion_tokens_details") or {}
+    reasoning_tokens = details.get("reasoning_tokens") or 0
+    if usage.get("completion_tokens") is not None:
+        return usage.get("prompt_tokens") or 0, usage["completion_tokens"], reasoning_tokens, False
+    prompt_chars = sum(len(str(m.get("content", ""))) for m in request.messages)
+    thinking = len(reasoning or "") // CHARS_PER_TOKEN
+    completion = len(text) // CHARS_PER_TOKEN + thinking
+    return prompt_chars // CHARS_PER_TOKEN + 1, completion + 1, thinking, True
 
 
 class OpenAIBackend:
@@ -186,8 +273,15 @@ class OpenAIBackend:
             ) as response:
                 status, body = response.status, await response.read()
                 headers = response.headers
+        except aiohttp.ConnectionTimeoutError:  # no connection: the server never got it
+            raise BackendError(f"connecting to {self.url} timed out", retryable=True) from None
         except (TimeoutError, asyncio.TimeoutError):
-            raise BackendError(f"timed out after {self.timeout:g} s", retryable=True) from None
+            raise BackendError(
+                f"timed out after {self.timeout:g} s: raise limits.timeout, or lower "
+                "limits.concurrency for a server that answers few requests at a time",
+                retryable=True,
+                timed_out=True,
+            ) from None
         except (aiohttp.ClientSSLError, aiohttp.InvalidURL) as exc:  # no retry can help
             message = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
             raise BackendError(message, fatal=True) from None
@@ -197,15 +291,21 @@ class OpenAIBackend:
         if status >= 400:
             raise status_error(status, headers, body)
         choice, reply = parse_reply(body)
-        usage = reply.get("usage") or {}
+        text, reasoning = reply_text(choice["message"]), reply_reasoning(choice["message"])
+        prompt, completion, thinking, estimated = reply_usage(
+            reply.get("usage") or {}, request, text, reasoning
+        )
         return Completion(
-            text=reply_text(choice["message"]),
+            text=text,
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens") or 0,
-            completion_tokens=usage.get("completion_tokens") or 0,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             latency=time.monotonic() - started,
             backend=self.kind,
             model=reply.get("model") or request.model or self.model,
+            reasoning=reasoning,
+            reasoning_tokens=thinking,
+            estimated=estimated,
         )
 
     async def aclose(self) -> None:

@@ -59,7 +59,7 @@ class BatchProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
-        self.done = self.cached = self.failed = self.tokens = 0
+        self.done = self.cached = self.failed = self.timeouts = self.tokens = 0
         self.status = ""  # a submitted batch's status, for `show`
         self.cost = 0.0
         self.shared = console is None and self.enabled
@@ -94,9 +94,12 @@ class BatchProgress:
             self.progress.stop()
             _Shared.display = None
 
-    def advance(self, *, cached: bool, failed: bool, tokens: int, cost: float) -> None:
+    def advance(
+        self, *, cached: bool, failed: bool, tokens: int, cost: float, timeouts: int = 0
+    ) -> None:
         self.cached += cached
         self.failed += failed
+        self.timeouts += timeouts
         self.tokens += tokens
         self.cost += cost
         self.done += 1
@@ -109,8 +112,8 @@ class BatchProgress:
             self.task,
             advance=1,
             rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
-            stats=f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
-            f" · ${self.cost:.4f}",
+            stats=f"cache {self.cached} · failed {self.failed}{self._timeouts(' ·')}"
+            f" · {self.tokens:,} tok · ${self.cost:.4f}",
         )
 
     def show(self, done: int, status: str, note: str) -> None:
@@ -124,12 +127,17 @@ class BatchProgress:
         if self.enabled:
             self.progress.update(self.task, completed=done, stats=note)
 
+    def _timeouts(self, separator: str) -> str:
+        """Attempts that timed out (retried or not), when there were any."""
+        return f"{separator} timed out {self.timeouts}" if self.timeouts else ""
+
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started
         print(
             f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
             f"{self.done / elapsed if elapsed else 0:.1f}/s, cache {self.cached}, "
-            f"failed {self.failed}, {self.tokens:,} tok, ${self.cost:.4f}, {elapsed:.0f} s",
+            f"failed {self.failed}{self._timeouts(',')}, {self.tokens:,} tok, ${self.cost:.4f}, "
+            f"{elapsed:.0f} s",
             file=sys.stderr,
             flush=True,
         )

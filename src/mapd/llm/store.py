@@ -78,12 +78,37 @@ CREATE TABLE IF NOT EXISTS batch_items (
     PRIMARY KEY (batch, custom_id)
 );
 """
-# Columns added after the first release: (table, column, declaration).
-ADDED_COLUMNS = [("calls", "batch", "TEXT")]
+# Columns added after the first release: added to an older database when it is opened.
+ADDED_COLUMNS = {
+    "responses": {
+        "reasoning": "TEXT",  # a reasoning model's thinking, returned beside the answer
+        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "calls": {
+        "batch": "TEXT",  # the provider's batch id, for a call sent in a batch
+        "finish_reason": "TEXT",
+        "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+        "estimated": "INTEGER NOT NULL DEFAULT 0",  # the endpoint sent no usage
+        "timeouts": "INTEGER NOT NULL DEFAULT 0",  # attempts that timed out
+    },
+}
 
 DB_NAME = "calls.sqlite"
 
 Row = tuple[str, Sequence[Any]]  # an INSERT statement and its parameters
+
+
+def add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name in have:
+                continue
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class CallStore:
@@ -99,7 +124,7 @@ class CallStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
-            self._add_columns()
+            add_missing_columns(self.db)
         except (sqlite3.Error, OSError) as exc:
             raise MapdError(
                 f"cannot open the call database {path}: {exc}",
@@ -107,18 +132,6 @@ class CallStore:
             ) from None
         self._queued: list[Row] = []
         self._committed: asyncio.Future[None] | None = None  # the queued writes' commit
-
-    def _add_columns(self) -> None:
-        """Bring a database made by an earlier version up to date (SQLite has no ADD COLUMN
-        IF NOT EXISTS)."""
-        for table, column, declaration in ADDED_COLUMNS:
-            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                try:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-                except sqlite3.OperationalError as exc:  # another process added it just now
-                    if "duplicate column" not in str(exc):
-                        raise
 
     async def write(self, *rows: Row) -> None:
         """Write `rows` in a transaction shared with the rows queued in this loop turn; return

@@ -28,6 +28,7 @@ class Request:
     seed: int | None = None
     sample: int = 0
     tag: str | None = None
+    reasoning_effort: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
@@ -43,8 +44,11 @@ class Request:
         return dataclasses.replace(self, **fields)
 
     def canonical(self) -> dict[str, Any]:
-        """Everything that decides the reply, as plain JSON values (no tag)."""
+        """Everything that decides the reply, as plain JSON values (no tag). A field added
+        later appears only when set, so older requests keep their cache keys."""
+        added = {"reasoning_effort": self.reasoning_effort} if self.reasoning_effort else {}
         return {
+            **added,
             "messages": [dict(sorted(m.items())) for m in self.messages],
             "model": self.model,
             "temperature": self.temperature,
@@ -58,7 +62,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Completion:
-    """A reply: its text, why generation stopped, token counts, and where it came from."""
+    """A reply: its text, why generation stopped, token counts, and where it came from.
+
+    `reasoning` is the thinking a reasoning model returned beside its answer (never part of
+    `text`); `reasoning_tokens` its count as the provider reports it (included in
+    `completion_tokens`). `estimated`: the endpoint sent no usage, so the token counts
+    are estimated from the text.
+    """
 
     text: str
     finish_reason: str | None
@@ -68,6 +78,14 @@ class Completion:
     backend: str
     model: str
     cached: bool = False
+    reasoning: str | None = None
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def cut_off(self) -> bool:
+        """Generation stopped at the token limit: the text may end mid-sentence."""
+        return self.finish_reason == "length"
 
     @property
     def tokens(self) -> int:
@@ -86,6 +104,7 @@ class CallResult:
     error: str | None = None
     attempts: int = 0
     skipped: bool = False  # not sent at all: budget reached or endpoint down
+    timeouts: int = 0  # attempts that timed out
 
     @property
     def ok(self) -> bool:
@@ -107,6 +126,10 @@ class BackendError(Exception):
     so the client stops sending and fails the rest fast.
     retry_after: seconds the server asked us to wait (Retry-After / retry-after-ms).
     throttled: a rate-limit reply (429): the endpoint is up, only busy.
+    refusal_hint: the server refused the request body (a 4xx other than the above); how to
+    change the config so that it accepts it. The same refusal again and again stops the
+    endpoint.
+    timed_out: the attempt timed out after the request was sent.
     """
 
     def __init__(
@@ -117,6 +140,8 @@ class BackendError(Exception):
         fatal: bool = False,
         retry_after: float | None = None,
         throttled: bool = False,
+        refusal_hint: str | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -124,6 +149,8 @@ class BackendError(Exception):
         self.fatal = fatal
         self.retry_after = retry_after
         self.throttled = throttled
+        self.refusal_hint = refusal_hint
+        self.timed_out = timed_out
 
 
 class Backend(Protocol):

@@ -18,6 +18,7 @@ REASON_COLORS = {
     "wrong_answer": "#e8a33d",
     "low_score": "#d9534f",
     "no_valid_review": "#9aa0a6",
+    "cut_off": "#8c6d31",
 }
 
 

@@ -21,13 +21,20 @@ from pydantic import BaseModel
 from mapd.config import read_yaml
 from mapd.decisions import review_statistics
 from mapd.errors import MapdError
-from mapd.records import Decision, Example, Feedback, Mistake, Rationale, Review
+from mapd.records import CUT_OFF, Decision, Example, Feedback, Mistake, Rationale, Review
 from mapd.stages.rundir import read_jsonl
 
 R = TypeVar("R", bound=BaseModel)
 
 STAGE_ORDER = ["exam", "teach", "review", "build", "train", "eval"]
-REASONS = ["accepted", "unreviewed", "wrong_answer", "low_score", "no_valid_review"]
+REASONS = [
+    "accepted",
+    "unreviewed",
+    "wrong_answer",
+    "low_score",
+    "no_valid_review",
+    "cut_off",
+]
 
 
 @dataclass
@@ -97,6 +104,7 @@ class RunReport:
     training: dict[str, Any] | None
     items: list[Item]
     left_out: list[str] = field(default_factory=list)  # what could not be read, and why
+    cut_off: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:
@@ -206,6 +214,35 @@ def ablation_rows(path: Path) -> list[AccuracyRow]:
     return rows
 
 
+def cut_off_counts(
+    feedback: list[Feedback] | None,
+    rationales: list[Rationale] | None,
+    reviews: list[Review] | None,
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per stage and teacher: (replies cut off at max_tokens, replies), from the records."""
+    counts: dict[str, dict[str, tuple[int, int]]] = {}
+    parts = [
+        ("teach", [(x.teacher, x.finish_reason) for x in [*(feedback or []), *(rationales or [])]]),
+        ("review", [(x.reviewer, x.finish_reason) for x in reviews or []]),
+    ]
+    for stage, replies in parts:
+        for who, finish in replies:
+            cut, total = counts.setdefault(stage, {}).get(who, (0, 0))
+            counts[stage][who] = (cut + (finish == CUT_OFF), total + 1)
+    return counts
+
+
+def cut_off_line(counts: dict[str, dict[str, tuple[int, int]]]) -> str | None:
+    """ "teach: a 3/20, b 0/20; review: a 1/10" when any reply was cut off, else None."""
+    if not any(cut for per in counts.values() for cut, _ in per.values()):
+        return None
+    return "; ".join(
+        f"{stage}: "
+        + ", ".join(f"{who} {cut}/{total}" for who, (cut, total) in sorted(per.items()))
+        for stage, per in counts.items()
+    )
+
+
 def collect_run(run_dir: Path) -> RunReport:
     """Read every file of the run folder that exists; raise MapdError if it is not a run folder."""
     run_dir = Path(run_dir)
@@ -246,6 +283,7 @@ def collect_run(run_dir: Path) -> RunReport:
         training=read_json_optional(run_dir / "student" / "manifest.json"),
         items=build_items(mistakes, feedback, rationales, reviews, decisions, examples),
         left_out=[unreadable] if unreadable else [],
+        cut_off=cut_off_counts(feedback, rationales, reviews),
     )
 
 

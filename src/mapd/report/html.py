@@ -23,6 +23,7 @@ from mapd.report.collect import (
     Item,
     RunReport,
     config_summary,
+    cut_off_line,
     funnel_steps,
     score_labels,
     section,
@@ -157,7 +158,19 @@ def overview_html(report: RunReport) -> str:
 
     return (
         '<section id="overview"><h2>Run</h2><div class="two"><div><h3>Settings</h3>'
-        f"{left}{training_html(report)}</div><div><h3>Stages</h3>{stages_table(report)}</div></div></section>"
+        f"{left}{training_html(report)}</div><div><h3>Stages</h3>{stages_table(report)}"
+        f"{cut_off_html(report)}</div></div></section>"
+    )
+
+
+def cut_off_html(report: RunReport) -> str:
+    """Replies stopped at the token limit, per stage and teacher (none trained)."""
+    line = cut_off_line(report.cut_off)
+    if line is None:
+        return ""
+    return (
+        '<p class="warn" id="cut-off"><b>Replies cut off at max_tokens</b> (not trained; '
+        f"raise the teachers' sampling.max_tokens): {escape(line)}</p>"
     )
 
 

@@ -5,7 +5,13 @@ print(render_markdown(collect_run(run_dir)))
 
 from __future__ import annotations
 
-from mapd.report.collect import RunReport, config_summary, funnel_steps, score_labels
+from mapd.report.collect import (
+    RunReport,
+    config_summary,
+    cut_off_line,
+    funnel_steps,
+    score_labels,
+)
 
 
 def md_cell(text: object) -> str:
@@ -23,8 +29,16 @@ def render_markdown(report: RunReport) -> str:
     out = [f"# mapd report: {md_cell(report.name)}", ""]
     out += [f"- **{k}**: {md_cell(v)}" for k, v in config_summary(report.config)]
     out += [f"- **left out**: {md_cell(note)}" for note in report.left_out] + [""]
-    out += stages_md(report) + funnel_md(report) + review_md(report) + accuracy_md(report)
+    out += stages_md(report) + cut_off_md(report) + funnel_md(report) + review_md(report)
+    out += accuracy_md(report)
     return "\n".join(out).rstrip() + "\n"
+
+
+def cut_off_md(report: RunReport) -> list[str]:
+    line = cut_off_line(report.cut_off)
+    if line is None:
+        return []
+    return ["## Replies cut off at max_tokens (not trained)", "", line, ""]
 
 
 def stages_md(report: RunReport) -> list[str]:

@@ -14,7 +14,9 @@ rationale for the question was accepted is trained, so a teacher whose rationale
 rejected (by the review or, when on, the answer check) does not explain the mistake either
 (`any`, the paper: every teacher's feedback is a candidate).
 `dataset.pick: random` takes one of each at random, seeded per question (train.seed, else the
-run's seed) so that the choice does not depend on file order; `all` takes every one.
+run's seed) so that the choice does not depend on file order; `all` takes every one. Feedback
+or a rationale cut off at max_tokens is never trained (stats: `not_trained`, "cut off at
+max_tokens").
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def build_examples(
     only = cfg.dataset.teacher if cfg.dataset.mode == "single_teacher" else None
     accepted = {d.rationale_id for d in decisions if d.accepted}
     feedback_by_q: dict[str, list[Feedback]] = {}
+    counts: Counter[str] = Counter()
     for f in feedback:
-        if only is None or f.teacher == only:
+        if only is not None and f.teacher != only:
+            continue
+        if f.cut_off:
+            counts["feedback_cut_off"] += 1
+        else:
             feedback_by_q.setdefault(f.question_id, []).append(f)
     rationales_by_q: dict[str, list[Rationale]] = {}
     for r in rationales:
@@ -68,7 +75,6 @@ def build_examples(
             rationales_by_q.setdefault(r.question_id, []).append(r)
 
     examples: list[Example] = []
-    counts: Counter[str] = Counter()
     for m in mistakes:
         fb = sorted(feedback_by_q.get(m.question_id, []), key=lambda f: f.teacher)
         rats = sorted(rationales_by_q.get(m.question_id, []), key=lambda r: r.teacher)
@@ -139,6 +145,12 @@ def build_examples(
         # rationale for the question was not accepted; and mistakes trained on rationales only
         "feedback_of_rejected_teachers": counts["feedback_of_rejected_teachers"],
         "mistakes_without_feedback": counts["mistakes_without_feedback"],
+        "not_trained": {
+            "cut off at max_tokens": {
+                "feedback": counts["feedback_cut_off"],
+                "rationale": sum(r.cut_off for r in rationales if only in (None, r.teacher)),
+            }
+        },
         "rationale_examples_per_teacher": dict(
             sorted(Counter(e.teacher for e in examples if e.kind == "rationale").items())
         ),

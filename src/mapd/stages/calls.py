@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.errors import MapdError
@@ -12,6 +13,18 @@ from mapd.llm.client import Client, client_for
 from mapd.llm.ledger import Budget, run_id
 from mapd.llm.store import open_store
 from mapd.llm.types import CallResult
+
+
+def endpoint_settings(endpoint: ModelEndpoint, fields: set[str]) -> dict[str, Any]:
+    """The endpoint's fields that decide its replies, for a stage's fingerprint; the ones
+    added later (extra_body, sampling.reasoning_effort) appear only when set, so a stage
+    finished under an older config is not redone."""
+    settings = endpoint.model_dump(include=fields)
+    if endpoint.extra_body:
+        settings["extra_body"] = endpoint.extra_body
+    if "sampling" in settings and endpoint.sampling.reasoning_effort is None:
+        del settings["sampling"]["reasoning_effort"]
+    return settings
 
 
 @asynccontextmanager

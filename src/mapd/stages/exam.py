@@ -14,7 +14,7 @@ from mapd.config import ModelEndpoint, RunConfig
 from mapd.llm.types import Completion, Request
 from mapd.prompts import Prompts
 from mapd.records import Attempt, Mistake, Question
-from mapd.stages.calls import open_clients, raise_if_failed
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.stages.rundir import write_json, write_jsonl
 from mapd.tasks import load_questions
 
@@ -29,8 +29,8 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "prompt": cfg.prompts.get("rationale"),
         "answer_format": cfg.prompts.get("answer_format"),
-        "student": s.model_dump(
-            include={"model", "backend", "base_url", "sampling", "system_prompt"}
+        "student": endpoint_settings(
+            s, {"model", "backend", "base_url", "sampling", "system_prompt"}
         ),
     }
 

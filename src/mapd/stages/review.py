@@ -26,7 +26,7 @@ from mapd.prompts import Prompts
 from mapd.records import Mistake, Rationale, Review
 from mapd.release import MARKER
 from mapd.review_scores import parse_review_score
-from mapd.stages.calls import open_clients, raise_if_failed
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
 from mapd.stages.teach import TEACHER_FIELDS
 
@@ -36,7 +36,7 @@ OUTPUTS = ["reviews.jsonl", "decisions.jsonl", "review.json"]
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
     return {
-        "teachers": [t.model_dump(include=TEACHER_FIELDS) for t in cfg.teachers],
+        "teachers": [endpoint_settings(t, TEACHER_FIELDS) for t in cfg.teachers],
         "review": cfg.review.model_dump(),
         "mode": cfg.dataset.mode,
         "seed": cfg.seed,
@@ -82,8 +82,10 @@ async def review_by(
             question_id=r.question_id,
             author=r.teacher,
             reviewer=client.name,
-            score=parse_review_score(res.text, lo, hi),
+            score=parse_review_score(res.text, lo, hi, cut_off=res.completion.cut_off),
             raw=res.text,
+            finish_reason=res.completion.finish_reason,
+            reasoning=res.completion.reasoning,
         )
         for (r, _), res in zip(pairs, results, strict=True)
     ]

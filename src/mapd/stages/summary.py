@@ -26,6 +26,20 @@ def _ledger_line(cfg: RunConfig) -> str:
     return f"{calls} calls ({cached} from the cache), {tokens:,} tokens, ${cost:.4f}"
 
 
+def _cut_off_line(cfg: RunConfig) -> str | None:
+    from mapd.records import Feedback, Rationale, Review
+    from mapd.report.collect import cut_off_counts, cut_off_line, read_optional
+
+    run_dir = cfg.run_dir
+    return cut_off_line(
+        cut_off_counts(
+            read_optional(run_dir / "feedback.jsonl", Feedback),
+            read_optional(run_dir / "rationales.jsonl", Rationale),
+            read_optional(run_dir / "reviews.jsonl", Review),
+        )
+    )
+
+
 def print_summary(
     cfg: RunConfig, summaries: dict[str, Any], started: float, console: Console
 ) -> None:
@@ -47,6 +61,8 @@ def print_summary(
     if evals:
         acc = ", ".join(f"{label} {100 * m['accuracy']:.1f} %" for label, m in evals.items())
         lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")
+    if cut := _cut_off_line(cfg):
+        lines.append(f"  [yellow]replies cut off at max_tokens (not trained): {cut}[/]")
     lines.append(f"  calls of this run folder so far: {_ledger_line(cfg)}")
     report = cfg.run_dir / "report.html"
     if report.exists():

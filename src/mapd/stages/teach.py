@@ -21,7 +21,7 @@ from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Feedback, Mistake, Rationale
-from mapd.stages.calls import open_clients, raise_if_failed
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.stages.rundir import read_jsonl, write_jsonl
 
 INPUTS = ["mistakes.jsonl"]
@@ -31,7 +31,7 @@ TEACHER_FIELDS = {"name", "model", "backend", "base_url", "sampling", "system_pr
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
     return {
-        "teachers": [t.model_dump(include=TEACHER_FIELDS) for t in cfg.teachers],
+        "teachers": [endpoint_settings(t, TEACHER_FIELDS) for t in cfg.teachers],
         "prompts": {
             k: v for k, v in cfg.prompts.items() if k in ("feedback", "rationale", "answer_format")
         },
@@ -63,6 +63,8 @@ async def teach_one(
             question_id=m.question_id,
             teacher=client.name,
             text=r.text,
+            finish_reason=r.completion.finish_reason if r.completion else None,
+            reasoning=r.completion.reasoning if r.completion else None,
         )
         for m, r in zip(mistakes, results[:n], strict=True)
     ]
@@ -77,6 +79,8 @@ async def teach_one(
                 text=r.text,
                 extracted=pred,
                 correct=answers_match(pred, m.answer, m.answer_type),
+                finish_reason=r.completion.finish_reason if r.completion else None,
+                reasoning=r.completion.reasoning if r.completion else None,
             )
         )
     return feedback, rationales
@@ -102,6 +106,10 @@ async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "mistakes": len(mistakes),
         "feedback": len(feedback),
         "rationales": len(rationales),
+        "cut_off_per_teacher": {
+            t.name: sum(x.cut_off for x in [*feedback, *rationales] if x.teacher == t.name)
+            for t in cfg.teachers
+        },
         "rationales_correct_per_teacher": {
             t.name: sum(r.correct for r in rationales if r.teacher == t.name) for t in cfg.teachers
         },

@@ -7,8 +7,11 @@
         assert server.max_in_flight <= 4
 
 `latency` is seconds per reply, or a function of the request. `reply(request_json)`
-returns the reply text (or a Fault) for each chat request, so tests can script a teacher
-or a student per prompt. `faults` is a queue consumed by the next requests, in arrival
+returns the reply text (or a ScriptedReply, or a Fault) for each chat request, so tests can
+script a teacher or a student per prompt; `mapd.testing.providers` refuses bodies the way
+hosted providers do. `serial=True` answers one request at a time, as `transformers serve`
+and llama.cpp's server do: the others wait, and one abandoned by a client that timed out
+is still worked on. `faults` is a queue consumed by the next requests, in arrival
 order, before `reply` is asked. The server runs its own event loop in a thread and speaks
 plain HTTP/1.1 on raw sockets, so it can reset connections and cut bodies short. It also
 runs as a process for benchmarks:
@@ -51,6 +54,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     echo_auth: bool = False
     seconds: float = 3600.0
+    body: Any = None  # error: the JSON body to send (a provider's own), else a generic one
 
     @classmethod
     def error(cls, status: int, retry_after: str | None = None, **headers: str) -> Fault:
@@ -59,8 +63,29 @@ class Fault:
             extra["Retry-After"] = retry_after
         return cls("error", status=status, headers=extra)
 
+    @classmethod
+    def refusal(cls, status: int, body: Any) -> Fault:
+        """An error reply with the provider's own JSON body."""
+        return cls("error", status=status, body=body)
 
-Reply = Callable[[dict[str, Any]], "str | Fault"]
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """A reply with more than text. `content` None is what a reasoning model sends when it
+    spent its whole budget thinking; `reasoning` goes in the message field named
+    `reasoning_field` (vLLM's `reasoning_content` or `reasoning`); `usage=False` leaves
+    `usage` out, as some servers do; `reasoning_tokens` is reported in
+    `usage.completion_tokens_details` as OpenAI does."""
+
+    content: str | None
+    finish_reason: str = "stop"
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
+    usage: bool = True
+    reasoning_tokens: int = 0
+
+
+Reply = Callable[[dict[str, Any]], "str | ScriptedReply | Fault"]
 
 
 def echo_reply(request: dict[str, Any]) -> str:
@@ -83,28 +108,32 @@ def http_response(status: int, body: bytes, headers: dict[str, str] | None = Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def chat_body(request: dict[str, Any], text: str) -> bytes:
+def chat_body(request: dict[str, Any], reply: str | ScriptedReply) -> bytes:
+    if isinstance(reply, str):
+        reply = ScriptedReply(reply)
     prompt = sum(words(m.get("content", "")) for m in request.get("messages", []))
-    return json.dumps(
-        {
-            "id": "chatcmpl-loopback",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.get("model", "loopback"),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": words(text) if text else 0,
-                "total_tokens": prompt + (words(text) if text else 0),
-            },
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message[reply.reasoning_field] = reply.reasoning
+    completion = words(reply.content) if reply.content else 0
+    completion += words(reply.reasoning) if reply.reasoning else 0
+    body: dict[str, Any] = {
+        "id": "chatcmpl-loopback",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "loopback"),
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+    }
+    if reply.usage:
+        body["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
         }
-    ).encode()
+        if reply.reasoning_tokens:
+            details = {"reasoning_tokens": reply.reasoning_tokens}
+            body["usage"]["completion_tokens_details"] = details
+    return json.dumps(body).encode()
 
 
 class LoopbackServer:
@@ -116,12 +145,14 @@ class LoopbackServer:
         latency: float | Callable[[dict[str, Any]], float] = 0.0,
         port: int = 0,
         models: tuple[str, ...] = (),
+        serial: bool = False,
     ) -> None:
         self.reply = reply or echo_reply
         self.models = models  # what GET /models lists; empty: the server names none
         self.models_asked: list[dict[str, str]] = []  # the headers of each GET /models
         self.latency = latency
         self.port = port
+        self.serial: asyncio.Lock | None = asyncio.Lock() if serial else None
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -228,22 +259,29 @@ class LoopbackServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            delay = self.latency(request) if callable(self.latency) else self.latency
-            if delay:
-                await asyncio.sleep(delay)
-            outcome = self.faults.popleft() if self.faults else self.reply(request)
+            if self.serial is None:
+                outcome = await self._work(request)
+            else:
+                async with self.serial:
+                    outcome = await self._work(request)
             return await self._answer(writer, request, headers, outcome)
         finally:
             self.in_flight -= 1
+
+    async def _work(self, request: dict[str, Any]) -> str | ScriptedReply | Fault:
+        delay = self.latency(request) if callable(self.latency) else self.latency
+        if delay:
+            await asyncio.sleep(delay)
+        return self.faults.popleft() if self.faults else self.reply(request)
 
     async def _answer(
         self,
         writer: asyncio.StreamWriter,
         request: dict[str, Any],
         headers: dict[str, str],
-        outcome: str | Fault,
+        outcome: str | ScriptedReply | Fault,
     ) -> bool:
-        if isinstance(outcome, str):
+        if not isinstance(outcome, Fault):
             writer.write(http_response(200, chat_body(request, outcome)))
             await writer.drain()
             return True
@@ -252,7 +290,8 @@ class LoopbackServer:
             message = f"injected error {fault.status}"
             if fault.echo_auth:
                 message += f"; incorrect API key provided: {headers.get('authorization', '')}"
-            body = json.dumps({"error": {"message": message, "type": "loopback"}}).encode()
+            error = {"error": {"message": message, "type": "loopback"}}
+            body = json.dumps(error if fault.body is None else fault.body).encode()
             writer.write(http_response(fault.status, body, fault.headers))
         elif fault.kind == "malformed":
             writer.write(http_response(200, b'{"id": "chatcmpl-x", "choices": [{"ind'))

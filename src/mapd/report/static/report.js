@@ -5,7 +5,8 @@
   "use strict";
   var PAGE = 50;
   var REASON = {accepted: "accepted", unreviewed: "unreviewed", wrong_answer: "wrong answer",
-    low_score: "low score", no_valid_review: "no valid review"};
+    low_score: "low score", no_valid_review: "no valid review",
+    cut_off: "cut off at max_tokens"};
   // item layout: [id, question, gold, student answer, student output, used, parts]
   // part layout: [feedback, rationale, extracted, correct, reason, aggregate, reviews, trained]
   var data = JSON.parse(document.getElementById("mapd-data").textContent);

@@ -1,0 +1,99 @@
+"""Replies cut off at max_tokens and a reasoning model's thinking, through teach, review, build,
+the run summary and the report: marked in the records, never trained, counted per teacher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from tests.stages.scripted_classroom import reply, write_config
+
+from mapd.config import load_config
+from mapd.records import Decision, Example, Feedback, Rationale, Review
+from mapd.report.collect import collect_run
+from mapd.report.html import render_html
+from mapd.report.markdown import render_markdown
+from mapd.stages.pipeline import run_pipeline
+from mapd.stages.rundir import read_jsonl
+from mapd.stages.summary import print_summary
+from mapd.testing.loopback import LoopbackServer, ScriptedReply
+
+THINKING = "hidden chain of thought"
+
+
+def classroom_with_limits(request: dict[str, Any]) -> ScriptedReply:
+    """alice thinks aloud (vLLM's reasoning_content); bob's rationales and carol's feedback
+    stop at the token limit; carol's reviews stop before their bracketed score."""
+    model, prompt = request["model"], request["messages"][-1]["content"]
+    if "reviewing another teacher" in prompt:
+        if model == "carol-model":
+            return ScriptedReply("Step one holds, step 2 of 4", finish_reason="length")
+        if "The answer is" not in prompt.split("<<<SOLUTION", 1)[1]:
+            return ScriptedReply("It stops midway. [1]")  # bob's cut-off rationale
+        return ScriptedReply(reply({**request, "model": "alice-model"}))  # bob scores too
+    text = reply(request)
+    if model == "alice-model":
+        return ScriptedReply(text, reasoning=THINKING)
+    if model == "bob-model" and "Student's answer" not in prompt:
+        return ScriptedReply(text[:12], finish_reason="length")
+    if model == "carol-model" and "Student's answer" in prompt:
+        return ScriptedReply(text[:15], finish_reason="length")
+    return ScriptedReply(text)
+
+
+def test_cut_off_replies_are_marked_not_trained_and_counted(tmp_path):
+    with LoopbackServer(reply=classroom_with_limits) as server:
+        config = load_config(write_config(tmp_path, server.base_url), ["dataset.feedback_from=any"])
+        summaries = asyncio.run(run_pipeline(config, until="build"))
+    run_dir = tmp_path / "run"
+    feedback = read_jsonl(run_dir / "feedback.jsonl", Feedback)
+    rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
+    n = len(rationales) // 3
+    assert {r.finish_reason for r in rationales if r.teacher == "bob"} == {"length"}
+    assert {f.finish_reason for f in feedback if f.teacher == "carol"} == {"length"}
+    assert {r.reasoning for r in rationales if r.teacher == "alice"} == {THINKING}
+
+    reviews = read_jsonl(run_dir / "reviews.jsonl", Review)
+    by_carol = [r for r in reviews if r.reviewer == "carol"]
+    assert by_carol and all(r.score is None and r.finish_reason == "length" for r in by_carol)
+
+    decisions = read_jsonl(run_dir / "decisions.jsonl", Decision)
+    assert {d.reason for d in decisions if d.teacher == "bob"} == {"cut_off"}
+
+    examples = read_jsonl(run_dir / "dataset" / "train.jsonl", Example)
+    assert examples and all(THINKING not in e.output for e in examples)
+    assert not any(e.teacher == "carol" for e in examples if e.kind == "feedback")
+    assert not any(e.teacher == "bob" for e in examples if e.kind == "rationale")
+    cut = summaries["build"]["not_trained"]["cut off at max_tokens"]
+    assert cut == {"feedback": n, "rationale": n}
+
+    console = Console(record=True, width=300)
+    print_summary(config, summaries, time.time(), console)
+    printed = console.export_text()
+    line = f"teach: alice 0/{2 * n}, bob {n}/{2 * n}, carol {n}/{2 * n}"
+    assert line in printed
+    assert f"review: alice 0/{2 * n}, bob 0/{2 * n}, carol {2 * n}/{2 * n}" in printed
+    report = collect_run(run_dir)
+    markdown = render_markdown(report)
+    assert "Replies cut off at max_tokens" in markdown and line in markdown
+    assert "Replies cut off at max_tokens" in render_html(report)
+    assert json.loads((run_dir / "manifests" / "teach.json").read_text())  # stage finished
+
+
+def test_new_endpoint_fields_enter_a_stage_fingerprint_only_when_set(tmp_path):
+    from mapd.stages import teach
+
+    config = write_config(tmp_path, "http://127.0.0.1:1/v1")
+    plain = teach.settings(load_config(config))["teachers"][0]
+    assert "extra_body" not in plain and "reasoning_effort" not in plain["sampling"]
+    changed = teach.settings(
+        load_config(
+            config,
+            ["teachers.0.extra_body={top_k: 20}", "teachers.0.sampling.reasoning_effort=low"],
+        )
+    )["teachers"][0]
+    assert changed["extra_body"] == {"top_k": 20}
+    assert changed["sampling"]["reasoning_effort"] == "low"

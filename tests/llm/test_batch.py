@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import pytest
+from aiohttp import web
 
 from mapd.config import Limits, ModelEndpoint, Price
 from mapd.llm import Request, client_for
@@ -329,3 +330,26 @@ def test_a_recorded_batch_the_provider_no_longer_knows_is_submitted_again(store,
     assert all(r.ok for r in results) and len(second.batches) == 1
     statuses = dict(store.db.execute("SELECT status, collected FROM batches").fetchall())
     assert statuses == {"gone": 1, "completed": 1}
+
+
+class ForgetfulServer(BatchServer):
+    """Creates batches, then answers 404 for every one of them."""
+
+    async def get_batch(self, request):
+        self.polls += 1
+        return web.json_response({"error": {"message": "no such batch"}}, status=404)
+
+
+def test_a_provider_that_forgets_every_batch_is_not_paid_for_new_batches_forever(store):
+    async def go(server):
+        client = client_for(endpoint(server.base_url, max_attempts=3), store=store, run="r")
+        try:
+            return await asyncio.wait_for(client.complete_many(prompts(2), progress=False), 20)
+        finally:
+            await client.aclose()
+
+    with ForgetfulServer() as server:
+        results = asyncio.run(go(server))
+    assert len(server.batches) == 3  # one submission per attempt, then the items fail
+    assert all(not r.ok and "404" in r.error and r.attempts == 3 for r in results)
+

@@ -397,9 +397,15 @@ class BatchRun:
 
     async def forget(self, b: Submitted) -> None:
         """A recorded batch the provider no longer knows (another account's key, or deleted):
-        marked collected with nothing in it, and its items go into a new batch."""
+        marked collected with nothing in it, and its items go into a new batch, within
+        `limits.max_attempts`: a provider that answers 404 for every batch it creates would
+        otherwise be paid for a new batch in a loop."""
+        max_attempts = self.client.endpoint.limits.max_attempts
         for item in self.waiting_in(b):
-            item.batch = None
+            if item.attempts < max_attempts:
+                item.batch = None
+            else:
+                self.fail([item], f"batch {b.id}: the provider answers 404 (no such batch)")
         await self.client._write(
             ("UPDATE batches SET status = 'gone', collected = 1 WHERE id = ?", (b.id,))
         )

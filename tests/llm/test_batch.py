@@ -353,3 +353,9 @@ def test_a_provider_that_forgets_every_batch_is_not_paid_for_new_batches_forever
     assert len(server.batches) == 3  # one submission per attempt, then the items fail
     assert all(not r.ok and "404" in r.error and r.attempts == 3 for r in results)
 
+
+def test_a_create_whose_reply_was_lost_is_found_not_made_again(batch_server, store):
+    batch_server.lost_replies = 1  # the batch is made; the client sees a dropped connection
+    results = complete(endpoint(batch_server.base_url), store, prompts(4))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1

@@ -213,21 +213,28 @@ class BatchRun:
 
     async def submit_once(self, lines: list[bytes]) -> BatchState:
         """Create a batch for `lines`, unless the provider already holds one for exactly
-        these lines that this database has not recorded (see `find`)."""
+        these lines that this database has not recorded (see `unrecorded`). The look comes
+        before every attempt: a create whose reply was lost may have made the batch."""
         client = self.client
         submission = hashlib.sha256(b"".join(lines)).hexdigest()[:32]
-        if client.store is not None:
-            found = await self.retrying(lambda: self.api.find(submission))
-            known = (
-                found
-                and client.store.db.execute(
-                    "SELECT 1 FROM batches WHERE id = ?", (found.id,)
-                ).fetchone()
-            )
-            if found is not None and not known:
-                return found
         tag = f"{client.stage or 'mapd'}-{client.name}"
-        return await self.retrying(lambda: self.api.submit(lines, tag, submission))
+
+        async def find_or_create() -> BatchState:
+            found = await self.unrecorded(submission)
+            return found or await self.api.submit(lines, tag, submission)
+
+        return await self.retrying(find_or_create)
+
+    async def unrecorded(self, submission: str) -> BatchState | None:
+        """The provider's live batch for these lines that the database does not know, if any."""
+        store = self.client.store
+        if store is None:
+            return None
+        found = await self.api.find(submission)
+        if found is None:
+            return None
+        known = store.db.execute("SELECT 1 FROM batches WHERE id = ?", (found.id,)).fetchone()
+        return None if known else found
 
     async def record(self, b: Submitted, state: BatchState) -> None:
         """Write the batch and its custom_id -> cache key map before it is first polled."""

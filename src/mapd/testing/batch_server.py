@@ -18,7 +18,8 @@ Time is the server's own clock, which moves by `tick` seconds after every status
 batch validates for `validating` seconds, its items finish evenly over `running` seconds,
 it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the next batches:
 "expire" (ends half done, the rest expired) or "cancel" (cancelled half done, as from the
-provider's console). `fail(body, attempt)` returns an HTTP status for an item that fails
+provider's console). `lost_replies = n`: the next n OpenAI batch creates succeed but the
+connection drops before the reply. `fail(body, attempt)` returns an HTTP status for an item that fails
 (attempt counts the submissions of its custom_id), or None. Batches over `max_requests` or
 `max_bytes` are refused the way the provider refuses them. It also runs as a process:
 
@@ -89,6 +90,7 @@ class BatchServer:
         self.submissions: dict[str, int] = {}  # custom_id -> times submitted
         self.polls = 0
         self.http_requests = 0
+        self.lost_replies = 0  # the next N OpenAI creates make the batch, then drop the reply
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
@@ -198,6 +200,9 @@ class BatchServer:
         if problem:
             batch.plan, batch.outcome["_error"] = "failed", {"message": problem}
         self.add(batch)
+        if self.lost_replies:  # made, but the client never hears of it
+            self.lost_replies -= 1
+            request.transport.abort()  # type: ignore[union-attr]
         return web.json_response(self.openai_view(batch))
 
     def read_lines(self, batch: ServerBatch, content: bytes) -> str | None:

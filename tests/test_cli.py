@@ -51,3 +51,12 @@ def test_other_os_errors_are_not_hidden(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["mapd", "run", DEMO])
     with pytest.raises(OSError):
         cli.main()
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_stages", interrupted)
+    assert run_main(monkeypatch, ["run", DEMO]) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err

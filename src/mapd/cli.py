@@ -489,7 +489,7 @@ def _fail(err: MapdError) -> NoReturn:
 def main() -> None:
     """Entry point of the `mapd` console script."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except MapdError as err:
         _fail(err)
     except OSError as exc:
@@ -516,8 +516,7 @@ def main() -> None:
         console.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted; run the same command again to resume")
-        sys.exit(130)
+        code = 130
     except Exception as exc:  # click usage errors come through here in non-standalone mode
         import click
 
@@ -525,3 +524,8 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    # typer answers Ctrl-C (and a command's typer.Exit) with a returned code in this mode
+    if code == 130:
+        console.print("interrupted; run the same command again to resume")
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -161,8 +162,26 @@ class BatchRun:
                 waiting.update(await self.submit(todo))
             if not waiting:
                 return
-            await asyncio.gather(*(self.follow(b) for b in waiting.values()))
+            try:
+                await asyncio.gather(*(self.follow(b) for b in waiting.values()))
+            except asyncio.CancelledError:  # Ctrl-C: the batches go on (and are billed)
+                self.say_still_running([b for b in waiting.values() if self.waiting_in(b)])
+                raise
             waiting = {}
+
+    def say_still_running(self, batches: list[Submitted]) -> None:
+        """Tell someone who stopped the wait that the provider still runs these batches,
+        how to collect them and how to stop them."""
+        if not batches:
+            return
+        run_dir = self.client.run_dir or "RUN_DIR"
+        ids = ", ".join(b.id for b in batches)
+        print(
+            f"{self.desc}: batch {ids} goes on at the provider; run the same command again to "
+            f"collect it (not paid twice), or cancel it: mapd batches {run_dir} --cancel",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def resume(self) -> dict[str, Submitted]:
         """The uncollected batches of this provider and URL that hold any of our requests."""

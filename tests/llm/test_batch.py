@@ -187,22 +187,30 @@ def test_the_ledger_records_batch_calls_at_the_discounted_price(discount, batch_
     assert batch_cost == pytest.approx(discount * live_cost)
 
 
-def test_budget_stops_new_batches(batch_server, store):
+def test_budget_caps_a_batch_before_it_is_submitted(batch_server, store):
+    """A submitted batch is paid whatever happens: only the requests whose worst case
+    (prompt estimate plus max_tokens of output, at the batch price) fits go in, and once
+    collected the budget counts what they cost, not what they held."""
     from mapd.llm import Budget, BudgetExceeded
 
+    worst = call_cost(PRICE, len("question 0") // 4, 512, batch=True)
+    budget = Budget(usd=2.5 * worst)
+
     async def go():
-        client = client_for(
-            endpoint(batch_server.base_url), store=store, run="r", budget=Budget(usd=1e-9)
-        )
+        client = client_for(endpoint(batch_server.base_url), store=store, run="r", budget=budget)
         try:
-            await client.complete_many(prompts(3), progress=False)
-            await client.complete_many([Request.user("another")], progress=False)
+            await client.complete_many(prompts(5), progress=False)
         finally:
             await client.aclose()
 
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded) as stopped:
         asyncio.run(go())
-    assert len(batch_server.batches) == 1  # the first batch spent it; no second one
+    assert [len(b.items) for b in batch_server.batches.values()] == [2]
+    results = stopped.value.results
+    assert [r.ok for r in results] == [True, True, False, False, False]
+    assert all(r.skipped for r in results[2:])
+    (spent,) = store.db.execute("SELECT SUM(cost) FROM calls").fetchone()
+    assert budget.spent_usd == pytest.approx(spent) and 0 < spent < worst
 
 
 def test_a_killed_wait_resumes_the_recorded_batch(batch_server, store, tmp_path):

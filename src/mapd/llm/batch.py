@@ -17,6 +17,10 @@ Anthropic's batches carry no metadata, so that moment stays open there. A batch'
 calls, at `price.batch_discount` of the live price) in the same transaction that marks it
 collected, so a re-run, live or batch, sends nothing.
 
+Budget: a submitted batch is paid whatever happens, so only the items whose worst case
+(prompt estimate plus max_tokens of output, at the batch price) fits the budget go in, each
+holding that much until its batch is collected; the rest are not sent (BudgetExceeded).
+
 Failures: the items of the error file that a new batch may answer (5xx, 408/409/429, a
 timeout) and the unfinished items of an expired or cancelled batch go into a new batch, up to
 `limits.max_attempts` submissions per item; an item that still fails, or fails for good
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mapd.llm import limits
 from mapd.llm.batch_api import BatchState, ItemError, Outcome
 from mapd.llm.cache import ResponseCache, cacheable
+from mapd.llm.client import BUDGET_REACHED, FINAL_EMPTY, estimate_tokens
 from mapd.llm.ledger import CallRecord, call_cost, call_row
 from mapd.llm.limits import retry_delay
 from mapd.llm.progress import BatchProgress
@@ -47,7 +52,6 @@ if TYPE_CHECKING:
     from mapd.llm.client import Client
 
 T = TypeVar("T")
-FINAL_EMPTY = {"length", "content_filter"}  # as on the live path: an empty reply cut short stays so
 
 
 class BatchGone(Exception):
@@ -66,6 +70,7 @@ class Item:
     completion: Completion | None = None
     error: str | None = None
     skipped: bool = False  # never submitted: budget spent or endpoint down
+    held: tuple[float, int] = (0.0, 0)  # budget (USD, tokens) held while it waits in a batch
 
     @property
     def finished(self) -> bool:
@@ -214,12 +219,16 @@ class BatchRun:
         if reason := client._blocked():
             self.fail(todo, reason, skipped=True)
             return {}
-        lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in todo]
+        admitted = self.within_budget(todo)
+        self.fail(todo[len(admitted) :], BUDGET_REACHED, skipped=True)
+        lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in admitted]
         waiting = {}
         for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
             try:
                 state = await self.submit_once([line for _, line in chunk])
             except BackendError as exc:
+                for item, _ in chunk:
+                    self.settle(item)
                 self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
             b = Submitted(state.id, time.time())
@@ -229,6 +238,33 @@ class BatchRun:
             await self.record(b, state)
             waiting[b.id] = b
         return waiting
+
+    def within_budget(self, todo: list[Item]) -> list[Item]:
+        """The first items whose worst case (prompt estimate plus max_tokens of output, at
+        the batch price) fits the budget, each holding that much of it until its batch is
+        collected: a submitted batch is paid whatever happens, so the cap is kept before
+        submitting, not after collecting."""
+        client, budget = self.client, self.client.budget
+        if budget is None or not client._counts_budget():
+            return todo
+        admitted = []
+        for item in todo:
+            output = item.request.max_tokens or 0
+            tokens = estimate_tokens(item.request)
+            usd = call_cost(client.endpoint.price, tokens - output, output, True)
+            if budget.would_exceed(usd, tokens):
+                break
+            budget.charge(usd, tokens)
+            item.held = (usd, tokens)
+            admitted.append(item)
+        return admitted
+
+    def settle(self, item: Item, usd: float = 0.0, tokens: int = 0) -> None:
+        """Charge the budget what the item cost, in place of what it held."""
+        held_usd, held_tokens = item.held
+        if self.client.budget is not None and self.client._counts_budget():
+            self.client.budget.charge(usd - held_usd, tokens - held_tokens)
+        item.held = (0.0, 0)
 
     async def submit_once(self, lines: list[bytes]) -> BatchState:
         """Create a batch for `lines`, unless the provider already holds one for exactly
@@ -359,13 +395,16 @@ class BatchRun:
                 cost = call_cost(
                     price, completion.prompt_tokens, completion.completion_tokens, True
                 )
-                if client._counts_budget():
-                    client.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
                 if not completion.text.strip():
                     error = f"empty reply (finish reason {completion.finish_reason})"
                     retryable = completion.finish_reason not in FINAL_EMPTY
             item = self.items.get(key)
             model = item.request.model if item else None
+            tokens = completion.tokens if completion else 0
+            if item is not None and item.batch == b.id:
+                self.settle(item, cost, tokens)
+            elif client.budget is not None and client._counts_budget():
+                client.budget.charge(cost, tokens)
             rows.append(self.ledger_row(key, model, completion, cost, error, attempt, b.id))
             if error is None and client.cache is not None and cacheable(completion):  # type: ignore[arg-type]
                 rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
@@ -428,6 +467,7 @@ class BatchRun:
         otherwise be paid for a new batch in a loop."""
         max_attempts = self.client.endpoint.limits.max_attempts
         for item in self.waiting_in(b):
+            self.settle(item)
             if item.attempts < max_attempts:
                 item.batch = None
             else:

@@ -367,3 +367,11 @@ def test_a_create_whose_reply_was_lost_is_found_not_made_again(batch_server, sto
     results = complete(endpoint(batch_server.base_url), store, prompts(4))
     assert all(r.ok and r.attempts == 1 for r in results)
     assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_results_file_longer_to_fetch_than_the_timeout_still_arrives(kind, batch_server, store):
+    batch_server.download_seconds = 1.5  # each tenth within the 0.5 s timeout, the whole not
+    ep = endpoint(batch_server.base_url, kind, timeout=0.5, max_attempts=2)
+    results = complete(ep, store, prompts(3))
+    assert all(r.ok for r in results)

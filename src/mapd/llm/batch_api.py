@@ -127,6 +127,11 @@ class BatchAPI:
         self.headers.update(endpoint.headers)
         self.proxy = env_proxy(self.base)
         self.timeout = endpoint.limits.timeout
+        # A batch file (up to 200 MB up, as much down) may take longer than `timeout` in
+        # all, so file transfers bound each wait for the network, not the whole transfer.
+        self.transfer = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=self.timeout
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -205,7 +210,7 @@ class OpenAIBatches(BatchAPI):
         form.add_field(
             "file", b"".join(lines), filename=f"{tag}.jsonl", content_type="application/jsonl"
         )
-        uploaded = await self.fetch_json("POST", "/files", data=form)
+        uploaded = await self.fetch_json("POST", "/files", data=form, timeout=self.transfer)
         created = await self.fetch_json(
             "POST",
             "/batches",
@@ -245,7 +250,7 @@ class OpenAIBatches(BatchAPI):
     async def results(self, state: BatchState, latency: float) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         for file_id in state.files:
-            text = await self.fetch("GET", f"/files/{file_id}/content")
+            text = await self.fetch("GET", f"/files/{file_id}/content", timeout=self.transfer)
             for raw in text.splitlines():
                 if raw.strip():
                     line = json.loads(raw)
@@ -302,9 +307,10 @@ class AnthropicBatches(BatchAPI):
     async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         body = b'{"requests": [' + b", ".join(lines) + b"]}"
         headers = {"Content-Type": "application/json"}
-        return self.state(
-            await self.fetch_json("POST", "/messages/batches", data=body, headers=headers)
+        created = await self.fetch_json(
+            "POST", "/messages/batches", data=body, headers=headers, timeout=self.transfer
         )
+        return self.state(created)
 
     async def status(self, batch_id: str) -> BatchState:
         return self.state(await self.fetch_json("GET", f"/messages/batches/{batch_id}"))
@@ -328,7 +334,7 @@ class AnthropicBatches(BatchAPI):
         )
 
     async def results(self, state: BatchState, latency: float) -> dict[str, Outcome]:
-        text = await self.fetch("GET", state.files[0])
+        text = await self.fetch("GET", state.files[0], timeout=self.transfer)
         outcomes: dict[str, Outcome] = {}
         for raw in text.splitlines():
             if raw.strip():

@@ -19,7 +19,8 @@ batch validates for `validating` seconds, its items finish evenly over `running`
 it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the next batches:
 "expire" (ends half done, the rest expired) or "cancel" (cancelled half done, as from the
 provider's console). `lost_replies = n`: the next n OpenAI batch creates succeed but the
-connection drops before the reply. `fail(body, attempt)` returns an HTTP status for an item that fails
+connection drops before the reply; `download_seconds`: how long a results file takes to
+arrive. `fail(body, attempt)` returns an HTTP status for an item that fails
 (attempt counts the submissions of its custom_id), or None. Batches over `max_requests` or
 `max_bytes` are refused the way the provider refuses them. It also runs as a process:
 
@@ -91,6 +92,7 @@ class BatchServer:
         self.polls = 0
         self.http_requests = 0
         self.lost_replies = 0  # the next N OpenAI creates make the batch, then drop the reply
+        self.download_seconds = 0.0  # how long a results file takes to arrive
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
@@ -252,11 +254,11 @@ class BatchServer:
         data = [self.openai_view(b) for b in newest]
         return web.json_response({"object": "list", "data": data, "has_more": False})
 
-    async def file_content(self, request: web.Request) -> web.Response:
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
         content = self.files.get(request.match_info["id"])
         if content is None:
             return error(404, "no such file")
-        return web.Response(body=content, content_type="application/jsonl")
+        return await self.send_file(request, content)
 
     # --- Anthropic ----------------------------------------------------------------------
 
@@ -309,11 +311,22 @@ class BatchServer:
             else None,
         }
 
-    async def anthropic_results(self, request: web.Request) -> web.Response:
+    async def anthropic_results(self, request: web.Request) -> web.StreamResponse:
         batch = self.batches.get(request.match_info["id"])
         if batch is None or batch.files[0] is None:
             return error(404, "no results yet")
-        return web.Response(body=self.files[batch.files[0]], content_type="application/jsonl")
+        return await self.send_file(request, self.files[batch.files[0]])
+
+    async def send_file(self, request: web.Request, content: bytes) -> web.StreamResponse:
+        """A results file, in ten parts over `download_seconds`, as over a slow link."""
+        reply = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        await reply.prepare(request)
+        step = -(-len(content) // 10) or 1
+        for start in range(0, len(content), step):
+            await asyncio.sleep(self.download_seconds / 10)
+            await reply.write(content[start : start + step])
+        await reply.write_eof()
+        return reply
 
     # --- both ---------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ holding that much until its batch is collected; the rest are not sent (BudgetExc
 Failures: the items of the error file that a new batch may answer (5xx, 408/409/429, a
 timeout) and the unfinished items of an expired or cancelled batch go into a new batch, up to
 `limits.max_attempts` submissions per item; an item that still fails, or fails for good
-(say HTTP 400), is returned with the provider's error, never dropped.
+(say HTTP 400), is returned with the provider's error, never dropped. The items of a batch
+stopped with `mapd batches --cancel` are not resubmitted until the next run: the user
+cancelled to stop paying.
 """
 
 from __future__ import annotations
@@ -296,7 +298,9 @@ class BatchRun:
         client = self.client
         rows: list[Row] = [
             (
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                "INSERT OR REPLACE INTO batches (id, run, stage, endpoint, kind, base_url, status,"
+                " requests, done, failed, submitted, updated, collected)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     b.id,
                     client.run,
@@ -379,7 +383,9 @@ class BatchRun:
         """Every item's reply or error into the ledger (and replies into the cache), in one
         transaction with the mark that the batch is collected."""
         client = self.client
-        max_attempts = client.endpoint.limits.max_attempts
+        # the user stopped this batch with `mapd batches --cancel`: its unfinished items wait
+        # for the next run instead of going into a new batch at once
+        max_attempts = 0 if self.cancel_asked(b.id) else client.endpoint.limits.max_attempts
         rows: list[Row] = []
         for cid, (key, canonical, attempt) in b.items.items():
             outcome = outcomes.get(cid) or ItemError(
@@ -419,6 +425,14 @@ class BatchRun:
                 self.fail([item], error)
         rows.append(self.status_row(state, collected=True))
         await client._write(*rows)
+
+    def cancel_asked(self, batch: str) -> bool:
+        """Whether `mapd batches --cancel` stopped this batch (from another process)."""
+        if self.client.store is None:
+            return False
+        sql = "SELECT cancel_asked FROM batches WHERE id = ?"
+        row = self.client.store.db.execute(sql, (batch,)).fetchone()
+        return bool(row and row[0])
 
     def ledger_row(
         self,

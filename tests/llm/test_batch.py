@@ -375,3 +375,19 @@ def test_a_results_file_longer_to_fetch_than_the_timeout_still_arrives(kind, bat
     ep = endpoint(batch_server.base_url, kind, timeout=0.5, max_attempts=2)
     results = complete(ep, store, prompts(3))
     assert all(r.ok for r in results)
+
+
+class NotABatchServer(BatchServer):
+    """Answers a status look with JSON that is no batch, as a gateway that serves none."""
+
+    async def get_batch(self, request):
+        return web.json_response({"object": "list", "data": []})
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_reply_that_is_no_batch_stops_the_endpoint_with_one_clear_error(kind, store):
+    from mapd.llm import EndpointUnavailable
+
+    with NotABatchServer() as server, pytest.raises(EndpointUnavailable) as stopped:
+        complete(endpoint(server.base_url, kind), store, prompts(2))
+    assert "in the reply" in stopped.value.message and "batch" in stopped.value.message

@@ -111,6 +111,14 @@ def anthropic_params(endpoint: ModelEndpoint, request: Request) -> dict[str, Any
     return params
 
 
+def require(data: dict[str, Any], what: str, *keys: str) -> dict[str, Any]:
+    """`data` if it holds the string `keys`; else the URL answers, but not with the
+    provider's objects (a wrong base_url, or a gateway that serves no batches)."""
+    if all(isinstance(data.get(key), str) for key in keys):
+        return data
+    raise BackendError(f"not a {what} in the reply: {json.dumps(data)[:120]}", fatal=True)
+
+
 class BatchAPI:
     """The HTTP side shared by both providers: one aiohttp session, JSON in and out."""
 
@@ -211,6 +219,7 @@ class OpenAIBatches(BatchAPI):
             "file", b"".join(lines), filename=f"{tag}.jsonl", content_type="application/jsonl"
         )
         uploaded = await self.fetch_json("POST", "/files", data=form, timeout=self.transfer)
+        require(uploaded, "file object", "id")
         created = await self.fetch_json(
             "POST",
             "/batches",
@@ -231,6 +240,7 @@ class OpenAIBatches(BatchAPI):
 
     @staticmethod
     def state(batch: dict[str, Any]) -> BatchState:
+        require(batch, "batch object", "id", "status")
         counts = batch.get("request_counts") or {}
         total, completed, failed = (counts.get(k) or 0 for k in ("total", "completed", "failed"))
         errors = (batch.get("errors") or {}).get("data") or []
@@ -319,6 +329,7 @@ class AnthropicBatches(BatchAPI):
         return self.state(await self.fetch_json("POST", f"/messages/batches/{batch_id}/cancel"))
 
     def state(self, batch: dict[str, Any]) -> BatchState:
+        require(batch, "message batch", "id", "processing_status")
         counts = batch.get("request_counts") or {}
         failed = sum(counts.get(k) or 0 for k in ("errored", "canceled", "expired"))
         done = failed + (counts.get("succeeded") or 0)

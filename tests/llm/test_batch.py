@@ -391,3 +391,22 @@ def test_a_reply_that_is_no_batch_stops_the_endpoint_with_one_clear_error(kind, 
     with NotABatchServer() as server, pytest.raises(EndpointUnavailable) as stopped:
         complete(endpoint(server.base_url, kind), store, prompts(2))
     assert "in the reply" in stopped.value.message and "batch" in stopped.value.message
+
+
+PER_REQUEST = len("question 0") // 4 + 512  # tokens a request holds in the queue
+
+
+def test_batches_wait_their_turn_under_the_enqueued_token_limit(batch_server, store):
+    batch_server.enqueued_tokens = 3 * PER_REQUEST + 10  # beyond it a batch fails whole
+    ep = endpoint(batch_server.base_url, batch_tokens=3 * PER_REQUEST + 10)
+    results = complete(ep, store, prompts(7))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3, 3, 1]
+
+
+def test_a_batch_over_the_enqueued_token_limit_says_which_setting_to_change(batch_server, store):
+    batch_server.enqueued_tokens = 2 * PER_REQUEST
+    results = complete(endpoint(batch_server.base_url, max_attempts=2), store, prompts(3))
+    assert not any(r.ok for r in results)
+    assert "Enqueued token limit" in results[0].error and "limits.batch_tokens" in results[0].error
+    assert len(batch_server.batches) == 2  # tried again once: the queue may have emptied

@@ -168,7 +168,9 @@ class BatchRun:
             if todo:
                 waiting.update(await self.submit(todo))
             if not waiting:
-                return
+                if all(i.finished for i in self.items.values()):
+                    return
+                continue  # items held back by limits.batch_tokens
             try:
                 await asyncio.gather(*(self.follow(b) for b in waiting.values()))
             except asyncio.CancelledError:  # Ctrl-C: the batches go on (and are billed)
@@ -221,6 +223,7 @@ class BatchRun:
         if reason := client._blocked():
             self.fail(todo, reason, skipped=True)
             return {}
+        todo = self.within_queue(todo)
         admitted = self.within_budget(todo)
         self.fail(todo[len(admitted) :], BUDGET_REACHED, skipped=True)
         lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in admitted]
@@ -240,6 +243,23 @@ class BatchRun:
             await self.record(b, state)
             waiting[b.id] = b
         return waiting
+
+    def within_queue(self, todo: list[Item]) -> list[Item]:
+        """The first items that fit `limits.batch_tokens` beside those already waiting in
+        batches (at least one when none waits); the rest stay for a later round. A provider
+        fails a whole batch that passes its enqueued-token limit."""
+        limit = self.client.endpoint.limits.batch_tokens
+        if limit is None:
+            return todo
+        waiting = [i for i in self.items.values() if i.batch is not None and not i.finished]
+        room = limit - sum(estimate_tokens(i.request) for i in waiting)
+        taken: list[Item] = []
+        for item in todo:
+            room -= estimate_tokens(item.request)
+            if room < 0 and (taken or waiting):
+                break
+            taken.append(item)
+        return taken
 
     def within_budget(self, todo: list[Item]) -> list[Item]:
         """The first items whose worst case (prompt estimate plus max_tokens of output, at
@@ -390,7 +410,7 @@ class BatchRun:
         for cid, (key, canonical, attempt) in b.items.items():
             outcome = outcomes.get(cid) or ItemError(
                 state.error or "no result for this request in the batch's files",
-                retryable=state.error is None,
+                retryable=state.error is None or state.queue_full,
             )
             completion = outcome if isinstance(outcome, Completion) else None
             cost, error, retryable = 0.0, None, False

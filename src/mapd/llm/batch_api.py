@@ -48,6 +48,8 @@ ANTHROPIC_VERSION = "2023-06-01"
 # never reached before it expired or was cancelled.
 RETRYABLE_STATUS = {408, 409, 429}
 RETRYABLE_CODES = {"batch_expired", "batch_cancelled", "request_timeout"}
+# A whole batch failed for this, not for its lines: it may pass once others have finished.
+QUEUE_FULL = "token_limit_exceeded"
 RETRYABLE_ANTHROPIC = {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
 ANTHROPIC_FINISH = {
     "end_turn": "stop",
@@ -75,6 +77,7 @@ class BatchState:
     failed: int
     files: tuple[str, ...] = ()
     error: str | None = None  # why the whole batch failed (OpenAI's status failed)
+    queue_full: bool = False  # failed for the provider's enqueued-token limit: worth a retry
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ class OpenAIBatches(BatchAPI):
         counts = batch.get("request_counts") or {}
         total, completed, failed = (counts.get(k) or 0 for k in ("total", "completed", "failed"))
         errors = (batch.get("errors") or {}).get("data") or []
+        queue_full = any(e.get("code") == QUEUE_FULL for e in errors)
+        hint = " (set limits.batch_tokens of this teacher below that limit)" if queue_full else ""
         files = tuple(f for f in (batch.get("output_file_id"), batch.get("error_file_id")) if f)
         status = batch["status"]
         return BatchState(
@@ -254,7 +259,8 @@ class OpenAIBatches(BatchAPI):
             done=completed + failed,
             failed=failed,
             files=files,
-            error="; ".join(e.get("message", "") for e in errors) or None,
+            error=("; ".join(e.get("message", "") for e in errors) + hint) or None,
+            queue_full=queue_full,
         )
 
     async def results(self, state: BatchState, latency: float) -> dict[str, Outcome]:

@@ -20,7 +20,8 @@ it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the ne
 "expire" (ends half done, the rest expired) or "cancel" (cancelled half done, as from the
 provider's console). `lost_replies = n`: the next n OpenAI batch creates succeed but the
 connection drops before the reply; `download_seconds`: how long a results file takes to
-arrive. `fail(body, attempt)` returns an HTTP status for an item that fails
+arrive; `enqueued_tokens`: a batch that would take the unfinished ones past it fails with
+`token_limit_exceeded`. `fail(body, attempt)` returns an HTTP status for an item that fails
 (attempt counts the submissions of its custom_id), or None. Batches over `max_requests` or
 `max_bytes` are refused the way the provider refuses them. It also runs as a process:
 
@@ -93,6 +94,7 @@ class BatchServer:
         self.http_requests = 0
         self.lost_replies = 0  # the next N OpenAI creates make the batch, then drop the reply
         self.download_seconds = 0.0  # how long a results file takes to arrive
+        self.enqueued_tokens: int | None = None  # OpenAI's per-model limit of queued tokens
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
@@ -201,6 +203,13 @@ class BatchServer:
         problem = self.read_lines(batch, content)
         if problem:
             batch.plan, batch.outcome["_error"] = "failed", {"message": problem}
+        elif self.over_queue(batch):
+            batch.plan = "failed"
+            batch.outcome["_error"] = {
+                "code": "token_limit_exceeded",
+                "message": f"Enqueued token limit reached. Limit: {self.enqueued_tokens} "
+                "enqueued tokens. Please try again once some in_progress batches have completed.",
+            }
         self.add(batch)
         if self.lost_replies:  # made, but the client never hears of it
             self.lost_replies -= 1
@@ -222,6 +231,22 @@ class BatchServer:
         if len({cid for cid, _, _ in batch.items}) != len(batch.items):
             return "custom_id values must be unique within a batch"
         return None
+
+    def over_queue(self, batch: ServerBatch) -> bool:
+        """Whether `batch` and the unfinished ones would pass `enqueued_tokens` (counted as
+        OpenAI does before running: the prompt, about 4 characters a token, plus max_tokens)."""
+        if self.enqueued_tokens is None:
+            return False
+
+        def tokens(b: ServerBatch) -> int:
+            return sum(
+                sum(len(m["content"]) for m in body["messages"]) // 4 + body.get("max_tokens", 0)
+                for _, body, _ in b.items
+            )
+
+        queued = [b for b in self.batches.values() if b.kind == "openai"]
+        waiting = sum(tokens(b) for b in queued if self.status(b)[0] not in TERMINAL)
+        return waiting + tokens(batch) > self.enqueued_tokens
 
     def openai_view(self, batch: ServerBatch) -> dict[str, Any]:
         status, done = self.status(batch)

@@ -410,3 +410,15 @@ def test_a_batch_over_the_enqueued_token_limit_says_which_setting_to_change(batc
     assert not any(r.ok for r in results)
     assert "Enqueued token limit" in results[0].error and "limits.batch_tokens" in results[0].error
     assert len(batch_server.batches) == 2  # tried again once: the queue may have emptied
+
+
+def test_a_batches_table_without_cancel_asked_gets_it(tmp_path):
+    from mapd.llm import open_store
+    from mapd.llm.store import SCHEMA
+
+    path = tmp_path / "earlier.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first batch builds made it
+        db.executescript(SCHEMA.replace(",\n    cancel_asked INTEGER NOT NULL DEFAULT 0", ""))
+    with open_store(path) as store:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(batches)")}
+    assert "cancel_asked" in columns

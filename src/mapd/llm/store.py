@@ -80,7 +80,10 @@ CREATE TABLE IF NOT EXISTS batch_items (
 );
 """
 # Columns added after the first release: (table, column, declaration).
-ADDED_COLUMNS = [("calls", "batch", "TEXT")]
+ADDED_COLUMNS = [
+    ("calls", "batch", "TEXT"),
+    ("batches", "cancel_asked", "INTEGER NOT NULL DEFAULT 0"),
+]
 
 DB_NAME = "calls.sqlite"
 

@@ -75,3 +75,13 @@ def test_usage_errors_of_the_installed_script_are_one_line(argv, needle):
     lines = result.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: ") and "hint:" in lines[1], lines
     assert needle in result.stderr
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_stages", interrupted)
+    assert run_main(monkeypatch, ["run", DEMO]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted; `mapd ") and "resumes from here" in err

@@ -84,6 +84,13 @@ class Limits(Strict):
     poll_interval: float = Field(
         30.0, gt=0, description="batch: seconds between two looks at a submitted batch's status."
     )
+    batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="batch: at most this many tokens (prompt estimate plus max_tokens) waiting "
+        "in the endpoint's batches at once; the rest is submitted as they finish. Set it below "
+        "the provider's enqueued-token limit (OpenAI: per model and usage tier).",
+    )
 
 
 class Price(Strict):

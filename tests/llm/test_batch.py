@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import pytest
+from aiohttp import web
 
 from mapd.config import Limits, ModelEndpoint, Price
 from mapd.llm import Request, client_for
@@ -186,22 +187,30 @@ def test_the_ledger_records_batch_calls_at_the_discounted_price(discount, batch_
     assert batch_cost == pytest.approx(discount * live_cost)
 
 
-def test_budget_stops_new_batches(batch_server, store):
+def test_budget_caps_a_batch_before_it_is_submitted(batch_server, store):
+    """A submitted batch is paid whatever happens: only the requests whose worst case
+    (prompt estimate plus max_tokens of output, at the batch price) fits go in, and once
+    collected the budget counts what they cost, not what they held."""
     from mapd.llm import Budget, BudgetExceeded
 
+    worst = call_cost(PRICE, len("question 0") // 4, 512, batch=True)
+    budget = Budget(usd=2.5 * worst)
+
     async def go():
-        client = client_for(
-            endpoint(batch_server.base_url), store=store, run="r", budget=Budget(usd=1e-9)
-        )
+        client = client_for(endpoint(batch_server.base_url), store=store, run="r", budget=budget)
         try:
-            await client.complete_many(prompts(3), progress=False)
-            await client.complete_many([Request.user("another")], progress=False)
+            await client.complete_many(prompts(5), progress=False)
         finally:
             await client.aclose()
 
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExceeded) as stopped:
         asyncio.run(go())
-    assert len(batch_server.batches) == 1  # the first batch spent it; no second one
+    assert [len(b.items) for b in batch_server.batches.values()] == [2]
+    results = stopped.value.results
+    assert [r.ok for r in results] == [True, True, False, False, False]
+    assert all(r.skipped for r in results[2:])
+    (spent,) = store.db.execute("SELECT SUM(cost) FROM calls").fetchone()
+    assert budget.spent_usd == pytest.approx(spent) and 0 < spent < worst
 
 
 def test_a_killed_wait_resumes_the_recorded_batch(batch_server, store, tmp_path):
@@ -329,3 +338,87 @@ def test_a_recorded_batch_the_provider_no_longer_knows_is_submitted_again(store,
     assert all(r.ok for r in results) and len(second.batches) == 1
     statuses = dict(store.db.execute("SELECT status, collected FROM batches").fetchall())
     assert statuses == {"gone": 1, "completed": 1}
+
+
+class ForgetfulServer(BatchServer):
+    """Creates batches, then answers 404 for every one of them."""
+
+    async def get_batch(self, request):
+        self.polls += 1
+        return web.json_response({"error": {"message": "no such batch"}}, status=404)
+
+
+def test_a_provider_that_forgets_every_batch_is_not_paid_for_new_batches_forever(store):
+    async def go(server):
+        client = client_for(endpoint(server.base_url, max_attempts=3), store=store, run="r")
+        try:
+            return await asyncio.wait_for(client.complete_many(prompts(2), progress=False), 20)
+        finally:
+            await client.aclose()
+
+    with ForgetfulServer() as server:
+        results = asyncio.run(go(server))
+    assert len(server.batches) == 3  # one submission per attempt, then the items fail
+    assert all(not r.ok and "404" in r.error and r.attempts == 3 for r in results)
+
+
+def test_a_create_whose_reply_was_lost_is_found_not_made_again(batch_server, store):
+    batch_server.lost_replies = 1  # the batch is made; the client sees a dropped connection
+    results = complete(endpoint(batch_server.base_url), store, prompts(4))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_results_file_longer_to_fetch_than_the_timeout_still_arrives(kind, batch_server, store):
+    batch_server.download_seconds = 1.5  # each tenth within the 0.5 s timeout, the whole not
+    ep = endpoint(batch_server.base_url, kind, timeout=0.5, max_attempts=2)
+    results = complete(ep, store, prompts(3))
+    assert all(r.ok for r in results)
+
+
+class NotABatchServer(BatchServer):
+    """Answers a status look with JSON that is no batch, as a gateway that serves none."""
+
+    async def get_batch(self, request):
+        return web.json_response({"object": "list", "data": []})
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_reply_that_is_no_batch_stops_the_endpoint_with_one_clear_error(kind, store):
+    from mapd.llm import EndpointUnavailable
+
+    with NotABatchServer() as server, pytest.raises(EndpointUnavailable) as stopped:
+        complete(endpoint(server.base_url, kind), store, prompts(2))
+    assert "in the reply" in stopped.value.message and "batch" in stopped.value.message
+
+
+PER_REQUEST = len("question 0") // 4 + 512  # tokens a request holds in the queue
+
+
+def test_batches_wait_their_turn_under_the_enqueued_token_limit(batch_server, store):
+    batch_server.enqueued_tokens = 3 * PER_REQUEST + 10  # beyond it a batch fails whole
+    ep = endpoint(batch_server.base_url, batch_tokens=3 * PER_REQUEST + 10)
+    results = complete(ep, store, prompts(7))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3, 3, 1]
+
+
+def test_a_batch_over_the_enqueued_token_limit_says_which_setting_to_change(batch_server, store):
+    batch_server.enqueued_tokens = 2 * PER_REQUEST
+    results = complete(endpoint(batch_server.base_url, max_attempts=2), store, prompts(3))
+    assert not any(r.ok for r in results)
+    assert "Enqueued token limit" in results[0].error and "limits.batch_tokens" in results[0].error
+    assert len(batch_server.batches) == 2  # tried again once: the queue may have emptied
+
+
+def test_a_batches_table_without_cancel_asked_gets_it(tmp_path):
+    from mapd.llm import open_store
+    from mapd.llm.store import SCHEMA
+
+    path = tmp_path / "earlier.sqlite"
+    with sqlite3.connect(path) as db:  # the table as the first batch builds made it
+        db.executescript(SCHEMA.replace(",\n    cancel_asked INTEGER NOT NULL DEFAULT 0", ""))
+    with open_store(path) as store:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(batches)")}
+    assert "cancel_asked" in columns

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 from rich.console import Console
 
@@ -51,6 +52,21 @@ def test_a_log_gets_a_plain_line_at_each_tenth(capsys):
     assert lines[0].startswith("eval trained: 3/25 (12%), ")
     assert lines[-1].startswith("eval trained: 25/25 (100%), ")
     assert "cache 5, failed 0, 250 tok" in lines[-1]
+
+
+def test_a_batch_that_waits_unchanged_still_gets_a_log_line_now_and_then(monkeypatch, capsys):
+    from mapd.llm import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    with BatchProgress("teach: gpt batch_1", total=100) as bar:  # stderr is no terminal
+        for minutes in range(0, 31):  # polled every minute, no change for half an hour
+            clock[0] = 1000.0 + 60 * minutes
+            bar.show(0, "in_progress", f"in_progress 0/100 · {minutes} min since submission")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.rsplit("· ", 1)[1] for line in lines] == [
+        f"{m} min since submission" for m in (0, 10, 20, 30)
+    ]
 
 
 def test_batches_running_together_share_one_display(monkeypatch):

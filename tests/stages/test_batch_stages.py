@@ -153,3 +153,35 @@ def test_mapd_batches_of_a_run_without_batches_is_a_user_error(tmp_path, mapd_ho
     result = mapd(mapd_home, "batches", str(tmp_path))
     assert result.returncode == 2
     assert "no batches recorded" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_polling_keeps_the_batch_and_says_how_to_resume(tmp_path, mapd_home):
+    with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
+        config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})
+        process = start_run(config, mapd_home)
+        wait_for(lambda: batches.polls >= 2)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        (batch_id,) = batches.batches
+        assert batches.batches[batch_id].stopped_at is None  # not cancelled
+    assert process.returncode == 130, stderr + stdout
+    said = " ".join(stderr.split())
+    assert f"{batch_id} goes on at the provider" in said, stderr
+    assert f"mapd batches {tmp_path / 'run'} --cancel" in said
+
+
+def test_mapd_batches_cancel_during_a_run_is_not_undone_by_a_new_batch(tmp_path, mapd_home):
+    with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
+        config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})
+        process = start_run(config, mapd_home)
+        try:
+            wait_for(lambda: batches.polls >= 2)
+            cancelled = mapd(mapd_home, "batches", str(tmp_path / "run"), "--cancel")
+            assert cancelled.returncode == 0, cancelled.stderr
+            batches.tick = 1.0  # the cancel goes through while the run polls on
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        assert len(batches.batches) == 1  # nothing resubmitted by the running process
+    assert process.returncode == 2
+    assert "batch_cancelled" in stderr and "Traceback" not in stderr

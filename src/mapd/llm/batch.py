@@ -17,16 +17,23 @@ Anthropic's batches carry no metadata, so that moment stays open there. A batch'
 calls, at `price.batch_discount` of the live price) in the same transaction that marks it
 collected, so a re-run, live or batch, sends nothing.
 
+Budget: a submitted batch is paid whatever happens, so only the items whose worst case
+(prompt estimate plus max_tokens of output, at the batch price) fits the budget go in, each
+holding that much until its batch is collected; the rest are not sent (BudgetExceeded).
+
 Failures: the items of the error file that a new batch may answer (5xx, 408/409/429, a
 timeout) and the unfinished items of an expired or cancelled batch go into a new batch, up to
 `limits.max_attempts` submissions per item; an item that still fails, or fails for good
-(say HTTP 400), is returned with the provider's error, never dropped.
+(say HTTP 400), is returned with the provider's error, never dropped. The items of a batch
+stopped with `mapd batches --cancel` are not resubmitted until the next run: the user
+cancelled to stop paying.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +42,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mapd.llm import limits
 from mapd.llm.batch_api import BatchState, ItemError, Outcome
 from mapd.llm.cache import ResponseCache, cacheable
+from mapd.llm.client import BUDGET_REACHED, FINAL_EMPTY, estimate_tokens
 from mapd.llm.ledger import CallRecord, call_cost, call_row
 from mapd.llm.limits import retry_delay
 from mapd.llm.progress import BatchProgress
@@ -46,7 +54,6 @@ if TYPE_CHECKING:
     from mapd.llm.client import Client
 
 T = TypeVar("T")
-FINAL_EMPTY = {"length", "content_filter"}  # as on the live path: an empty reply cut short stays so
 
 
 class BatchGone(Exception):
@@ -65,6 +72,7 @@ class Item:
     completion: Completion | None = None
     error: str | None = None
     skipped: bool = False  # never submitted: budget spent or endpoint down
+    held: tuple[float, int] = (0.0, 0)  # budget (USD, tokens) held while it waits in a batch
 
     @property
     def finished(self) -> bool:
@@ -160,9 +168,29 @@ class BatchRun:
             if todo:
                 waiting.update(await self.submit(todo))
             if not waiting:
-                return
-            await asyncio.gather(*(self.follow(b) for b in waiting.values()))
+                if all(i.finished for i in self.items.values()):
+                    return
+                continue  # items held back by limits.batch_tokens
+            try:
+                await asyncio.gather(*(self.follow(b) for b in waiting.values()))
+            except asyncio.CancelledError:  # Ctrl-C: the batches go on (and are billed)
+                self.say_still_running([b for b in waiting.values() if self.waiting_in(b)])
+                raise
             waiting = {}
+
+    def say_still_running(self, batches: list[Submitted]) -> None:
+        """Tell someone who stopped the wait that the provider still runs these batches,
+        how to collect them and how to stop them."""
+        if not batches:
+            return
+        run_dir = self.client.run_dir or "RUN_DIR"
+        ids = ", ".join(b.id for b in batches)
+        print(
+            f"{self.desc}: batch {ids} goes on at the provider; run the same command again to "
+            f"collect it (not paid twice), or cancel it: mapd batches {run_dir} --cancel",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def resume(self) -> dict[str, Submitted]:
         """The uncollected batches of this provider and URL that hold any of our requests."""
@@ -195,12 +223,17 @@ class BatchRun:
         if reason := client._blocked():
             self.fail(todo, reason, skipped=True)
             return {}
-        lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in todo]
+        todo = self.within_queue(todo)
+        admitted = self.within_budget(todo)
+        self.fail(todo[len(admitted) :], BUDGET_REACHED, skipped=True)
+        lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in admitted]
         waiting = {}
         for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
             try:
                 state = await self.submit_once([line for _, line in chunk])
             except BackendError as exc:
+                for item, _ in chunk:
+                    self.settle(item)
                 self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
             b = Submitted(state.id, time.time())
@@ -211,30 +244,83 @@ class BatchRun:
             waiting[b.id] = b
         return waiting
 
+    def within_queue(self, todo: list[Item]) -> list[Item]:
+        """The first items that fit `limits.batch_tokens` beside those already waiting in
+        batches (at least one when none waits); the rest stay for a later round. A provider
+        fails a whole batch that passes its enqueued-token limit."""
+        limit = self.client.endpoint.limits.batch_tokens
+        if limit is None:
+            return todo
+        waiting = [i for i in self.items.values() if i.batch is not None and not i.finished]
+        room = limit - sum(estimate_tokens(i.request) for i in waiting)
+        taken: list[Item] = []
+        for item in todo:
+            room -= estimate_tokens(item.request)
+            if room < 0 and (taken or waiting):
+                break
+            taken.append(item)
+        return taken
+
+    def within_budget(self, todo: list[Item]) -> list[Item]:
+        """The first items whose worst case (prompt estimate plus max_tokens of output, at
+        the batch price) fits the budget, each holding that much of it until its batch is
+        collected: a submitted batch is paid whatever happens, so the cap is kept before
+        submitting, not after collecting."""
+        client, budget = self.client, self.client.budget
+        if budget is None or not client._counts_budget():
+            return todo
+        admitted = []
+        for item in todo:
+            output = item.request.max_tokens or 0
+            tokens = estimate_tokens(item.request)
+            usd = call_cost(client.endpoint.price, tokens - output, output, True)
+            if budget.would_exceed(usd, tokens):
+                break
+            budget.charge(usd, tokens)
+            item.held = (usd, tokens)
+            admitted.append(item)
+        return admitted
+
+    def settle(self, item: Item, usd: float = 0.0, tokens: int = 0) -> None:
+        """Charge the budget what the item cost, in place of what it held."""
+        held_usd, held_tokens = item.held
+        if self.client.budget is not None and self.client._counts_budget():
+            self.client.budget.charge(usd - held_usd, tokens - held_tokens)
+        item.held = (0.0, 0)
+
     async def submit_once(self, lines: list[bytes]) -> BatchState:
         """Create a batch for `lines`, unless the provider already holds one for exactly
-        these lines that this database has not recorded (see `find`)."""
+        these lines that this database has not recorded (see `unrecorded`). The look comes
+        before every attempt: a create whose reply was lost may have made the batch."""
         client = self.client
         submission = hashlib.sha256(b"".join(lines)).hexdigest()[:32]
-        if client.store is not None:
-            found = await self.retrying(lambda: self.api.find(submission))
-            known = (
-                found
-                and client.store.db.execute(
-                    "SELECT 1 FROM batches WHERE id = ?", (found.id,)
-                ).fetchone()
-            )
-            if found is not None and not known:
-                return found
         tag = f"{client.stage or 'mapd'}-{client.name}"
-        return await self.retrying(lambda: self.api.submit(lines, tag, submission))
+
+        async def find_or_create() -> BatchState:
+            found = await self.unrecorded(submission)
+            return found or await self.api.submit(lines, tag, submission)
+
+        return await self.retrying(find_or_create)
+
+    async def unrecorded(self, submission: str) -> BatchState | None:
+        """The provider's live batch for these lines that the database does not know, if any."""
+        store = self.client.store
+        if store is None:
+            return None
+        found = await self.api.find(submission)
+        if found is None:
+            return None
+        known = store.db.execute("SELECT 1 FROM batches WHERE id = ?", (found.id,)).fetchone()
+        return None if known else found
 
     async def record(self, b: Submitted, state: BatchState) -> None:
         """Write the batch and its custom_id -> cache key map before it is first polled."""
         client = self.client
         rows: list[Row] = [
             (
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                "INSERT OR REPLACE INTO batches (id, run, stage, endpoint, kind, base_url, status,"
+                " requests, done, failed, submitted, updated, collected)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     b.id,
                     client.run,
@@ -317,12 +403,14 @@ class BatchRun:
         """Every item's reply or error into the ledger (and replies into the cache), in one
         transaction with the mark that the batch is collected."""
         client = self.client
-        max_attempts = client.endpoint.limits.max_attempts
+        # the user stopped this batch with `mapd batches --cancel`: its unfinished items wait
+        # for the next run instead of going into a new batch at once
+        max_attempts = 0 if self.cancel_asked(b.id) else client.endpoint.limits.max_attempts
         rows: list[Row] = []
         for cid, (key, canonical, attempt) in b.items.items():
             outcome = outcomes.get(cid) or ItemError(
                 state.error or "no result for this request in the batch's files",
-                retryable=state.error is None,
+                retryable=state.error is None or state.queue_full,
             )
             completion = outcome if isinstance(outcome, Completion) else None
             cost, error, retryable = 0.0, None, False
@@ -333,13 +421,16 @@ class BatchRun:
                 cost = call_cost(
                     price, completion.prompt_tokens, completion.completion_tokens, True
                 )
-                if client._counts_budget():
-                    client.budget.charge(cost, completion.tokens)  # type: ignore[union-attr]
                 if not completion.text.strip():
                     error = f"empty reply (finish reason {completion.finish_reason})"
                     retryable = completion.finish_reason not in FINAL_EMPTY
             item = self.items.get(key)
             model = item.request.model if item else None
+            tokens = completion.tokens if completion else 0
+            if item is not None and item.batch == b.id:
+                self.settle(item, cost, tokens)
+            elif client.budget is not None and client._counts_budget():
+                client.budget.charge(cost, tokens)
             rows.append(self.ledger_row(key, model, completion, cost, error, attempt, b.id))
             if error is None and client.cache is not None and cacheable(completion):  # type: ignore[arg-type]
                 rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
@@ -354,6 +445,14 @@ class BatchRun:
                 self.fail([item], error)
         rows.append(self.status_row(state, collected=True))
         await client._write(*rows)
+
+    def cancel_asked(self, batch: str) -> bool:
+        """Whether `mapd batches --cancel` stopped this batch (from another process)."""
+        if self.client.store is None:
+            return False
+        sql = "SELECT cancel_asked FROM batches WHERE id = ?"
+        row = self.client.store.db.execute(sql, (batch,)).fetchone()
+        return bool(row and row[0])
 
     def ledger_row(
         self,
@@ -397,9 +496,16 @@ class BatchRun:
 
     async def forget(self, b: Submitted) -> None:
         """A recorded batch the provider no longer knows (another account's key, or deleted):
-        marked collected with nothing in it, and its items go into a new batch."""
+        marked collected with nothing in it, and its items go into a new batch, within
+        `limits.max_attempts`: a provider that answers 404 for every batch it creates would
+        otherwise be paid for a new batch in a loop."""
+        max_attempts = self.client.endpoint.limits.max_attempts
         for item in self.waiting_in(b):
-            item.batch = None
+            self.settle(item)
+            if item.attempts < max_attempts:
+                item.batch = None
+            else:
+                self.fail([item], f"batch {b.id}: the provider answers 404 (no such batch)")
         await self.client._write(
             ("UPDATE batches SET status = 'gone', collected = 1 WHERE id = ?", (b.id,))
         )

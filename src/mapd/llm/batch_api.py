@@ -48,6 +48,8 @@ ANTHROPIC_VERSION = "2023-06-01"
 # never reached before it expired or was cancelled.
 RETRYABLE_STATUS = {408, 409, 429}
 RETRYABLE_CODES = {"batch_expired", "batch_cancelled", "request_timeout"}
+# A whole batch failed for this, not for its lines: it may pass once others have finished.
+QUEUE_FULL = "token_limit_exceeded"
 RETRYABLE_ANTHROPIC = {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
 ANTHROPIC_FINISH = {
     "end_turn": "stop",
@@ -75,6 +77,7 @@ class BatchState:
     failed: int
     files: tuple[str, ...] = ()
     error: str | None = None  # why the whole batch failed (OpenAI's status failed)
+    queue_full: bool = False  # failed for the provider's enqueued-token limit: worth a retry
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,14 @@ def anthropic_params(endpoint: ModelEndpoint, request: Request) -> dict[str, Any
     return params
 
 
+def require(data: dict[str, Any], what: str, *keys: str) -> dict[str, Any]:
+    """`data` if it holds the string `keys`; else the URL answers, but not with the
+    provider's objects (a wrong base_url, or a gateway that serves no batches)."""
+    if all(isinstance(data.get(key), str) for key in keys):
+        return data
+    raise BackendError(f"not a {what} in the reply: {json.dumps(data)[:120]}", fatal=True)
+
+
 class BatchAPI:
     """The HTTP side shared by both providers: one aiohttp session, JSON in and out."""
 
@@ -127,6 +138,11 @@ class BatchAPI:
         self.headers.update(endpoint.headers)
         self.proxy = env_proxy(self.base)
         self.timeout = endpoint.limits.timeout
+        # A batch file (up to 200 MB up, as much down) may take longer than `timeout` in
+        # all, so file transfers bound each wait for the network, not the whole transfer.
+        self.transfer = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=self.timeout
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -205,7 +221,8 @@ class OpenAIBatches(BatchAPI):
         form.add_field(
             "file", b"".join(lines), filename=f"{tag}.jsonl", content_type="application/jsonl"
         )
-        uploaded = await self.fetch_json("POST", "/files", data=form)
+        uploaded = await self.fetch_json("POST", "/files", data=form, timeout=self.transfer)
+        require(uploaded, "file object", "id")
         created = await self.fetch_json(
             "POST",
             "/batches",
@@ -226,9 +243,12 @@ class OpenAIBatches(BatchAPI):
 
     @staticmethod
     def state(batch: dict[str, Any]) -> BatchState:
+        require(batch, "batch object", "id", "status")
         counts = batch.get("request_counts") or {}
         total, completed, failed = (counts.get(k) or 0 for k in ("total", "completed", "failed"))
         errors = (batch.get("errors") or {}).get("data") or []
+        queue_full = any(e.get("code") == QUEUE_FULL for e in errors)
+        hint = " (set limits.batch_tokens of this teacher below that limit)" if queue_full else ""
         files = tuple(f for f in (batch.get("output_file_id"), batch.get("error_file_id")) if f)
         status = batch["status"]
         return BatchState(
@@ -239,13 +259,14 @@ class OpenAIBatches(BatchAPI):
             done=completed + failed,
             failed=failed,
             files=files,
-            error="; ".join(e.get("message", "") for e in errors) or None,
+            error=("; ".join(e.get("message", "") for e in errors) + hint) or None,
+            queue_full=queue_full,
         )
 
     async def results(self, state: BatchState, latency: float) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         for file_id in state.files:
-            text = await self.fetch("GET", f"/files/{file_id}/content")
+            text = await self.fetch("GET", f"/files/{file_id}/content", timeout=self.transfer)
             for raw in text.splitlines():
                 if raw.strip():
                     line = json.loads(raw)
@@ -302,9 +323,10 @@ class AnthropicBatches(BatchAPI):
     async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         body = b'{"requests": [' + b", ".join(lines) + b"]}"
         headers = {"Content-Type": "application/json"}
-        return self.state(
-            await self.fetch_json("POST", "/messages/batches", data=body, headers=headers)
+        created = await self.fetch_json(
+            "POST", "/messages/batches", data=body, headers=headers, timeout=self.transfer
         )
+        return self.state(created)
 
     async def status(self, batch_id: str) -> BatchState:
         return self.state(await self.fetch_json("GET", f"/messages/batches/{batch_id}"))
@@ -313,6 +335,7 @@ class AnthropicBatches(BatchAPI):
         return self.state(await self.fetch_json("POST", f"/messages/batches/{batch_id}/cancel"))
 
     def state(self, batch: dict[str, Any]) -> BatchState:
+        require(batch, "message batch", "id", "processing_status")
         counts = batch.get("request_counts") or {}
         failed = sum(counts.get(k) or 0 for k in ("errored", "canceled", "expired"))
         done = failed + (counts.get("succeeded") or 0)
@@ -328,7 +351,7 @@ class AnthropicBatches(BatchAPI):
         )
 
     async def results(self, state: BatchState, latency: float) -> dict[str, Outcome]:
-        text = await self.fetch("GET", state.files[0])
+        text = await self.fetch("GET", state.files[0], timeout=self.transfer)
         outcomes: dict[str, Outcome] = {}
         for raw in text.splitlines():
             if raw.strip():

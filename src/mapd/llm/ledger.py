@@ -165,6 +165,12 @@ class Budget:
             self.tokens is not None and self.spent_tokens >= self.tokens
         )
 
+    def would_exceed(self, usd: float, tokens: int) -> bool:
+        """Whether spending this much more would pass the cap."""
+        return (self.usd is not None and self.spent_usd + usd > self.usd) or (
+            self.tokens is not None and self.spent_tokens + tokens > self.tokens
+        )
+
     def charge(self, usd: float, tokens: int) -> None:
         self.spent_usd += usd
         self.spent_tokens += tokens

@@ -17,6 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+HEARTBEAT = 600.0  # seconds: a batch that waits unchanged still gets a log line this often
+
 
 def _display(console: Console, enabled: bool) -> Progress:
     return Progress(
@@ -61,6 +63,7 @@ class BatchProgress:
         self.description, self.total, self.started = description, total, time.monotonic()
         self.done = self.cached = self.failed = self.timeouts = self.tokens = 0
         self.status = ""  # a submitted batch's status, for `show`
+        self.last_line = -HEARTBEAT  # when `show` last printed a log line
         self.cost = 0.0
         self.shared = console is None and self.enabled
         if self.shared and _Shared.display is not None:
@@ -118,11 +121,14 @@ class BatchProgress:
 
     def show(self, done: int, status: str, note: str) -> None:
         """Set the count to `done` with a note, for a batch the provider runs: its status,
-        counts and the time since submission. A log line when the status changes or the
-        count passes a tenth."""
+        counts and the time since submission. A log line when the status changes, the
+        count passes a tenth, or HEARTBEAT seconds went by: a provider may show no progress
+        for hours of a 24-hour wait, which must not look like a hung job in its log."""
         tenth = done * 10 // max(self.total, 1) > self.done * 10 // max(self.total, 1)
-        if self.log_lines and (status != self.status or tenth):
+        now = time.monotonic()
+        if self.log_lines and (status != self.status or tenth or now - self.last_line >= HEARTBEAT):
             print(f"{self.description}: {note}", file=sys.stderr, flush=True)
+            self.last_line = now
         self.done, self.status = done, status
         if self.enabled:
             self.progress.update(self.task, completed=done, stats=note)

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS batches (
     failed INTEGER NOT NULL,
     submitted REAL NOT NULL,
     updated REAL NOT NULL,
-    collected INTEGER NOT NULL
+    collected INTEGER NOT NULL,
+    cancel_asked INTEGER NOT NULL DEFAULT 0  -- by `mapd batches --cancel`: not resubmitted
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch TEXT NOT NULL,
@@ -91,6 +92,7 @@ ADDED_COLUMNS = {
         "estimated": "INTEGER NOT NULL DEFAULT 0",  # the endpoint sent no usage
         "timeouts": "INTEGER NOT NULL DEFAULT 0",  # attempts that timed out
     },
+    "batches": {"cancel_asked": "INTEGER NOT NULL DEFAULT 0"},  # `mapd batches --cancel`
 }
 
 DB_NAME = "calls.sqlite"

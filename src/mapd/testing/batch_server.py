@@ -18,7 +18,10 @@ Time is the server's own clock, which moves by `tick` seconds after every status
 batch validates for `validating` seconds, its items finish evenly over `running` seconds,
 it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the next batches:
 "expire" (ends half done, the rest expired) or "cancel" (cancelled half done, as from the
-provider's console). `fail(body, attempt)` returns an HTTP status for an item that fails
+provider's console). `lost_replies = n`: the next n OpenAI batch creates succeed but the
+connection drops before the reply; `download_seconds`: how long a results file takes to
+arrive; `enqueued_tokens`: a batch that would take the unfinished ones past it fails with
+`token_limit_exceeded`. `fail(body, attempt)` returns an HTTP status for an item that fails
 (attempt counts the submissions of its custom_id), or None. Batches over `max_requests` or
 `max_bytes` are refused the way the provider refuses them. It also runs as a process:
 
@@ -89,6 +92,9 @@ class BatchServer:
         self.submissions: dict[str, int] = {}  # custom_id -> times submitted
         self.polls = 0
         self.http_requests = 0
+        self.lost_replies = 0  # the next N OpenAI creates make the batch, then drop the reply
+        self.download_seconds = 0.0  # how long a results file takes to arrive
+        self.enqueued_tokens: int | None = None  # OpenAI's per-model limit of queued tokens
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
@@ -197,7 +203,17 @@ class BatchServer:
         problem = self.read_lines(batch, content)
         if problem:
             batch.plan, batch.outcome["_error"] = "failed", {"message": problem}
+        elif self.over_queue(batch):
+            batch.plan = "failed"
+            batch.outcome["_error"] = {
+                "code": "token_limit_exceeded",
+                "message": f"Enqueued token limit reached. Limit: {self.enqueued_tokens} "
+                "enqueued tokens. Please try again once some in_progress batches have completed.",
+            }
         self.add(batch)
+        if self.lost_replies:  # made, but the client never hears of it
+            self.lost_replies -= 1
+            request.transport.abort()  # type: ignore[union-attr]
         return web.json_response(self.openai_view(batch))
 
     def read_lines(self, batch: ServerBatch, content: bytes) -> str | None:
@@ -215,6 +231,22 @@ class BatchServer:
         if len({cid for cid, _, _ in batch.items}) != len(batch.items):
             return "custom_id values must be unique within a batch"
         return None
+
+    def over_queue(self, batch: ServerBatch) -> bool:
+        """Whether `batch` and the unfinished ones would pass `enqueued_tokens` (counted as
+        OpenAI does before running: the prompt, about 4 characters a token, plus max_tokens)."""
+        if self.enqueued_tokens is None:
+            return False
+
+        def tokens(b: ServerBatch) -> int:
+            return sum(
+                sum(len(m["content"]) for m in body["messages"]) // 4 + body.get("max_tokens", 0)
+                for _, body, _ in b.items
+            )
+
+        queued = [b for b in self.batches.values() if b.kind == "openai"]
+        waiting = sum(tokens(b) for b in queued if self.status(b)[0] not in TERMINAL)
+        return waiting + tokens(batch) > self.enqueued_tokens
 
     def openai_view(self, batch: ServerBatch) -> dict[str, Any]:
         status, done = self.status(batch)
@@ -247,11 +279,11 @@ class BatchServer:
         data = [self.openai_view(b) for b in newest]
         return web.json_response({"object": "list", "data": data, "has_more": False})
 
-    async def file_content(self, request: web.Request) -> web.Response:
+    async def file_content(self, request: web.Request) -> web.StreamResponse:
         content = self.files.get(request.match_info["id"])
         if content is None:
             return error(404, "no such file")
-        return web.Response(body=content, content_type="application/jsonl")
+        return await self.send_file(request, content)
 
     # --- Anthropic ----------------------------------------------------------------------
 
@@ -304,11 +336,22 @@ class BatchServer:
             else None,
         }
 
-    async def anthropic_results(self, request: web.Request) -> web.Response:
+    async def anthropic_results(self, request: web.Request) -> web.StreamResponse:
         batch = self.batches.get(request.match_info["id"])
         if batch is None or batch.files[0] is None:
             return error(404, "no results yet")
-        return web.Response(body=self.files[batch.files[0]], content_type="application/jsonl")
+        return await self.send_file(request, self.files[batch.files[0]])
+
+    async def send_file(self, request: web.Request, content: bytes) -> web.StreamResponse:
+        """A results file, in ten parts over `download_seconds`, as over a slow link."""
+        reply = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+        await reply.prepare(request)
+        step = -(-len(content) // 10) or 1
+        for start in range(0, len(content), step):
+            await asyncio.sleep(self.download_seconds / 10)
+            await reply.write(content[start : start + step])
+        await reply.write_eof()
+        return reply
 
     # --- both ---------------------------------------------------------------------------
 

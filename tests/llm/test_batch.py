@@ -422,3 +422,29 @@ def test_a_batches_table_without_cancel_asked_gets_it(tmp_path):
     with open_store(path) as store:
         columns = {row[1] for row in store.db.execute("PRAGMA table_info(batches)")}
     assert "cancel_asked" in columns
+
+
+def test_a_batch_reply_keeps_the_reasoning_apart_from_the_answer():
+    """A reasoning model's thinking in a batch output line is kept as on the live path."""
+    line = {
+        "custom_id": "x",
+        "response": {
+            "status_code": 200,
+            "body": {
+                "model": "o4-mini",
+                "choices": [
+                    {
+                        "message": {"content": "The answer is 4.", "reasoning_content": "2+2"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 10,
+                    "completion_tokens": 30,
+                    "completion_tokens_details": {"reasoning_tokens": 22},
+                },
+            },
+        },
+    }
+    done = OpenAIBatches(endpoint("http://127.0.0.1:9/v1")).outcome(line, 0.0)
+    assert (done.text, done.reasoning, done.reasoning_tokens) == ("The answer is 4.", "2+2", 22)

@@ -37,6 +37,7 @@ from mapd.llm.openai_backend import (
     api_key,
     env_proxy,
     error_detail,
+    reply_reasoning,
     reply_text,
     request_body,
     status_error,
@@ -280,6 +281,7 @@ class OpenAIBatches(BatchAPI):
             try:
                 choice = body["choices"][0]
                 usage = body.get("usage") or {}
+                details = usage.get("completion_tokens_details") or {}
                 return Completion(
                     text=reply_text(choice["message"]),
                     finish_reason=choice.get("finish_reason"),
@@ -288,6 +290,8 @@ class OpenAIBatches(BatchAPI):
                     latency=latency,
                     backend="openai",
                     model=body.get("model") or self.endpoint.model,
+                    reasoning=reply_reasoning(choice["message"]),  # kept, as on the live path
+                    reasoning_tokens=details.get("reasoning_tokens") or 0,
                 )
             except (KeyError, IndexError, TypeError, AttributeError):
                 return ItemError(f"malformed reply: {json.dumps(body)[:80]}", retryable=True)

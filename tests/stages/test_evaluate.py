@@ -106,7 +106,7 @@ def test_an_http_student_is_evaluated_trained_through_eval_trained(tmp_path, tin
     from mapd.stages import evaluate
 
     with LoopbackServer(reply=reply) as server:
-        served = "eval.trained={name: served, model: student, base_url: %s}" % server.base_url
+        served = f"eval.trained={{name: served, model: student, base_url: {server.base_url}}}"
         cfg = http_student_run(tmp_path, server.base_url, tiny_adapter, served)
         summary = asyncio.run(evaluate.run(cfg, cfg.run_dir))
     n = summary["trained"]["n"]

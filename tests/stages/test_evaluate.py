@@ -149,3 +149,20 @@ def test_a_trained_student_out_of_reach_stops_eval_before_any_request(tmp_path, 
     assert done.returncode == 2, done.stderr
     assert "eval.trained" in done.stderr and "Traceback" not in done.stderr
     assert sent == 0
+
+
+def test_k_samples_over_http_carry_k_seeds(tmp_path):
+    """eval.samples: k sends seed, seed + 1, ... so a server that honours the seed samples k
+    different outputs to vote over."""
+    from mapd.stages.evaluate import eval_questions, evaluate
+
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url, seed=40)
+        cfg = load_config(config, ["eval.samples=3", "eval.temperature=0.7"])
+        questions = eval_questions(cfg)
+        asyncio.run(evaluate(cfg, cfg.run_dir, "base", cfg.student, questions))
+    seeds: dict[str, list[int]] = {}
+    for r in server.requests:
+        seeds.setdefault(r["messages"][-1]["content"], []).append(r["seed"])
+    assert len(seeds) == len(questions) > 0
+    assert all(sorted(s) == [40, 41, 42] for s in seeds.values())

@@ -168,7 +168,8 @@ class OpenAIBackend:
             "top_p": request.top_p,
             "max_tokens": request.max_tokens,
             "stop": list(request.stop) if request.stop else None,
-            "seed": request.seed,
+            # samples of one prompt differ on a server that honours the seed
+            "seed": None if request.seed is None else request.seed + request.sample,
         }
         return json.dumps({k: v for k, v in args.items() if v is not None}).encode()
 

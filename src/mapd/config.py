@@ -109,7 +109,12 @@ class ModelEndpoint(Strict):
     name: str = Field("", description="Short label used in records and reports.")
     model: str = Field(description="Model id, local folder, GGUF path or package:pkg/file.gguf.")
     backend: Literal["openai", "transformers"] = "openai"
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL (.../v1).")
+    base_url: str | list[str] | None = Field(
+        None,
+        description="OpenAI-compatible base URL (.../v1), or a list of replicas serving the same "
+        "model: requests go to the one with the fewest in flight, one that refuses connections "
+        "is left out for a while, and the cache key holds the first URL.",
+    )
     api_key_env: str | None = Field(
         None, description="Environment variable holding the API key (never the key itself)."
     )
@@ -128,13 +133,21 @@ class ModelEndpoint(Strict):
     def _check_backend(self) -> ModelEndpoint:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs `base_url`, e.g. https://api.openai.com/v1")
-        if self.backend == "openai" and not http_url(self.base_url or ""):
-            raise ValueError(
-                f"base_url {self.base_url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
-            )
+        for url in self.base_urls if self.backend == "openai" else []:
+            if not http_url(url):
+                raise ValueError(
+                    f"base_url {url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
+                )
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
         return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        """`base_url` as a list: one URL per replica."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 class StudentConfig(ModelEndpoint):

@@ -262,8 +262,11 @@ class EvalConfig(Strict):
     )
     trained: ModelEndpoint | None = Field(
         None,
-        description="Evaluate the trained student through this endpoint instead of in-process, "
-        "e.g. a vLLM server started with --lora-modules pointing at student/adapter.",
+        description="Evaluate the trained student through this endpoint, e.g. a vLLM server "
+        "started with --enable-lora --lora-modules student=RUN/student/adapter and asked for "
+        "model `student`. Unset: the trained student runs in-process from student/ (also when "
+        "the student is served over HTTP), or eval stops before any request when it cannot be "
+        "loaded here. Used in round 1 only: later rounds run the student in-process.",
     )
 
     @model_validator(mode="after")
@@ -291,7 +294,12 @@ class RunConfig(Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    rounds: int = Field(1, ge=1)
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="Rounds of exam, teaching and training; from round 2 on the student runs "
+        "in-process from the previous round's merged model, also when served over HTTP before.",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     cache: Literal["use", "refresh", "off"] = "use"
     prompts: dict[str, str] = Field(

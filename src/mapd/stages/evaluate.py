@@ -6,10 +6,11 @@ Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
        lm-evaluation-harness strict/flexible accuracy for gsm8k), labels `base` and `trained`
 
 The prompt is the rationale-task prompt the student was trained on. Greedy by default;
-`eval.samples: k` (with a temperature) gives majority-vote accuracy. The trained student
-is asked through `eval.trained`, an OpenAI-compatible endpoint such as vLLM serving the
-adapter, or in-process from student/ (merged model, full model or LoRA adapter on its base),
-also when the untrained student is served over HTTP (see `mapd.stages.trained`).
+`eval.samples: k` (with a temperature) gives majority-vote accuracy, sample i drawn with
+seed + i. The trained student is asked through `eval.trained`, an OpenAI-compatible endpoint
+such as vLLM serving the adapter, or in-process from student/ (merged model, full model or
+LoRA adapter on its base), also when the untrained student is served over HTTP (see
+`mapd.stages.trained`).
 """
 
 from __future__ import annotations

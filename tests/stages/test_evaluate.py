@@ -166,3 +166,14 @@ def test_k_samples_over_http_carry_k_seeds(tmp_path):
         seeds.setdefault(r["messages"][-1]["content"], []).append(r["seed"])
     assert len(seeds) == len(questions) > 0
     assert all(sorted(s) == [40, 41, 42] for s in seeds.values())
+
+
+def test_an_http_students_eval_from_before_is_run_again(tmp_path):
+    """Its trained accuracy was the served base model's; other runs keep their fingerprints."""
+    from mapd.stages import evaluate
+
+    config = write_config(tmp_path, "http://127.0.0.1:1/v1")
+    assert evaluate.settings(load_config(config))["trained_in_process"] is True
+    served = "eval.trained={model: student, base_url: http://127.0.0.1:2/v1}"
+    for overrides in (["student.backend=transformers"], [served]):
+        assert set(evaluate.settings(load_config(config, overrides))) == {"exam", "eval"}

@@ -36,7 +36,12 @@ OUTPUTS = ["eval/trained/metrics.json"]
 def settings(cfg: RunConfig) -> dict[str, Any]:
     from mapd.stages.exam import settings as exam_settings
 
-    return {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
+    found = {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
+    if cfg.student.backend != "transformers" and cfg.eval.trained is None:
+        # an HTTP student's trained accuracy used to be the server's base model's: such an
+        # eval is run again, now in-process
+        found["trained_in_process"] = True
+    return found
 
 
 def majority(answers: list[str | None]) -> str | None:

@@ -133,7 +133,12 @@ class ModelEndpoint(Strict):
     name: str = Field("", description="Short label used in records and reports.")
     model: str = Field(description="Model id, local folder, GGUF path or package:pkg/file.gguf.")
     backend: Literal["openai", "transformers"] = "openai"
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL (.../v1).")
+    base_url: str | list[str] | None = Field(
+        None,
+        description="OpenAI-compatible base URL (.../v1), or a list of replicas serving the same "
+        "model: requests go to the one with the fewest in flight, one that refuses connections "
+        "is left out for a while, and the cache key holds the first URL.",
+    )
     api_key_env: str | None = Field(
         None, description="Environment variable holding the API key (never the key itself)."
     )
@@ -164,12 +169,15 @@ class ModelEndpoint(Strict):
     def _check_backend(self) -> ModelEndpoint:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend openai needs `base_url`, e.g. https://api.openai.com/v1")
-        if self.backend == "openai" and not http_url(self.base_url or ""):
-            raise ValueError(
-                f"base_url {self.base_url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
-            )
+        for url in self.base_urls if self.backend == "openai" else []:
+            if not http_url(url):
+                raise ValueError(
+                    f"base_url {url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
+                )
         if self.batch and self.backend != "openai":
             raise ValueError("batch needs backend openai (a provider's HTTP API)")
+        if self.batch and len(self.base_urls) > 1:
+            raise ValueError("batch needs one base_url (a provider's batch API), not a list")
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
         return self
@@ -180,6 +188,13 @@ class ModelEndpoint(Strict):
         if self.batch is True:
             return "openai"
         return self.batch or None
+
+    @property
+    def base_urls(self) -> list[str]:
+        """`base_url` as a list: one URL per replica."""
+        if self.base_url is None:
+            return []
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
 class StudentConfig(ModelEndpoint):
@@ -300,8 +315,11 @@ class EvalConfig(Strict):
     )
     trained: ModelEndpoint | None = Field(
         None,
-        description="Evaluate the trained student through this endpoint instead of in-process, "
-        "e.g. a vLLM server started with --lora-modules pointing at student/adapter.",
+        description="Evaluate the trained student through this endpoint, e.g. a vLLM server "
+        "started with --enable-lora --lora-modules student=RUN/student/adapter and asked for "
+        "model `student`. Unset: the trained student runs in-process from student/ (also when "
+        "the student is served over HTTP), or eval stops before any request when it cannot be "
+        "loaded here. Used in round 1 only: later rounds run the student in-process.",
     )
 
     @model_validator(mode="after")
@@ -344,7 +362,12 @@ class RunConfig(Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    rounds: int = Field(1, ge=1)
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="Rounds of exam, teaching and training; from round 2 on the student runs "
+        "in-process from the previous round's merged model, also when served over HTTP before.",
+    )
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     cache: Literal["use", "refresh", "off"] = "use"

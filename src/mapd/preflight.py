@@ -43,12 +43,6 @@ class EndpointCheck:
         return f"{self.role} ({self.where}): {self.problem}; fix: {self.fix}"
 
 
-def base_urls(endpoint: ModelEndpoint) -> list[str]:
-    """The endpoint's server URLs: one, or a list of replicas of the same model."""
-    urls = endpoint.base_url
-    return list(urls) if isinstance(urls, list | tuple) else [urls] if urls else []
-
-
 def check_key(role: str, endpoint: ModelEndpoint) -> EndpointCheck | None:
     """A failed check when the key variable the config names is unset, else None."""
     name = endpoint.api_key_env
@@ -56,7 +50,7 @@ def check_key(role: str, endpoint: ModelEndpoint) -> EndpointCheck | None:
         return None
     return EndpointCheck(
         role,
-        ", ".join(base_urls(endpoint)),
+        ", ".join(endpoint.base_urls),
         "",
         f"the API key variable {name} is not set",
         f"export {name}=... (or api_key_env: null for a server without keys)",
@@ -147,7 +141,7 @@ def check_endpoint(role: str, endpoint: ModelEndpoint, timeout: float) -> list[E
         return [check_local(role, endpoint)]
     if missing := check_key(role, endpoint):
         return [missing]
-    return [check_http(role, endpoint, url, timeout) for url in base_urls(endpoint)]
+    return [check_http(role, endpoint, url, timeout) for url in endpoint.base_urls]
 
 
 def endpoints_of(

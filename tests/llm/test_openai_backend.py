@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mapd.config import ModelEndpoint
-from mapd.llm import Request
+from mapd.config import Limits, ModelEndpoint
+from mapd.llm import Request, client_for
 from mapd.llm.openai_backend import OpenAIBackend, env_proxy, error_detail, status_error
 from mapd.llm.types import BackendError
 from mapd.testing.loopback import LoopbackServer
@@ -149,3 +149,68 @@ def test_servers_on_this_machine_are_never_proxied(no_proxy_env, url, local):
     no_proxy_env.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     no_proxy_env.setenv("HTTP_PROXY", "http://proxy.test:3128")
     assert (env_proxy(url) is None) == local
+
+
+def closed_url() -> str:
+    """The base URL of a server that has stopped: connections to it are refused."""
+    with LoopbackServer() as gone:
+        return gone.base_url
+
+
+def run_batch(endpoint: ModelEndpoint, store, prompts: list[str]) -> list:
+    async def go():
+        client = client_for(endpoint, store=store, run="r", stage="exam")
+        try:
+            return await client.complete_many([Request.user(p) for p in prompts])
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_requests_are_spread_over_replicas_under_one_cache_key(store):
+    prompts = [f"question {i}" for i in range(12)]
+    with LoopbackServer(latency=0.05) as first, LoopbackServer(latency=0.05) as second:
+        replicas = ModelEndpoint(
+            name="t",
+            model="m",
+            base_url=[first.base_url, second.base_url],
+            limits=Limits(concurrency=4),
+        )
+        results = run_batch(replicas, store, prompts)
+        assert all(r.ok for r in results)
+        assert len(first.requests) + len(second.requests) == 12
+        assert min(len(first.requests), len(second.requests)) >= 4
+        # the same endpoint as a single URL (the first) finds every reply in the cache: the
+        # key does not say which replica answered, and a single URL keeps its key
+        single = ModelEndpoint(name="t", model="m", base_url=first.base_url)
+        again = run_batch(single, store, prompts)
+        assert all(r.completion.cached for r in again)
+        assert len(first.requests) + len(second.requests) == 12
+
+
+def test_a_replica_that_refuses_connections_does_not_fail_the_run(store):
+    with LoopbackServer() as alive:
+        endpoint = ModelEndpoint(
+            name="t",
+            model="m",
+            base_url=[closed_url(), alive.base_url],
+            limits=Limits(concurrency=4, max_attempts=1),  # no retry: the failover does it
+        )
+        results = run_batch(endpoint, store, [f"question {i}" for i in range(10)])
+        assert all(r.ok for r in results)
+        assert len(alive.requests) == 10
+
+
+def test_every_replica_down_is_still_a_connection_error():
+    endpoint = ModelEndpoint(name="t", model="m", base_url=[closed_url(), closed_url()])
+    with pytest.raises(BackendError) as info:
+        generate(endpoint, Request.user("hi"))
+    assert info.value.retryable and "connection error" in info.value.message
+
+
+def test_each_replica_url_is_checked_by_the_config():
+    with pytest.raises(ValueError, match="'ftp://host/v1' is not an http"):
+        ModelEndpoint(name="t", model="m", base_url=["http://127.0.0.1:8000/v1", "ftp://host/v1"])
+    with pytest.raises(ValueError, match="needs `base_url`"):
+        ModelEndpoint(name="t", model="m", base_url=[])

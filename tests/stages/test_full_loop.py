@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from tests.stages.scripted_classroom import reply, write_config
@@ -12,6 +13,8 @@ from tests.train.toy_run import build_tiny_model
 from mapd.config import load_config
 from mapd.stages.pipeline import run_pipeline
 from mapd.testing.loopback import LoopbackServer
+
+TEACHERS = {"alice-model", "bob-model", "carol-model"}
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +101,35 @@ def test_ablate_writes_every_row(tmp_path, tiny_student):
     assert sent > 0
     md = (root / "ablation.md").read_text()
     assert "single teacher carol without review" in md and "untrained student" in md
+
+
+def test_an_http_student_is_trained_then_examined_and_evaluated_in_process(tmp_path, tiny_student):
+    """The student is served over HTTP (under its folder's path, as `transformers serve` names
+    it) and trained here: the trained student of round 1 (eval) and round 2 (exam and eval)
+    runs in-process; the server is asked for the base model only, never for a trained folder."""
+
+    def served(request):
+        if request["model"] == str(tiny_student):
+            return "I guess. The answer is 1."
+        return reply(request)
+
+    with LoopbackServer(reply=served) as server:
+        config = write_config(tmp_path, server.base_url)
+        overrides = [
+            o
+            for o in in_process(tiny_student, 1, "rounds=2")
+            if o != "student.backend=transformers"
+        ]
+        cfg = load_config(config, overrides)
+        assert cfg.student.backend == "openai"
+        summaries = asyncio.run(run_pipeline(cfg))
+        to_student = [r for r in server.requests if r["model"] not in TEACHERS]
+    exam, base = summaries["exam"]["questions"], summaries["eval"]["base"]["n"]
+    assert {r["model"] for r in to_student} == {str(tiny_student)}
+    assert len(to_student) == exam + base  # round 1's exam and base eval, nothing after
+    trained = summaries["eval"]["trained"]
+    assert (trained["backend"], Path(trained["model"]).name) == ("transformers", "merged")
+    round2 = load_config(tmp_path / "run" / "round-2" / "config.yaml")
+    assert round2.student.backend == "transformers" and round2.eval.trained is None
+    assert summaries["round-2"]["exam"]["questions"] == exam
+    assert summaries["round-2"]["eval"]["base"]["model"] == round2.student.model

@@ -42,9 +42,9 @@ Example
 
 Behaviour worth knowing
 -----------------------
-- Cache key: `sha256:` of backend kind, base URL, model, messages, every sampling
-  parameter, the endpoint's `extra_body` and the sample index (never the key, never
-  `tag`). Identical requests in
+- Cache key: `sha256:` of backend kind, base URL (the first, when `base_url` lists
+  replicas), model, messages, every sampling parameter, the endpoint's `extra_body` and the
+  sample index (never the key, never `tag`). Identical requests in
   flight at once are sent once. Errors, empty replies and content-filtered replies are
   never cached. `cache: refresh` re-sends and overwrites; `off` neither reads nor writes.
 - Retries: 408, 409, 429, 5xx, connection errors, timeouts and malformed replies, with

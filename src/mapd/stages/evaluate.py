@@ -6,9 +6,11 @@ Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
        lm-evaluation-harness strict/flexible accuracy for gsm8k), labels `base` and `trained`
 
 The prompt is the rationale-task prompt the student was trained on. Greedy by default;
-`eval.samples: k` (with a temperature) gives majority-vote accuracy. The trained student
-runs in-process from student/ (merged model, full model or LoRA adapter), or through
-`eval.trained`, an OpenAI-compatible endpoint such as vLLM serving the adapter.
+`eval.samples: k` (with a temperature) gives majority-vote accuracy, sample i drawn with
+seed + i. The trained student is asked through `eval.trained`, an OpenAI-compatible endpoint
+such as vLLM serving the adapter, or in-process from student/ (merged model, full model or
+LoRA adapter on its base), also when the untrained student is served over HTTP (see
+`mapd.stages.trained`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any
 
 from mapd.answers import answers_match, lm_eval_correct, lm_eval_flexible, lm_eval_strict
 from mapd.config import ModelEndpoint, RunConfig
-from mapd.errors import MapdError
 from mapd.llm.cache import folder_stamp
 from mapd.prompts import Prompts
 from mapd.records import Question
 from mapd.stages.exam import ask_student, grade, rationale_request
-from mapd.stages.rundir import read_json, write_json, write_jsonl
+from mapd.stages.rundir import write_json, write_jsonl
+from mapd.stages.trained import saved_student, trained_student
 from mapd.tasks import load_questions
 
 INPUTS = ["student/manifest.json"]
@@ -34,23 +36,12 @@ OUTPUTS = ["eval/trained/metrics.json"]
 def settings(cfg: RunConfig) -> dict[str, Any]:
     from mapd.stages.exam import settings as exam_settings
 
-    return {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
-
-
-def trained_student(cfg: RunConfig, run_dir: Path) -> ModelEndpoint:
-    """The endpoint that serves the trained student."""
-    if cfg.eval.trained is not None:
-        return cfg.eval.trained
-    manifest = read_json(run_dir / "student" / "manifest.json")
-    folder = manifest.get("merged_dir") or manifest["model_dir"]
-    path = (run_dir / "student" / folder).resolve()
-    if not path.exists():
-        raise MapdError(f"trained student {path} not found", "run mapd train first")
-    # a student trained on the paper's plain instruction format is asked in that format
-    chat = cfg.train.prompt_format == "chat" and cfg.student.chat_template
-    return cfg.student.model_copy(
-        update={"name": f"{cfg.student.name}-trained", "model": str(path), "chat_template": chat}
-    )
+    found = {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
+    if cfg.student.backend != "transformers" and cfg.eval.trained is None:
+        # an HTTP student's trained accuracy used to be the server's base model's: such an
+        # eval is run again, now in-process
+        found["trained_in_process"] = True
+    return found
 
 
 def majority(answers: list[str | None]) -> str | None:
@@ -110,6 +101,7 @@ async def evaluate(
     metrics: dict[str, Any] = {
         "label": label,
         "model": student.model,
+        "backend": student.backend,
         "split": e.split,
         "n": len(questions),
         "samples": e.samples,
@@ -136,16 +128,12 @@ def eval_questions(cfg: RunConfig) -> list[Question]:
 
 async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     questions = eval_questions(cfg)
+    trained = trained_student(cfg, run_dir)  # first: a trained student out of reach sends nothing
     summary: dict[str, Any] = {}
     if cfg.eval.base:
         summary["base"] = await evaluate(cfg, run_dir, "base", cfg.student, questions)
     summary["trained"] = await evaluate(
-        cfg,
-        run_dir,
-        "trained",
-        trained_student(cfg, run_dir),
-        questions,
-        served_weights(cfg, run_dir),
+        cfg, run_dir, "trained", trained, questions, served_weights(cfg, run_dir)
     )
     return summary
 
@@ -157,10 +145,7 @@ def served_weights(cfg: RunConfig, run_dir: Path) -> str | None:
     again; with the stamp in the cache key, a retrained student is asked again instead of
     being given the previous one's cached replies. (In-process, the backend stamps the
     folder it loads itself.)"""
-    if cfg.eval.trained is None:
+    if cfg.eval.trained is None or not (run_dir / "student" / "manifest.json").exists():
         return None
-    manifest = run_dir / "student" / "manifest.json"
-    if not manifest.exists():
-        return None
-    folder = run_dir / "student" / read_json(manifest)["model_dir"]
+    folder = saved_student(run_dir).trained
     return folder_stamp(folder) if folder.is_dir() else None

@@ -29,6 +29,7 @@ from mapd.stages.rundir import (
     write_manifest,
     write_text_atomic,
 )
+from mapd.stages.trained import next_round_student
 
 STAGES = ["exam", "teach", "review", "build", "train", "eval", "report"]
 MODULES = {"eval": "evaluate"}
@@ -125,11 +126,11 @@ def headline(name: str, s: dict[str, Any]) -> str:
 
 
 def next_round_config(cfg: RunConfig, previous_dir: Path, round_no: int) -> RunConfig:
-    """Round `round_no` examines and teaches the student trained in the previous round."""
-    manifest = json.loads((previous_dir / "student" / "manifest.json").read_text(encoding="utf-8"))
-    folder = manifest.get("merged_dir") or manifest["model_dir"]
+    """Round `round_no` examines and teaches the student trained in the previous round,
+    in-process (see `next_round_student`)."""
     data = cfg.model_dump(mode="json")
-    data["student"]["model"] = str((previous_dir / "student" / folder).resolve())
+    data["student"] = next_round_student(cfg, previous_dir)
+    data["eval"]["trained"] = None
     data["output_dir"] = str(cfg.run_dir / f"round-{round_no}")
     data["rounds"] = 1
     return validate_config(data, source=f"round {round_no}")
@@ -166,8 +167,11 @@ async def run_pipeline(
         for round_no in range(2, cfg.rounds + 1):
             if "train" not in stages:
                 break
-            console.print(f"[bold]round {round_no}[/]: the trained student takes the exam again")
             round_cfg = next_round_config(cfg, previous, round_no)
+            console.print(
+                f"[bold]round {round_no}[/]: the trained student takes the exam again, "
+                f"in-process from {round_cfg.student.model}"
+            )
             summaries[f"round-{round_no}"] = await run_round(round_cfg, STAGES, None)
             previous = round_cfg.run_dir
         return summaries

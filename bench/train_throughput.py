@@ -81,7 +81,7 @@ def load_rows(args: argparse.Namespace, model_path: str, vocab: int) -> list[dic
     if not args.data:
         return synthetic_rows(args.examples, vocab, args.seed)
     from mapd.records import Example
-    from mapd.stages.rundir import read_jsonl
+    from mapd.rundir import read_jsonl
     from mapd.train.model import load_tokenizer
     from mapd.train.tokenize import encode_examples
 

@@ -239,7 +239,7 @@ def eval_(
 
     from mapd.config import load_config
     from mapd.stages.evaluate import eval_questions, evaluate
-    from mapd.stages.rundir import run_lock
+    from mapd.rundir import run_lock
 
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):
@@ -300,7 +300,7 @@ def import_release(
     Example: mapd import-release --task svamp --output runs/svamp-release data/*_svamp_*_round0.json
     """
     from mapd.release import import_release as do_import
-    from mapd.stages.rundir import run_lock
+    from mapd.rundir import run_lock
 
     with run_lock(output):
         counts = do_import(task, files, output)

@@ -26,7 +26,7 @@ from mapd.answers import answers_match, extract_answer, normalize_gold
 from mapd.config import RunConfig, load_config, preset_path
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Feedback, Mistake, Rationale, Review
-from mapd.stages.rundir import load_manifest, write_json, write_jsonl, write_text_atomic
+from mapd.rundir import load_manifest, write_json, write_jsonl, write_text_atomic
 
 TEACHERS = {"gpt": "gpt-3.5-turbo", "gemini": "gemini-1.0-pro", "mistral": "mixtral-8x7b"}
 ANSWER_TYPES: dict[str, AnswerType] = {"svamp": "number", "gsm8k": "number", "strategyqa": "yesno"}
@@ -145,7 +145,7 @@ def write_release_run(
     sources: list[str],
 ) -> None:
     from mapd.config import dump_run_config
-    from mapd.stages.rundir import manifest_path
+    from mapd.rundir import manifest_path
 
     written = {"exam": (["mistakes.jsonl"], {"mistakes": len(mistakes)})}
     write_jsonl(out / "mistakes.jsonl", mistakes)

@@ -12,7 +12,7 @@ from mapd.prompts import Prompts
 from mapd.records import Mistake, Review
 from mapd.review_scores import parse_review_score
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl
+from mapd.rundir import read_jsonl
 from mapd.testing.loopback import LoopbackServer
 
 INJECTIONS = [

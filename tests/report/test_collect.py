@@ -10,7 +10,7 @@ import pytest
 from mapd.errors import MapdError
 from mapd.records import Decision, Example
 from mapd.report.collect import ablation_rows, collect_run, funnel_steps
-from mapd.stages.rundir import read_jsonl
+from mapd.rundir import read_jsonl
 
 
 def test_release_run_counts_and_items(release_run: Path):

@@ -15,7 +15,7 @@ from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.records import Decision, Example, Review
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl, run_lock
+from mapd.rundir import read_jsonl, run_lock
 from mapd.testing.loopback import LoopbackServer
 
 

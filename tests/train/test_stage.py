@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from mapd.errors import MapdError
 from mapd.records import Example
-from mapd.stages.rundir import write_manifest
+from mapd.rundir import write_manifest
 from mapd.train import run
 from mapd.train.collate import PadCollator
 from mapd.train.stage import use_bf16

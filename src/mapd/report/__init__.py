@@ -13,7 +13,7 @@ from pathlib import Path
 from mapd.report.collect import RunReport, collect_run
 from mapd.report.html import render_html
 from mapd.report.markdown import render_markdown
-from mapd.stages.rundir import write_text_atomic
+from mapd.rundir import write_text_atomic
 
 __all__ = ["collect_run", "markdown_report", "save_report", "write_report"]
 

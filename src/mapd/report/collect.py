@@ -22,7 +22,7 @@ from mapd.config import read_yaml
 from mapd.decisions import review_statistics
 from mapd.errors import MapdError
 from mapd.records import CUT_OFF, Decision, Example, Feedback, Mistake, Rationale, Review
-from mapd.stages.rundir import read_jsonl
+from mapd.rundir import read_jsonl
 
 R = TypeVar("R", bound=BaseModel)
 

@@ -33,7 +33,7 @@ from mapd.config import RunConfig
 from mapd.errors import MapdError
 from mapd.prompts import Prompts
 from mapd.records import Decision, Example, Feedback, Mistake, Rationale
-from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
+from mapd.rundir import read_jsonl, write_json, write_jsonl
 
 INPUTS = ["mistakes.jsonl", "feedback.jsonl", "rationales.jsonl", "decisions.jsonl"]
 OUTPUTS = ["dataset/train.jsonl", "dataset/trl.jsonl", "dataset/alpaca.json", "dataset/stats.json"]

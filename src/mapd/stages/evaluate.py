@@ -24,7 +24,7 @@ from mapd.llm.cache import folder_stamp
 from mapd.prompts import Prompts
 from mapd.records import Question
 from mapd.stages.exam import ask_student, grade, rationale_request
-from mapd.stages.rundir import read_json, write_json, write_jsonl
+from mapd.rundir import read_json, write_json, write_jsonl
 from mapd.tasks import load_questions
 
 INPUTS = ["student/manifest.json"]

@@ -15,7 +15,7 @@ from mapd.llm.types import Completion, Request
 from mapd.prompts import Prompts
 from mapd.records import Attempt, Mistake, Question
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.stages.rundir import write_json, write_jsonl
+from mapd.rundir import write_json, write_jsonl
 from mapd.tasks import load_questions
 
 INPUTS: list[str] = []

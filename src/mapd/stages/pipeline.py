@@ -21,7 +21,7 @@ from rich.console import Console
 
 from mapd.config import RunConfig, dump_run_config, validate_config
 from mapd.errors import MapdError
-from mapd.stages.rundir import (
+from mapd.rundir import (
     fingerprint,
     load_manifest,
     run_lock,

@@ -27,7 +27,7 @@ from mapd.records import Mistake, Rationale, Review
 from mapd.release import MARKER
 from mapd.review_scores import parse_review_score
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
+from mapd.rundir import read_jsonl, write_json, write_jsonl
 from mapd.stages.teach import TEACHER_FIELDS
 
 INPUTS = ["mistakes.jsonl", "rationales.jsonl"]

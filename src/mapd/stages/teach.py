@@ -22,7 +22,7 @@ from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Feedback, Mistake, Rationale
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.stages.rundir import read_jsonl, write_jsonl
+from mapd.rundir import read_jsonl, write_jsonl
 
 INPUTS = ["mistakes.jsonl"]
 OUTPUTS = ["feedback.jsonl", "rationales.jsonl"]

@@ -31,7 +31,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from mapd.config import RunConfig
 from mapd.errors import MapdError
 from mapd.records import Example
-from mapd.stages.rundir import (
+from mapd.rundir import (
     fingerprint,
     load_manifest,
     read_json,

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ValidationError
 from mapd.errors import MapdError
 
 R = TypeVar("R", bound=BaseModel)
+# written by `mapd import-release`: the run's reviews came with the paper's release
+RELEASE_MARKER = "release.json"
 
 
 def _disk_error(path: Path, exc: OSError) -> MapdError:

@@ -8,7 +8,8 @@ from tests.train.toy_run import toy_examples
 from mapd.errors import MapdError
 from mapd.records import Example
 from mapd.train.collate import PadCollator
-from mapd.train.tokenize import IGNORE, encode_examples, plain_prompt
+from mapd.prompts import plain_prompt
+from mapd.train.tokenize import IGNORE, encode_examples
 
 
 def trained_ids(batch, row: int) -> list[int]:

@@ -24,10 +24,9 @@ from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Mistake, Rationale, Review
-from mapd.release import MARKER
 from mapd.review_scores import parse_review_score
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.rundir import read_jsonl, write_json, write_jsonl
+from mapd.rundir import RELEASE_MARKER, read_jsonl, write_json, write_jsonl
 from mapd.stages.teach import TEACHER_FIELDS
 
 INPUTS = ["mistakes.jsonl", "rationales.jsonl"]
@@ -120,12 +119,12 @@ async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     reviewed = cfg.dataset.mode == "mapd"
     if not reviewed:
         reviews: list[Review] = []
-    elif (run_dir / MARKER).exists():
+    elif (run_dir / RELEASE_MARKER).exists():
         reviews = read_jsonl(run_dir / "reviews.jsonl", Review)
     else:
         reviews = await gather_reviews(cfg, run_dir, rationales)
     decisions = decide_all(rationales, reviews, cfg.review, reviewed)
-    if not (run_dir / MARKER).exists():
+    if not (run_dir / RELEASE_MARKER).exists():
         write_jsonl(run_dir / "reviews.jsonl", reviews)
     write_jsonl(run_dir / "decisions.jsonl", decisions)
     stats = review_statistics(reviews, decisions)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mapd.errors import MapdError
+from mapd.prompts import plain_prompt
 from mapd.records import Example
 
 IGNORE = -100
@@ -44,13 +45,6 @@ class EncodedSet:
     rows: list[Encoded]
     overlong: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
-
-
-def plain_prompt(instruction: str, input_text: str) -> str:
-    """The paper's plain (Alpaca-style) prompt; the Input section is left out when empty."""
-    if input_text:
-        return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
-    return f"### Instruction:\n{instruction}\n\n### Response:\n"
 
 
 def prompt_ids(example: Example, tokenizer: Any, prompt_format: PromptFormat) -> list[int]:

@@ -33,8 +33,8 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from mapd.config import RunConfig, load_config
 from mapd.records import Example
-from mapd.stages.evaluate import eval_questions, evaluate
 from mapd.rundir import read_jsonl
+from mapd.stages.evaluate import eval_questions, evaluate
 from mapd.train.collate import PadCollator
 from mapd.train.model import load_student, merge_adapter
 from mapd.train.tokenize import encode_examples

@@ -238,8 +238,8 @@ def eval_(
     import asyncio
 
     from mapd.config import load_config
-    from mapd.stages.evaluate import eval_questions, evaluate
     from mapd.rundir import run_lock
+    from mapd.stages.evaluate import eval_questions, evaluate
 
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):

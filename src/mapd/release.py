@@ -175,7 +175,9 @@ def write_release_run(
                 "summary": {"imported_files": outputs, **counts},
             },
         )
-    write_json(out / RELEASE_MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now})
+    write_json(
+        out / RELEASE_MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now}
+    )
 
 
 def share_imported(source: Path, dest: Path) -> bool:

@@ -18,8 +18,8 @@ from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.llm.store import CallStore, open_store
 from mapd.records import Decision, Example, Review
-from mapd.stages.pipeline import run_pipeline
 from mapd.rundir import read_jsonl, run_lock
+from mapd.stages.pipeline import run_pipeline
 from mapd.testing.loopback import Fault, LoopbackServer
 from mapd.testing.providers import openai_reasoning
 

@@ -11,8 +11,8 @@ from mapd.config import load_config
 from mapd.prompts import Prompts
 from mapd.records import Mistake, Review
 from mapd.review_scores import parse_review_score
-from mapd.stages.pipeline import run_pipeline
 from mapd.rundir import read_jsonl
+from mapd.stages.pipeline import run_pipeline
 from mapd.testing.loopback import LoopbackServer
 
 INJECTIONS = [

@@ -16,8 +16,8 @@ from mapd.records import Decision, Example, Feedback, Rationale, Review
 from mapd.report.collect import collect_run
 from mapd.report.html import render_html
 from mapd.report.markdown import render_markdown
-from mapd.stages.pipeline import run_pipeline
 from mapd.rundir import read_jsonl
+from mapd.stages.pipeline import run_pipeline
 from mapd.stages.summary import print_summary
 from mapd.testing.loopback import LoopbackServer, ScriptedReply
 

@@ -6,9 +6,9 @@ import pytest
 from tests.train.toy_run import toy_examples
 
 from mapd.errors import MapdError
+from mapd.prompts import plain_prompt
 from mapd.records import Example
 from mapd.train.collate import PadCollator
-from mapd.prompts import plain_prompt
 from mapd.train.tokenize import IGNORE, encode_examples
 
 

@@ -23,8 +23,8 @@ from mapd.errors import MapdError
 from mapd.llm.cache import folder_stamp
 from mapd.prompts import Prompts
 from mapd.records import Question
-from mapd.stages.exam import ask_student, grade, rationale_request
 from mapd.rundir import read_json, write_json, write_jsonl
+from mapd.stages.exam import ask_student, grade, rationale_request
 from mapd.tasks import load_questions
 
 INPUTS = ["student/manifest.json"]

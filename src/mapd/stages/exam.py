@@ -14,8 +14,8 @@ from mapd.config import ModelEndpoint, RunConfig
 from mapd.llm.types import Completion, Request
 from mapd.prompts import Prompts, plain_prompt
 from mapd.records import Attempt, Mistake, Question
-from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.rundir import write_json, write_jsonl
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.tasks import load_questions
 
 INPUTS: list[str] = []

@@ -21,8 +21,8 @@ from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Feedback, Mistake, Rationale
-from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.rundir import read_jsonl, write_jsonl
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 
 INPUTS = ["mistakes.jsonl"]
 OUTPUTS = ["feedback.jsonl", "rationales.jsonl"]

@@ -102,7 +102,7 @@ def train(
     Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
     """
     from mapd.config import load_config
-    from mapd.train import run
+    from mapd.stages.train import run
 
     cfg = load_config(config, overrides or [])
     run(cfg, cfg.run_dir)
@@ -401,8 +401,8 @@ def report_command(
 
     Example: mapd report runs/demo --format md
     """
-    from mapd.report import collect_run, save_report
-    from mapd.report.markdown import render_markdown
+    from mapd.stages.report import collect_run, save_report
+    from mapd.stages.report.markdown import render_markdown
 
     if format not in ("md", "html"):
         raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")

@@ -141,7 +141,7 @@ async def run_round(cfg: RunConfig, stages: list[str], start: str | None) -> dic
     summaries: dict[str, Any] = {}
     for name in stages:
         if name == "report":
-            from mapd.report import write_report
+            from mapd.stages.report import write_report
 
             path = write_report(run_dir)
             console.print(f"[green]report[/]: {path}")

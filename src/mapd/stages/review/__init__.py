@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from mapd.config import RunConfig
-from mapd.decisions import decide_all, review_statistics
 from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Mistake, Rationale, Review
-from mapd.review_scores import parse_review_score
 from mapd.rundir import RELEASE_MARKER, read_jsonl, write_json, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
+from mapd.stages.review.decisions import decide_all, review_statistics
+from mapd.stages.review.scores import parse_review_score
 from mapd.stages.teach import TEACHER_FIELDS
 
 INPUTS = ["mistakes.jsonl", "rationales.jsonl"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.train.toy_run import build_tiny_model
+from tests.stages.train.toy_run import build_tiny_model
 
 
 @pytest.fixture(scope="session")

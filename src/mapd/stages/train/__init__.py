@@ -1,6 +1,6 @@
 """Fine-tune the student on the run's training set: LoRA or full, two-task loss, exact masking.
 
-    from mapd.train import run
+    from mapd.stages.train import run
     manifest = run(cfg, run_dir)       # reads dataset/train.jsonl, writes student/
 
 Modules: `tokenize` (prompt/target ids and labels), `collate` (dynamic padding),
@@ -8,6 +8,6 @@ Modules: `tokenize` (prompt/target ids and labels), `collate` (dynamic padding),
 `stage` (the stage itself: resume, manifest, summary).
 """
 
-from mapd.train.stage import run
+from mapd.stages.train.stage import run
 
 __all__ = ["run"]

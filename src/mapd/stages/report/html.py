@@ -17,8 +17,8 @@ from importlib.resources import files
 from typing import Any
 
 from mapd import __version__
-from mapd.report import charts
-from mapd.report.collect import (
+from mapd.stages.report import charts
+from mapd.stages.report.collect import (
     REASONS,
     Item,
     RunReport,
@@ -33,7 +33,7 @@ LINKS_SHOWN = 40
 
 
 def static_text(name: str) -> str:
-    return files("mapd.report").joinpath("static", name).read_text(encoding="utf-8")
+    return files("mapd.stages.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def render_html(report: RunReport) -> str:

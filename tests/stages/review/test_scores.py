@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mapd.config import ReviewConfig
-from mapd.decisions import decide
 from mapd.records import Rationale, Review
-from mapd.review_scores import aggregate_scores, parse_review_score
+from mapd.stages.review.decisions import decide
+from mapd.stages.review.scores import aggregate_scores, parse_review_score
 
 REPLIES = [
     ("[4]", 4.0),

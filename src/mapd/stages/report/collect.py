@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from mapd.config import read_yaml
-from mapd.decisions import review_statistics
 from mapd.errors import MapdError
 from mapd.records import CUT_OFF, Decision, Example, Feedback, Mistake, Rationale, Review
 from mapd.rundir import read_jsonl
+from mapd.stages.review.decisions import review_statistics
 
 R = TypeVar("R", bound=BaseModel)
 

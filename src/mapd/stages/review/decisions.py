@@ -15,7 +15,7 @@ from typing import Any
 
 from mapd.config import ReviewConfig
 from mapd.records import Decision, Rationale, Review
-from mapd.review_scores import aggregate_scores
+from mapd.stages.review.scores import aggregate_scores
 
 
 def decide(

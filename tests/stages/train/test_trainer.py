@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.train.toy_run import toy_examples
+from tests.stages.train.toy_run import toy_examples
 from transformers import AutoModelForCausalLM
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from mapd.train.collate import PadCollator
-from mapd.train.tokenize import encode_examples
-from mapd.train.trainer import (
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.tokenize import encode_examples
+from mapd.stages.train.trainer import (
     shuffled_length_groups,
     task_token_counts,
     trained_positions,
@@ -116,7 +116,7 @@ def test_the_trainer_asks_the_model_for_the_trained_logits_only(
     from peft import LoraConfig, get_peft_model
     from transformers import TrainingArguments
 
-    from mapd.train.trainer import TwoTaskTrainer
+    from mapd.stages.train.trainer import TwoTaskTrainer
 
     rows = encode_examples(toy_examples(2), tiny_tokenizer, "chat", 256).rows
     batch = PadCollator(pad_id=tiny_tokenizer.pad_token_id)([vars(r) for r in rows])
@@ -158,7 +158,7 @@ def test_length_groups_keep_transformers_batches_but_shuffle_their_order():
 def test_the_trainer_samples_shuffled_length_groups(tiny_model_dir, tiny_tokenizer, tmp_path):
     from transformers import TrainingArguments
 
-    from mapd.train.trainer import ShuffledLengthGroupedSampler, TwoTaskTrainer
+    from mapd.stages.train.trainer import ShuffledLengthGroupedSampler, TwoTaskTrainer
 
     rows = [vars(r) for r in encode_examples(toy_examples(6), tiny_tokenizer, "chat", 256).rows]
     args = TrainingArguments(
@@ -183,7 +183,7 @@ def test_with_dataset_means_a_rows_loss_does_not_depend_on_the_rest_of_its_step(
 ):
     from transformers import TrainingArguments
 
-    from mapd.train.trainer import TwoTaskTrainer
+    from mapd.stages.train.trainer import TwoTaskTrainer
 
     rows = [vars(r) for r in encode_examples(toy_examples(3), tiny_tokenizer, "chat", 256).rows]
     args = TrainingArguments(

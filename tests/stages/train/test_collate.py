@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mapd.train.collate import PadCollator
-from mapd.train.tokenize import IGNORE
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.tokenize import IGNORE
 
 ROWS = [
     {"input_ids": [5, 6, 7], "labels": [IGNORE, 7, 2], "task": 0},

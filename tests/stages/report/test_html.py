@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mapd.report import write_report
-from mapd.report.collect import collect_run
-from mapd.report.html import items_payload, json_for_script, render_html
+from mapd.stages.report import write_report
+from mapd.stages.report.collect import collect_run
+from mapd.stages.report.html import items_payload, json_for_script, render_html
 
 DATA_BLOCK = re.compile(r'<script type="application/json" id="mapd-data">(.*?)</script>', re.S)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mapd.report.collect import RunReport, collect_run
-from mapd.report.html import render_html
-from mapd.report.markdown import render_markdown
 from mapd.rundir import write_text_atomic
+from mapd.stages.report.collect import RunReport, collect_run
+from mapd.stages.report.html import render_html
+from mapd.stages.report.markdown import render_markdown
 
 __all__ = ["collect_run", "markdown_report", "save_report", "write_report"]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mapd.report import write_report
+from mapd.stages.report import write_report
 from mapd.testing.browser import INSTALL_HINT, chromium_paths, headless_chromium
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+SCREENSHOTS = Path(__file__).resolve().parents[3] / "bench" / "results"
 
 pytestmark = pytest.mark.skipif(
     chromium_paths() is None, reason=f"headless Chromium not installed: {INSTALL_HINT}"

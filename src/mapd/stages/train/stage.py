@@ -41,11 +41,11 @@ from mapd.rundir import (
     write_manifest,
     write_text_atomic,
 )
-from mapd.train.collate import PadCollator
-from mapd.train.model import load_student, merge_adapter
-from mapd.train.progress import TrainProgress
-from mapd.train.tokenize import TASK_IDS, EncodedSet, encode_examples
-from mapd.train.trainer import JsonlLogCallback, TwoTaskTrainer
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.model import load_student, merge_adapter
+from mapd.stages.train.progress import TrainProgress
+from mapd.stages.train.tokenize import TASK_IDS, EncodedSet, encode_examples
+from mapd.stages.train.trainer import JsonlLogCallback, TwoTaskTrainer
 
 STAGE = "train"
 

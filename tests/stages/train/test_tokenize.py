@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from tests.train.toy_run import toy_examples
+from tests.stages.train.toy_run import toy_examples
 
 from mapd.errors import MapdError
 from mapd.prompts import plain_prompt
 from mapd.records import Example
-from mapd.train.collate import PadCollator
-from mapd.train.tokenize import IGNORE, encode_examples
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.tokenize import IGNORE, encode_examples
 
 
 def trained_ids(batch, row: int) -> list[int]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from mapd.train.tokenize import IGNORE
+from mapd.stages.train.tokenize import IGNORE
 
 TASK_NAMES = ("feedback", "rationale")
 

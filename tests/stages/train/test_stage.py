@@ -7,17 +7,17 @@ import re
 
 import pytest
 import torch
-from tests.train.toy_run import make_config, toy_examples, write_dataset
+from tests.stages.train.toy_run import make_config, toy_examples, write_dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from mapd.errors import MapdError
 from mapd.records import Example
 from mapd.rundir import write_manifest
-from mapd.train import run
-from mapd.train.collate import PadCollator
-from mapd.train.stage import use_bf16
-from mapd.train.tokenize import encode_examples
-from mapd.train.trainer import two_task_loss
+from mapd.stages.train import run
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.stage import use_bf16
+from mapd.stages.train.tokenize import encode_examples
+from mapd.stages.train.trainer import two_task_loss
 
 
 def dataset_loss(model_dir, tokenizer, examples) -> float:

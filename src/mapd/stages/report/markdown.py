@@ -5,7 +5,7 @@ print(render_markdown(collect_run(run_dir)))
 
 from __future__ import annotations
 
-from mapd.report.collect import (
+from mapd.stages.report.collect import (
     RunReport,
     config_summary,
     cut_off_line,

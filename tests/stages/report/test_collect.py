@@ -9,8 +9,8 @@ import pytest
 
 from mapd.errors import MapdError
 from mapd.records import Decision, Example
-from mapd.report.collect import ablation_rows, collect_run, funnel_steps
 from mapd.rundir import read_jsonl
+from mapd.stages.report.collect import ablation_rows, collect_run, funnel_steps
 
 
 def test_release_run_counts_and_items(release_run: Path):

@@ -15,7 +15,7 @@ from mapd.release import import_release
 from mapd.stages.pipeline import run_pipeline
 from mapd.testing.loopback import LoopbackServer
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parents[2]
 RELEASE = sorted((TESTS / "fixtures" / "release").glob("*.json"))
 sys.path.insert(0, str(TESTS / "stages"))  # the scripted classroom lives with the stage tests
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mapd.train.tokenize import IGNORE
+from mapd.stages.train.tokenize import IGNORE
 
 
 @dataclass

@@ -35,8 +35,10 @@ from mapd.prompts import Prompts
 from mapd.records import Decision, Example, Feedback, Mistake, Rationale
 from mapd.rundir import read_jsonl, write_json, write_jsonl
 
+NAME = "build"
 INPUTS = ["mistakes.jsonl", "feedback.jsonl", "rationales.jsonl", "decisions.jsonl"]
 OUTPUTS = ["dataset/train.jsonl", "dataset/trl.jsonl", "dataset/alpaca.json", "dataset/stats.json"]
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:

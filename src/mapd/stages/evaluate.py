@@ -29,6 +29,8 @@ from mapd.tasks import load_questions
 
 INPUTS = ["student/manifest.json"]
 OUTPUTS = ["eval/trained/metrics.json"]
+NAME = "eval"  # the module is `evaluate`: `eval` is a builtin
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:

@@ -18,8 +18,10 @@ from mapd.rundir import write_json, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.tasks import load_questions
 
+NAME = "exam"
 INPUTS: list[str] = []
 OUTPUTS = ["attempts.jsonl", "mistakes.jsonl", "exam.json"]
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:

@@ -24,8 +24,10 @@ from mapd.records import Feedback, Mistake, Rationale
 from mapd.rundir import read_jsonl, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 
+NAME = "teach"
 INPUTS = ["mistakes.jsonl"]
 OUTPUTS = ["feedback.jsonl", "rationales.jsonl"]
+ALWAYS_RUNS = False
 TEACHER_FIELDS = {"name", "model", "backend", "base_url", "sampling", "system_prompt"}
 
 

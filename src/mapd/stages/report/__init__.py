@@ -1,21 +1,37 @@
-"""The run report: `RUN_DIR/report.html` (one self-contained page) or a Markdown summary.
+"""Stage `report`: `RUN_DIR/report.html` (one self-contained page) or a Markdown summary.
 
     path = write_report(Path("runs/demo"))      # runs/demo/report.html
     text = markdown_report(Path("runs/demo"))
 
-Both show whatever the run folder holds; a run stopped early gives a shorter report.
+Both show whatever the run folder holds; a run stopped early gives a shorter report. So the
+stage has no inputs it requires and no fingerprint: it runs every time it is selected.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from mapd.config import RunConfig
 from mapd.rundir import write_text_atomic
 from mapd.stages.report.collect import RunReport, collect_run
 from mapd.stages.report.html import render_html
 from mapd.stages.report.markdown import render_markdown
 
 __all__ = ["collect_run", "markdown_report", "save_report", "write_report"]
+
+NAME = "report"
+INPUTS: list[str] = []
+OUTPUTS = ["report.html"]
+ALWAYS_RUNS = True
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    return {}
+
+
+def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    return {"path": str(write_report(run_dir))}
 
 
 def write_report(run_dir: Path) -> Path:

@@ -29,8 +29,10 @@ from mapd.stages.review.decisions import decide_all, review_statistics
 from mapd.stages.review.scores import parse_review_score
 from mapd.stages.teach import TEACHER_FIELDS
 
+NAME = "review"
 INPUTS = ["mistakes.jsonl", "rationales.jsonl"]
 OUTPUTS = ["reviews.jsonl", "decisions.jsonl", "review.json"]
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from mapd.rundir import (
     write_manifest,
     write_text_atomic,
 )
+from mapd.stages.train import settings as train_settings
 from mapd.stages.train.collate import PadCollator
 from mapd.stages.train.model import load_student, merge_adapter
 from mapd.stages.train.progress import TrainProgress
@@ -111,25 +112,6 @@ def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str
         write_text_atomic(marker, fp + "\n")
     state.wait_for_everyone()
     return last
-
-
-def train_settings(cfg: RunConfig) -> dict[str, Any]:
-    """What the trained student depends on besides the dataset (its fingerprint's settings).
-
-    Settings that change only how the run goes, not the weights it ends with, do not count:
-    a run that ran out of memory can resume from its checkpoint with activation
-    checkpointing switched on. That one is fingerprinted at its default rather than left
-    out, so that folders trained with it off before this rule keep their fingerprints; so is
-    `merge` under full fine-tuning, which has no adapter to merge."""
-    fixed: dict[str, Any] = {"gradient_checkpointing": False}
-    if cfg.train.method == "full":
-        fixed["merge"] = False
-    train = cfg.train.model_copy(update=fixed)
-    return {
-        "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps", "seed"}),
-        "student": cfg.student.model,
-        "seed": cfg.training_seed,
-    }
 
 
 def build_manifest(

@@ -118,3 +118,14 @@ def test_ablation_rows_name_each_seed(tmp_path: Path):
         ("mapd (seed 731)", 613),
         ("mapd (seed pooled)", 1226),
     ]
+
+
+def test_the_settings_section_shows_the_config_defaults_for_keys_left_out():
+    from mapd.config import DatasetConfig, ReviewConfig, TrainConfig
+    from mapd.stages.report.collect import config_summary
+
+    written = {"name": "x", "task": {"name": "svamp"}, "dataset": {"mode": "mapd"}}
+    summary = dict(config_summary(written))
+    assert f"feedback from {DatasetConfig().feedback_from} teachers" in summary["dataset"]
+    assert f"> {ReviewConfig().threshold:g} on" in summary["review"]
+    assert f"alpha {TrainConfig().alpha}," in summary["train"]

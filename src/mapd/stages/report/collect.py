@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from mapd.config import read_yaml
+from mapd.config import DatasetConfig, ReviewConfig, RunConfig, TrainConfig, read_yaml
 from mapd.errors import MapdError
 from mapd.records import CUT_OFF, Decision, Example, Feedback, Mistake, Rationale, Review
 from mapd.rundir import read_jsonl
@@ -26,7 +26,6 @@ from mapd.stages.review.decisions import review_statistics
 
 R = TypeVar("R", bound=BaseModel)
 
-STAGE_ORDER = ["exam", "teach", "review", "build", "train", "eval"]
 REASONS = [
     "accepted",
     "unreviewed",
@@ -137,6 +136,13 @@ def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def over_defaults(cfg: dict[str, Any], name: str, model: type[BaseModel]) -> dict[str, Any]:
+    """A config section as written, over the config models' own defaults: the report opens
+    folders whose config a newer mapd may reject, so it reads the file unvalidated, but the
+    defaults have one owner."""
+    return model().model_dump(mode="json") | section(cfg, name)
+
+
 def stage_rows(run_dir: Path) -> list[StageRow]:
     """Manifests and ledger rows joined by stage, in pipeline order."""
     rows: dict[str, StageRow] = {}
@@ -155,10 +161,14 @@ def stage_rows(run_dir: Path) -> list[StageRow]:
         row.tokens += (led.prompt_tokens or 0) + (led.completion_tokens or 0)
         row.cost += led.cost or 0.0
 
+    from mapd.stages.pipeline import STAGES  # the pipeline imports this module
+
+    order_of = list(STAGES)
+
     def order(row: StageRow) -> tuple[int, str]:
         stage = row.stage.split("-", 1)[0]  # the ledger's eval-base and eval-trained go with eval
-        known = stage in STAGE_ORDER
-        return (STAGE_ORDER.index(stage) if known else len(STAGE_ORDER), row.stage)
+        known = stage in order_of
+        return (order_of.index(stage) if known else len(order_of), row.stage)
 
     return sorted(rows.values(), key=order)
 
@@ -399,7 +409,11 @@ def config_summary(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     if not cfg:
         return []
     task, student = section(cfg, "task"), section(cfg, "student")
-    r, d, t = section(cfg, "review"), section(cfg, "dataset"), section(cfg, "train")
+    r, d, t = (
+        over_defaults(cfg, "review", ReviewConfig),
+        over_defaults(cfg, "dataset", DatasetConfig),
+        over_defaults(cfg, "train", TrainConfig),
+    )
     teachers = [x for x in cfg.get("teachers") or [] if isinstance(x, dict)]
     limit = f", at most {task['limit']} per split" if task.get("limit") else ""
     reviewers = f"{r['reviewers']} per rationale" if r.get("reviewers") else "every other teacher"
@@ -416,23 +430,23 @@ def config_summary(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         ("teachers", ", ".join(f"{x.get('name', '')}: {x.get('model', '?')}" for x in teachers)),
         (
             "review",
-            f"{r.get('aggregate', 'mean')} of valid scores > {r.get('threshold', 3.0):g} on "
-            f"{r.get('scale_min', 1)}..{r.get('scale_max', 5)}, by {reviewers}; "
-            f"answer check {on(r.get('require_correct_answer'))}",
+            f"{r['aggregate']} of valid scores > {r['threshold']:g} on "
+            f"{r['scale_min']}..{r['scale_max']}, by {reviewers}; "
+            f"answer check {on(r['require_correct_answer'])}",
         ),
         (
             "dataset",
-            f"mode {d.get('mode', 'mapd')}, pick {d.get('pick', 'random')}, "
-            f"feedback from {d.get('feedback_from', 'any')} teachers, "
-            f"answer line {on(d.get('answer_line'))}",
+            f"mode {d['mode']}, pick {d['pick']}, "
+            f"feedback from {d['feedback_from']} teachers, "
+            f"answer line {on(d['answer_line'])}",
         ),
         (
             "train",
-            f"{t.get('method', '?')}, {t.get('epochs', '?')} epochs, lr {t.get('lr', '?')}, "
-            f"alpha {t.get('alpha', '?')}, batch {t.get('batch_size', '?')}×{t.get('grad_accum', '?')}, "
-            f"{t.get('prompt_format', '?')} prompts",
+            f"{t['method']}, {t['epochs']} epochs, lr {t['lr']}, "
+            f"alpha {t['alpha']}, batch {t['batch_size']}×{t['grad_accum']}, "
+            f"{t['prompt_format']} prompts",
         ),
-        ("seed", str(cfg.get("seed", "?"))),
+        ("seed", str(cfg.get("seed", RunConfig.model_fields["seed"].default))),
     ]
 
 
@@ -464,8 +478,8 @@ def funnel_steps(report: RunReport) -> list[tuple[str, int, str]]:
 
 def score_labels(report: RunReport) -> list[str]:
     """Histogram columns: the config's score scale, any other score seen, then `invalid`."""
-    review = section(report.config, "review")
-    lo, hi = int(review.get("scale_min", 1)), int(review.get("scale_max", 5))
+    review = over_defaults(report.config, "review", ReviewConfig)
+    lo, hi = int(review["scale_min"]), int(review["scale_max"])
     labels = [str(s) for s in range(lo, hi + 1)]
     seen = {k for h in (report.review or {}).get("score_histogram", {}).values() for k in h}
     extra = sorted((k for k in seen if k not in labels and k != "invalid"), key=float)

@@ -1,14 +1,22 @@
-"""make_clients: one client per teacher plus the student, sharing a store, budget and cache mode."""
+"""open_clients: one client per endpoint of a stage, sharing a store, budget and cache mode."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 
 from mapd.config import validate_config
-from mapd.errors import MapdError
-from mapd.llm import BudgetExceeded, Request, ledger_totals, make_clients, open_store
+from mapd.llm import BudgetExceeded, Request, ledger_totals, open_store
+from mapd.stages.calls import open_clients
+from mapd.testing.loopback import LoopbackServer
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    with LoopbackServer() as s:
+        yield s
 
 
 def config(server, **extra):
@@ -35,8 +43,10 @@ def test_clients_per_teacher_and_student_share_store_and_ledger(server, tmp_path
     cfg = config(server)
 
     async def go():
-        async with make_clients(cfg, run_dir=tmp_path / "run", stage="teach") as clients:
-            assert set(clients) == {"gpt", "gem", "student"}
+        async with open_clients(
+            cfg, tmp_path / "run", "teach", [*cfg.teachers, cfg.student]
+        ) as clients:
+            assert set(clients) == {"gpt", "gem", cfg.student.name}
             for name in ("gpt", "gem"):
                 results = await clients[name].complete_many([Request.user("q")])
                 assert results[0].text == f"[m{'1' if name == 'gpt' else '2'}] reply to: q"
@@ -54,7 +64,9 @@ def test_the_budget_spans_endpoints_and_invocations(server, tmp_path):
     cfg = config(server, budget={"usd": 3.0})  # $1 per prompt token, 1 token per prompt
 
     async def go(prompts):
-        async with make_clients(cfg, run_dir=tmp_path / "run", stage="teach") as clients:
+        async with open_clients(
+            cfg, tmp_path / "run", "teach", [*cfg.teachers, cfg.student]
+        ) as clients:
             await clients["gpt"].complete_many([Request.user(p) for p in prompts[:2]])
             await clients["gem"].complete_many([Request.user(p) for p in prompts[2:]])
 
@@ -70,21 +82,9 @@ def test_cache_mode_comes_from_the_config(server, tmp_path):
     cfg = config(server, cache="off")
 
     async def go():
-        async with make_clients(cfg, run_dir=tmp_path, stage="s") as clients:
+        async with open_clients(cfg, tmp_path, "s", cfg.teachers) as clients:
             await clients["gpt"].complete_many([Request.user("same")])
 
     asyncio.run(go())
     asyncio.run(go())
     assert len(server.requests) == 2
-
-
-def test_a_teacher_named_student_is_refused(server, tmp_path):
-    cfg = config(server)
-    cfg.teachers[0].name = "student"
-
-    async def go():
-        async with make_clients(cfg, run_dir=tmp_path, stage="s"):
-            pass
-
-    with pytest.raises(MapdError, match="named 'student'"):
-        asyncio.run(go())

@@ -30,7 +30,7 @@ from mapd.config import TaskConfig
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Question
 from mapd.tasks import SPLITS, get_task, load_questions
-from mapd.tasks.files import read_jsonl
+from mapd.tasks.files import read_jsonl_rows
 
 
 @dataclass
@@ -71,7 +71,7 @@ def score_file(
         )
     if not input_path.is_file():
         raise MapdError(f"{input_path}: file not found", "give --input a JSONL file of outputs")
-    rows = [_check_line(location, row) for location, row in read_jsonl(input_path)]
+    rows = [_check_line(location, row) for location, row in read_jsonl_rows(input_path)]
     golds: dict[str, Question] | None = None
     if any("answer" not in row for _, row in rows):
         if task_cfg is None:

@@ -102,10 +102,10 @@ def train(
     Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
     """
     from mapd.config import load_config
-    from mapd.stages.train import run
+    from mapd.stages.pipeline import train_student
 
     cfg = load_config(config, overrides or [])
-    run(cfg, cfg.run_dir)
+    train_student(cfg)
 
 
 def _run_stages(

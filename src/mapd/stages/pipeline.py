@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,28 @@ async def run_stage(
     console.print(
         f"[green]{name}[/] done in {time.time() - started:.1f}s: {headline(name, summary)}"
     )
+    return summary
+
+
+def train_student(
+    cfg: RunConfig, run_dir: Path | None = None, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
+    """`mapd train`: the train stage alone, with the same fingerprint check and manifest as in
+    `mapd run`. No run lock: under `accelerate launch` every process runs this, and only the
+    main one writes the manifest."""
+    from mapd.stages.train.stage import run as fit  # loads torch
+
+    run_dir = Path(run_dir or cfg.run_dir)
+    fp = stage_fingerprint(cfg, run_dir, train.NAME)
+    if stage_is_done(run_dir, train.NAME, fp):
+        console.print(
+            f"{run_dir / 'student'} is already trained with these settings; delete it to retrain"
+        )
+        return (load_manifest(run_dir, train.NAME) or {}).get("summary", {}) | {"skipped": True}
+    started = time.time()
+    summary = fit(cfg, run_dir, callbacks)
+    if os.environ.get("RANK", "0") == "0":  # the main process of a distributed launch
+        write_manifest(run_dir, train.NAME, fp, train.OUTPUTS, summary, started)
     return summary
 
 

@@ -13,8 +13,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from mapd.errors import MapdError
 from mapd.records import Example
 from mapd.rundir import write_manifest
+from mapd.stages.pipeline import train_student as run
 from mapd.stages.train.collate import PadCollator
-from mapd.stages.train.stage import run, use_bf16
+from mapd.stages.train.stage import use_bf16
 from mapd.stages.train.tokenize import encode_examples
 from mapd.stages.train.trainer import two_task_loss
 

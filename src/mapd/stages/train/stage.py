@@ -1,15 +1,16 @@
 """The train stage: fine-tune the student on `dataset/train.jsonl` with the two-task loss.
 
-    summary = run(cfg, run_dir)   # or: mapd train CONFIG / accelerate launch -m mapd train CONFIG
+    manifest = run(cfg, run_dir)   # through the pipeline: mapd train CONFIG / mapd run CONFIG
 
 Reads `dataset/train.jsonl`. Writes into `student/`: `adapter/` (LoRA) or `model/` (full
 fine-tuning), `merged/` with `train.merge`, `checkpoints/checkpoint-N/` after every epoch,
 `train_log.jsonl` (loss, feedback_loss, rationale_loss, learning rate per log step) and
-`manifest.json` last; then `manifests/train.json`. Re-running after a kill resumes from
-the last checkpoint when the settings and the dataset are unchanged (otherwise the stale
-checkpoints are removed); re-running after a finished run with the same settings skips,
-and with only `train.merge` switched on merges the saved adapter without training again.
-With several processes every process trains and only the main one writes.
+`manifest.json` last. The pipeline decides whether to run at all (a finished run with the same
+settings and dataset is skipped) and writes `manifests/train.json`. Re-running after a kill
+resumes from the last checkpoint when the settings and the dataset are unchanged (otherwise
+the stale checkpoints are removed); re-running with only `train.merge` switched on merges the
+saved adapter without training again. With several processes every process trains and only
+the main one writes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from mapd.rundir import (
     read_jsonl,
     stage_is_done,
     write_json,
-    write_manifest,
     write_text_atomic,
 )
 from mapd.stages.train import settings as train_settings
@@ -185,12 +185,8 @@ def run(
     checkpoints = student_dir / "checkpoints"
     args = training_args(cfg, checkpoints)  # sets up the processes; before any PartialState()
     state = PartialState()
-    if stage_is_done(run_dir, STAGE, fp) and (student_dir / "manifest.json").exists():
-        if state.is_main_process:
-            print(f"{student_dir} is already trained with these settings; delete it to retrain")
-        return read_json(student_dir / "manifest.json") | {"skipped": True}
     if trained_but_for_merge(cfg, run_dir, data_path):
-        return change_merge_only(cfg, run_dir, fp, started, state)
+        return change_merge_only(cfg, run_dir, state)
 
     t = cfg.train
     set_seed(cfg.training_seed)
@@ -224,7 +220,6 @@ def run(
         if t.method == "lora" and t.merge:
             merge_adapter(cfg.student.model, out_dir, student_dir / "merged")
         write_json(student_dir / "manifest.json", manifest)
-        write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
         print(format_summary(manifest, student_dir))
     state.wait_for_everyone()
     return manifest
@@ -239,9 +234,7 @@ def trained_but_for_merge(cfg: RunConfig, run_dir: Path, data_path: Path) -> boo
     return stage_is_done(run_dir, STAGE, other)
 
 
-def change_merge_only(
-    cfg: RunConfig, run_dir: Path, fp: str, started: float, state: PartialState
-) -> dict[str, Any]:
+def change_merge_only(cfg: RunConfig, run_dir: Path, state: PartialState) -> dict[str, Any]:
     """`train.merge` switched on after training merges the saved adapter, without training
     again; switched off, the manifest stops naming `merged/` (the folder is left as is)."""
     student_dir = run_dir / "student"
@@ -254,7 +247,6 @@ def change_merge_only(
             print(f"{student_dir} is trained with these settings: merging the adapter only")
             merge_adapter(cfg.student.model, adapter_dir, student_dir / "merged")
         write_json(student_dir / "manifest.json", manifest)
-        write_manifest(run_dir, STAGE, fp, ["student/manifest.json"], manifest, started)
     state.wait_for_everyone()
     return manifest
 

@@ -3,8 +3,10 @@
     summaries = asyncio.run(run_pipeline(cfg, until="build"))
 
 The run folder keeps the resolved config as `config.yaml` and one manifest per finished
-stage in `manifests/`. A stage whose manifest says it was imported (`mapd import-release`)
-is never re-run. `start` forces a re-run from that stage on.
+stage in `manifests/`; this module is the only one that checks a stage's fingerprint and
+writes its manifest (`mapd train` runs the train stage alone through `train_student`). A
+stage whose manifest says it was imported (`mapd import-release`) is never re-run. `start`
+forces a re-run from that stage on.
 """
 
 from __future__ import annotations

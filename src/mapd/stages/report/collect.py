@@ -120,8 +120,9 @@ def read_json_optional(path: Path) -> Any:
 
 
 def load_run_config(run_dir: Path) -> tuple[dict[str, Any], str | None]:
-    """The config as written, not validated (a report must open runs made by older versions),
-    and why it could not be read when it exists but is unreadable."""
+    """The config as written, not validated (a report opens any run folder, even one whose
+    config a newer mapd rejects), and why it could not be read when it exists but is
+    unreadable."""
     path = run_dir / "config.yaml"
     if not path.exists():
         return {}, None

@@ -53,8 +53,8 @@ STAGE = "train"
 
 def native_bf16() -> bool:
     """Whether bf16 arithmetic runs natively: a CUDA GPU with bf16, or a CPU with AMX or
-    AVX512-BF16 (there, bf16 autocast trains SmolLM2, fully fine-tuned, about 1.4x faster; see
-    bench/train_throughput.py)."""
+    AVX512-BF16 (there bf16 autocast trains faster than fp32 at a small cost in precision;
+    `bench/train_throughput.py --compare precision` measures it)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported(including_emulation=False)  # not on a T4 or V100
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")

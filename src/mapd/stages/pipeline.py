@@ -3,8 +3,9 @@
     summaries = asyncio.run(run_pipeline(cfg, until="build"))
 
 The run folder keeps the resolved config as `config.yaml` and one manifest per finished
-stage in `manifests/`; this module is the only one that checks a stage's fingerprint and
-writes its manifest (`mapd train` runs the train stage alone through `train_student`). A
+stage in `manifests/`; this module checks the stages' fingerprints and writes their manifests
+(`mapd train` runs the train stage alone through `train_student`; `mapd import-release`
+writes the manifests of imported stages, and `mapd ablate` those of its untrained row). A
 stage whose manifest says it was imported (`mapd import-release`) is never re-run. `start`
 forces a re-run from that stage on.
 """

@@ -45,7 +45,7 @@ def server_stats(root: str) -> dict:
 
 def write_mistakes(run_dir: Path, n: int) -> None:
     from mapd.records import Mistake
-    from mapd.stages.rundir import write_jsonl
+    from mapd.rundir import write_jsonl
 
     mistakes = [
         Mistake(

@@ -25,11 +25,9 @@ from mapd.answers import (
     answer_line,
     answers_match,
     extract_answer,
-    lm_eval_correct,
-    lm_eval_flexible,
-    lm_eval_strict,
     normalize_gold,
 )
+from mapd.tasks.gsm8k import lm_eval_correct, lm_eval_flexible, lm_eval_strict
 
 FINAL = re.compile(r"\n?####\s*(.*)$", re.DOTALL)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import yaml
 
 from mapd.config import preset_path
-from mapd.decisions import decide_all, review_statistics
 from mapd.records import Example, Feedback, Mistake, Rationale, Review
-from mapd.report import write_report
-from mapd.stages.rundir import write_json, write_jsonl
+from mapd.rundir import write_json, write_jsonl
+from mapd.stages.report import write_report
+from mapd.stages.review.decisions import decide_all, review_statistics
 from mapd.testing.browser import chromium_paths, headless_chromium
 
 SEARCH = ("7", "77", "777", "777 apples")  # typed one keystroke at a time

@@ -31,8 +31,8 @@ import yaml
 from mapd.config import load_config
 from mapd.llm import limits
 from mapd.records import Feedback, Mistake, Rationale
+from mapd.rundir import read_jsonl, write_jsonl
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl, write_jsonl
 from mapd.testing.faults import FaultyReplies, fault_mix
 from mapd.testing.loopback import LoopbackServer
 

@@ -33,11 +33,11 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from mapd.config import RunConfig, load_config
 from mapd.records import Example
+from mapd.rundir import read_jsonl
 from mapd.stages.evaluate import eval_questions, evaluate
-from mapd.stages.rundir import read_jsonl
-from mapd.train.collate import PadCollator
-from mapd.train.model import load_student, merge_adapter
-from mapd.train.tokenize import encode_examples
+from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.model import load_student, merge_adapter
+from mapd.stages.train.tokenize import encode_examples
 
 
 def train(cfg: RunConfig, examples: list[Example], out: Path, precision: str, batches: str) -> Path:

@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mapd.config import load_config
 from mapd.records import Example
-from mapd.stages.rundir import read_jsonl
-from mapd.train.tokenize import IGNORE, TASK_IDS, encode_example
+from mapd.rundir import read_jsonl
+from mapd.stages.train.tokenize import IGNORE, TASK_IDS, encode_example
 
 
 def task_ce(

@@ -81,9 +81,9 @@ def load_rows(args: argparse.Namespace, model_path: str, vocab: int) -> list[dic
     if not args.data:
         return synthetic_rows(args.examples, vocab, args.seed)
     from mapd.records import Example
-    from mapd.stages.rundir import read_jsonl
-    from mapd.train.model import load_tokenizer
-    from mapd.train.tokenize import encode_examples
+    from mapd.rundir import read_jsonl
+    from mapd.stages.train.model import load_tokenizer
+    from mapd.stages.train.tokenize import encode_examples
 
     examples = read_jsonl(Path(args.data), Example)[: args.examples]
     tokenizer = load_tokenizer(model_path)
@@ -99,9 +99,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from mapd.config import TrainConfig
     from mapd.llm.model_loading import model_source
-    from mapd.train.collate import PadCollator
-    from mapd.train.model import prepare_for_training
-    from mapd.train.trainer import TwoTaskTrainer
+    from mapd.stages.train.collate import PadCollator
+    from mapd.stages.train.model import prepare_for_training
+    from mapd.stages.train.trainer import TwoTaskTrainer
 
     torch.set_num_threads(args.threads)
     if args.model:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.stages.scripted_classroom import reply, write_config
-from tests.train.toy_run import build_tiny_model
+from tests.stages.train.toy_run import build_tiny_model
 
 from mapd.ablation import RowResult, render, run_ablation, table_lines
 from mapd.config import load_config

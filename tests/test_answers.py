@@ -9,11 +9,9 @@ from mapd.answers import (
     answers_match,
     ends_with_answer_line,
     extract_answer,
-    lm_eval_correct,
-    lm_eval_flexible,
-    lm_eval_strict,
     normalize_gold,
 )
+from mapd.tasks.gsm8k import lm_eval_correct, lm_eval_flexible, lm_eval_strict
 
 NUMBER_CASES = [
     # (model output, expected extraction)

@@ -205,14 +205,24 @@ def test_cli_says_when_an_override_is_kept_in_the_run_folder(tmp_path, monkeypat
 
 
 def test_train_seed_changes_only_what_training_draws():
-    from mapd.stages.pipeline import stage_module
+    from mapd.stages.pipeline import STAGES
 
     demo = ROOT / "configs" / "demo.yaml"
     cfg = load_config(demo)
     same = load_config(demo, [f"train.seed={cfg.seed}"])
     other = load_config(demo, ["train.seed=1"])
     for stage in ("exam", "teach", "review", "build", "train", "eval"):
-        settings = stage_module(stage).settings
+        settings = STAGES[stage].settings
         # the run's own seed given as train.seed keeps every fingerprint of earlier runs
         assert settings(same) == settings(cfg), stage
         assert (settings(other) != settings(cfg)) == (stage in ("build", "train")), stage
+
+
+def test_the_paper_configs_are_the_presets_shipped_in_the_package():
+    from mapd.config import preset_path
+
+    shipped = sorted(p.name for p in (ROOT / "configs" / "paper").iterdir())
+    assert shipped == ["gsm8k.yaml", "logiqa.yaml", "strategyqa.yaml", "svamp.yaml"]
+    for name in shipped:  # configs/paper/* are links to src/mapd/presets/paper/*: one source
+        preset = preset_path(f"paper/{name.removesuffix('.yaml')}").read_bytes()
+        assert (ROOT / "configs" / "paper" / name).read_bytes() == preset

@@ -12,7 +12,7 @@ import pytest
 from mapd.errors import MapdError
 from mapd.records import Example, Review
 from mapd.release import import_release
-from mapd.stages.rundir import read_jsonl
+from mapd.rundir import read_jsonl
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "release").glob("*.json"))
 

@@ -32,7 +32,7 @@ from rich.console import Console
 from mapd.config import RunConfig, dump_run_config, validate_config
 from mapd.errors import MapdError
 from mapd.release import share_imported
-from mapd.stages.rundir import (
+from mapd.rundir import (
     fingerprint,
     read_json,
     run_lock,

@@ -6,9 +6,8 @@
 An explicit final-answer marker ("####", "the answer is", "final answer", "Answer:",
 "\\boxed{}") wins over everything else; without one, the last number (or verdict word, or
 option) in the text is taken. Numbers are normalised to one canonical string ("72", "0.5",
-"-3", "1/3") and compared numerically. The lm-evaluation-harness GSM8K filters are
-reproduced exactly (`lm_eval_strict`, `lm_eval_flexible`, `lm_eval_correct`) so accuracy
-can be reported both ways.
+"-3", "1/3") and compared numerically. A task's own extra scoring (lm-evaluation-harness's
+for GSM8K) lives with the task, in `mapd.tasks`.
 """
 
 from __future__ import annotations
@@ -325,43 +324,3 @@ def ends_with_answer_line(text: str, answer: str, answer_type: AnswerType) -> bo
     if not lines or not _MARKDOWN.sub("", lines[-1]).lower().startswith("the answer is"):
         return False
     return answers_match(extract_answer(lines[-1], answer_type), answer, answer_type)
-
-
-# --- lm-evaluation-harness GSM8K, reproduced ------------------------------------------------
-
-# From lm_eval/tasks/gsm8k/gsm8k.yaml (version 3): the two filters and the exact_match
-# settings (ignore_case: true, ignore_punctuation: false, these regexes_to_ignore).
-LM_EVAL_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-LM_EVAL_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-LM_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
-
-
-def _lm_eval_regex(pattern: re.Pattern[str], text: str, group_select: int) -> str | None:
-    matches = pattern.findall(text)
-    if not matches:
-        return None  # lm-eval's fallback "[invalid]", which never matches a gold answer
-    match = matches[group_select]
-    if isinstance(match, tuple):
-        match = next(m for m in match if m)
-    return match.strip()
-
-
-def lm_eval_strict(text: str) -> str | None:
-    """lm-eval gsm8k `strict-match`: the first "#### <number>"."""
-    return _lm_eval_regex(LM_EVAL_STRICT, text, 0)
-
-
-def lm_eval_flexible(text: str) -> str | None:
-    """lm-eval gsm8k `flexible-extract`: the last number-like run of characters."""
-    return _lm_eval_regex(LM_EVAL_FLEXIBLE, text, -1)
-
-
-def _lm_eval_clean(text: str) -> str:
-    for pattern in LM_EVAL_IGNORE:
-        text = re.sub(pattern, "", text)
-    return text.lower()
-
-
-def lm_eval_correct(extracted: str | None, gold: str) -> bool:
-    """lm-eval's exact_match after its ignore settings; `gold` is a GSM8K answer text or number."""
-    return extracted is not None and _lm_eval_clean(extracted) == _lm_eval_clean(gold)

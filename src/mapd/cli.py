@@ -102,10 +102,10 @@ def train(
     Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
     """
     from mapd.config import load_config
-    from mapd.train import run
+    from mapd.stages.pipeline import train_student
 
     cfg = load_config(config, overrides or [])
-    run(cfg, cfg.run_dir)
+    train_student(cfg)
 
 
 def _run_stages(
@@ -238,8 +238,8 @@ def eval_(
     import asyncio
 
     from mapd.config import load_config
+    from mapd.rundir import run_lock
     from mapd.stages.evaluate import eval_questions, evaluate
-    from mapd.stages.rundir import run_lock
 
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):
@@ -300,7 +300,7 @@ def import_release(
     Example: mapd import-release --task svamp --output runs/svamp-release data/*_svamp_*_round0.json
     """
     from mapd.release import import_release as do_import
-    from mapd.stages.rundir import run_lock
+    from mapd.rundir import run_lock
 
     with run_lock(output):
         counts = do_import(task, files, output)
@@ -401,8 +401,8 @@ def report_command(
 
     Example: mapd report runs/demo --format md
     """
-    from mapd.report import collect_run, save_report
-    from mapd.report.markdown import render_markdown
+    from mapd.stages.report import collect_run, save_report
+    from mapd.stages.report.markdown import render_markdown
 
     if format not in ("md", "html"):
         raise MapdError(f"--format {format!r} is not known", "use --format html or --format md")

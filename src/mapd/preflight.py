@@ -175,11 +175,10 @@ def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:
     """The endpoints that the stages still to run need (a stage with a manifest is taken as
     finished: a re-run that only builds or reports needs no teacher). A run folder made by
     `mapd import-release` holds the teachers' work and reviews: no teacher is called."""
-    from mapd.release import MARKER
-    from mapd.stages.rundir import load_manifest
+    from mapd.rundir import RELEASE_MARKER, load_manifest
 
     to_run = {s for s in stages if load_manifest(cfg.run_dir, s) is None}
-    if (cfg.run_dir / MARKER).exists():
+    if (cfg.run_dir / RELEASE_MARKER).exists():
         to_run -= {"teach", "review"}
     return check_endpoints(
         cfg,

@@ -152,3 +152,10 @@ def with_options(question: str, options: list[str]) -> str:
     if not options:
         return question
     return question + "\n" + "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(options))
+
+
+def plain_prompt(instruction: str, input_text: str) -> str:
+    """The paper's plain (Alpaca-style) prompt; the Input section is left out when empty."""
+    if input_text:
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction}\n\n### Response:\n"

@@ -26,11 +26,16 @@ from mapd.answers import answers_match, extract_answer, normalize_gold
 from mapd.config import RunConfig, load_config, preset_path
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Feedback, Mistake, Rationale, Review
-from mapd.stages.rundir import load_manifest, write_json, write_jsonl, write_text_atomic
+from mapd.rundir import (
+    RELEASE_MARKER,
+    load_manifest,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
 
 TEACHERS = {"gpt": "gpt-3.5-turbo", "gemini": "gemini-1.0-pro", "mistral": "mixtral-8x7b"}
 ANSWER_TYPES: dict[str, AnswerType] = {"svamp": "number", "gsm8k": "number", "strategyqa": "yesno"}
-MARKER = "release.json"
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
@@ -145,7 +150,7 @@ def write_release_run(
     sources: list[str],
 ) -> None:
     from mapd.config import dump_run_config
-    from mapd.stages.rundir import manifest_path
+    from mapd.rundir import manifest_path
 
     written = {"exam": (["mistakes.jsonl"], {"mistakes": len(mistakes)})}
     write_jsonl(out / "mistakes.jsonl", mistakes)
@@ -170,7 +175,9 @@ def write_release_run(
                 "summary": {"imported_files": outputs, **counts},
             },
         )
-    write_json(out / MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now})
+    write_json(
+        out / RELEASE_MARKER, {"sources": sources, "reviews": len(reviews), "imported_at": now}
+    )
 
 
 def share_imported(source: Path, dest: Path) -> bool:
@@ -178,9 +185,9 @@ def share_imported(source: Path, dest: Path) -> bool:
 
     `dest` then builds, trains and evaluates on the same imported mistakes, feedback,
     rationales and reviews. False, and nothing copied, when `source` holds no import."""
-    if not (source / MARKER).exists():
+    if not (source / RELEASE_MARKER).exists():
         return False
-    names = [MARKER, "reviews.jsonl"]
+    names = [RELEASE_MARKER, "reviews.jsonl"]
     for stage in ("exam", "teach"):
         manifest = load_manifest(source, stage)
         if manifest and manifest.get("imported"):

@@ -14,23 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mapd.answers import (
     answers_match,
     extract_answer,
-    lm_eval_correct,
-    lm_eval_flexible,
-    lm_eval_strict,
     normalize_gold,
 )
 from mapd.config import TaskConfig
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Question
 from mapd.tasks import SPLITS, get_task, load_questions
-from mapd.tasks.files import read_jsonl
+from mapd.tasks.files import read_jsonl_rows
 
 
 @dataclass
@@ -71,7 +68,7 @@ def score_file(
         )
     if not input_path.is_file():
         raise MapdError(f"{input_path}: file not found", "give --input a JSONL file of outputs")
-    rows = [_check_line(location, row) for location, row in read_jsonl(input_path)]
+    rows = [_check_line(location, row) for location, row in read_jsonl_rows(input_path)]
     golds: dict[str, Question] | None = None
     if any("answer" not in row for _, row in rows):
         if task_cfg is None:
@@ -81,8 +78,7 @@ def score_file(
             )
         golds = gold_questions(task_cfg, seed)
     report = ScoreReport(total=0, correct=0, no_answer=0)
-    strict = flexible = 0
-    scored = []
+    scored, firsts = [], []
     for location, row in rows:
         gold, options = _gold(location, row, kind, golds)
         extracted = extract_answer(row["output"], kind, options)
@@ -90,13 +86,10 @@ def score_file(
         report.total += 1
         report.correct += correct
         report.no_answer += extracted is None
-        if task == "gsm8k":
-            strict += lm_eval_correct(lm_eval_strict(row["output"]), gold)
-            flexible += lm_eval_correct(lm_eval_flexible(row["output"]), gold)
         scored.append({**row, "extracted": extracted, "correct": correct})
-    if task == "gsm8k" and report.total:
-        report.lm_eval_strict = strict / report.total
-        report.lm_eval_flexible = flexible / report.total
+        firsts.append((row["output"], gold))
+    if spec.extra_metrics and report.total:
+        report = replace(report, **spec.extra_metrics(firsts))
     if output is not None:
         _write_jsonl(output, scored)
     return report

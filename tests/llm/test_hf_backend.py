@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from tests.train.toy_run import build_tiny_model
+from tests.stages.train.toy_run import build_tiny_model
 
 from mapd.config import ModelEndpoint, Sampling, StudentConfig
 from mapd.errors import MapdError

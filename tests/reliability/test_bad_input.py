@@ -18,8 +18,8 @@ from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.llm.store import CallStore, open_store
 from mapd.records import Decision, Example, Review
+from mapd.rundir import read_jsonl, run_lock
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl, run_lock
 from mapd.testing.loopback import Fault, LoopbackServer
 from mapd.testing.providers import openai_reasoning
 
@@ -252,7 +252,7 @@ def test_a_full_disk_while_writing_a_stage_output(config, examined, monkeypatch)
             raise OSError(errno.ENOSPC, "No space left on device")
         fsync(fd)
 
-    monkeypatch.setattr("mapd.stages.rundir.os.fsync", no_space_after_the_config)
+    monkeypatch.setattr("mapd.rundir.os.fsync", no_space_after_the_config)
     with pytest.raises(MapdError) as info:
         asyncio.run(run_pipeline(load_config(config), until="teach"))
     assert (

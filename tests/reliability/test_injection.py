@@ -10,9 +10,9 @@ from tests.stages.scripted_classroom import _sum_in, reply, write_config
 from mapd.config import load_config
 from mapd.prompts import Prompts
 from mapd.records import Mistake, Review
-from mapd.review_scores import parse_review_score
+from mapd.rundir import read_jsonl
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl
+from mapd.stages.review.scores import parse_review_score
 from mapd.testing.loopback import LoopbackServer
 
 INJECTIONS = [

@@ -13,11 +13,11 @@ from tests.stages.scripted_classroom import reply, write_config
 
 from mapd.config import load_config
 from mapd.records import Decision, Example, Feedback, Rationale, Review
-from mapd.report.collect import collect_run
-from mapd.report.html import render_html
-from mapd.report.markdown import render_markdown
+from mapd.rundir import read_jsonl
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl
+from mapd.stages.report.collect import collect_run
+from mapd.stages.report.html import render_html
+from mapd.stages.report.markdown import render_markdown
 from mapd.stages.summary import print_summary
 from mapd.testing.loopback import LoopbackServer, ScriptedReply
 

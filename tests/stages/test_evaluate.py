@@ -80,7 +80,7 @@ def test_a_served_student_trained_again_is_asked_again(tmp_path):
 def tiny_adapter(tmp_path_factory) -> Path:
     """A LoRA adapter saved on a tiny random Llama, as `mapd train` leaves it in student/."""
     from peft import LoraConfig, get_peft_model
-    from tests.train.toy_run import build_tiny_model
+    from tests.stages.train.toy_run import build_tiny_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("trained")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.stages.scripted_classroom import reply, write_config
-from tests.train.toy_run import build_tiny_model
+from tests.stages.train.toy_run import build_tiny_model
 
 from mapd.config import load_config
 from mapd.stages.pipeline import run_pipeline

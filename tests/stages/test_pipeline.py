@@ -14,8 +14,8 @@ from tests.stages.scripted_classroom import reply, write_config
 from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.records import Decision, Example, Review
+from mapd.rundir import read_jsonl, run_lock
 from mapd.stages.pipeline import run_pipeline
-from mapd.stages.rundir import read_jsonl, run_lock
 from mapd.testing.loopback import LoopbackServer
 
 

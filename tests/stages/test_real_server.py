@@ -127,7 +127,9 @@ def write_config(tmp_path: Path, base_url: str, model: str) -> Path:
                 "name": name,
                 "model": model,
                 "base_url": base_url,
-                "sampling": {"max_tokens": 24},
+                # a rationale cut off at max_tokens is never trained: room for a short one
+                "system_prompt": "Answer in at most two short sentences.",
+                "sampling": {"max_tokens": 96},
                 "limits": one_at_a_time,
             }
             for name in ("smol-a", "smol-b")

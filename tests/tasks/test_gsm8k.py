@@ -109,3 +109,13 @@ def test_same_file_for_both_splits_is_divided(fixtures, local_cfg) -> None:
     train = {q.id for q in load_questions(cfg, "train", seed=3).questions}
     test = {q.id for q in load_questions(cfg, "test", seed=3).questions}
     assert len(train | test) == 5 and not train & test
+
+
+def test_gsm8k_owns_its_lm_eval_scores() -> None:
+    from mapd.tasks import get_task
+
+    scored = [("So 72.\n#### 72", "72"), ("It is $18.00.", "18"), ("The answer is 6", "6")]
+    extra = get_task("gsm8k").extra_metrics
+    assert extra is not None
+    assert extra(scored) == {"lm_eval_strict": 1 / 3, "lm_eval_flexible": 2 / 3}
+    assert get_task("svamp").extra_metrics is None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mapd.errors import MapdError
-from mapd.tasks import load_questions, question_text
+from mapd.prompts import with_options
+from mapd.tasks import load_questions
 from mapd.tasks.logiqa import parse_row
 
 
@@ -19,7 +20,10 @@ def test_loads_text_files(fixtures, local_cfg) -> None:
     assert first.id == "logiqa-train-00000"
     assert first.options[2] == "Pip can fly."
     assert first.question.endswith("Which of the following must be true?")
-    assert question_text(first).splitlines()[-2:] == ["(C) Pip can fly.", "(D) No bird can fly."]
+    assert with_options(first.question, first.options).splitlines()[-2:] == [
+        "(C) Pip can fly.",
+        "(D) No bird can fly.",
+    ]
 
 
 def test_hub_row_with_index(local_cfg, fixtures) -> None:

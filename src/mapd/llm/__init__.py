@@ -11,8 +11,6 @@ Completion: text, finish_reason, prompt_tokens, completion_tokens, latency, back
 CallResult: request, completion | None, error | None, attempts, skipped, timeouts; .ok, .text
 
 open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
-make_clients(cfg, *, run_dir, stage, store=None, budget=None)
-    async context manager -> dict[str, Client]: every teacher by name, plus "student"
 client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use", scope=None,
            run_dir=None)
     -> Client; `scope` is added to its cache keys (e.g. a stamp of the weights a server holds);
@@ -30,15 +28,20 @@ load_model(spec, device="auto", dtype="auto") -> LoadedModel   (in-process model
 
 Example
 -------
-    from mapd.llm import Request, make_clients, open_store
+    from mapd.llm import Request, client_for, open_store
 
-    async def teach(cfg, run_dir, prompts):
-        async with make_clients(cfg, run_dir=run_dir, stage="teach") as clients:
+    async def teach(teacher, prompts):
+        with open_store() as store:
+            client = client_for(teacher, store=store, run="demo", stage="teach")
             requests = [Request.user(p, tag=qid) for qid, p in prompts]
-            results = await clients["gpt"].complete_many(requests, desc="feedback gpt")
+            results = await client.complete_many(requests, desc=f"feedback {teacher.name}")
+            await client.aclose()
         return {r.request.tag: r.text for r in results if r.ok}
 
-    asyncio.run(teach(cfg, cfg.run_dir, prompts))        # only at the CLI boundary
+    asyncio.run(teach(cfg.teachers[0], prompts))        # only at the CLI boundary
+
+The stages open their clients through `mapd.stages.calls.open_clients` (one store and one
+budget per stage).
 
 Behaviour worth knowing
 -----------------------
@@ -74,12 +77,6 @@ first sends and never reaches the cache, the ledger, logs or error messages.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-
-from mapd.config import RunConfig
-from mapd.errors import MapdError
 from mapd.llm.cache import CacheMode, CacheStats, cache_stats, clear_cache, request_key
 from mapd.llm.client import (
     BudgetExceeded,
@@ -93,51 +90,6 @@ from mapd.llm.ledger import Budget, LedgerRow, ledger_totals, run_id
 from mapd.llm.model_loading import LoadedModel, load_model
 from mapd.llm.store import CallStore, open_store
 from mapd.llm.types import CallResult, Completion, Request
-
-STUDENT = "student"
-
-
-@asynccontextmanager
-async def make_clients(
-    cfg: RunConfig,
-    *,
-    run_dir: str | Path,
-    stage: str,
-    store: CallStore | None = None,
-    budget: Budget | None = None,
-) -> AsyncIterator[dict[str, Client]]:
-    """Clients for every teacher (by name) and the student (key "student"), closed on exit.
-
-    They share one store and one budget (by default `cfg.budget`, minus what this run
-    already spent). Backends are created on first use: a stage that only calls teachers
-    never loads the student's weights.
-    """
-    if STUDENT in {t.name for t in cfg.teachers}:
-        raise MapdError("a teacher is named 'student'", "give that teacher another name")
-    own_store = store is None
-    store = store or open_store()
-    run = run_id(run_dir)
-    budget = budget or Budget.for_run(cfg.budget, store, run)
-    clients = {
-        e.name if e is not cfg.student else STUDENT: client_for(
-            e,
-            store=store,
-            run=run,
-            stage=stage,
-            budget=budget,
-            cache_mode=cfg.cache,
-            run_dir=run_dir,
-        )
-        for e in [*cfg.teachers, cfg.student]
-    }
-    try:
-        yield clients
-    finally:
-        for client in clients.values():
-            await client.aclose()
-        if own_store:
-            store.close()
-
 
 __all__ = [
     "Budget",
@@ -159,7 +111,6 @@ __all__ = [
     "client_for",
     "ledger_totals",
     "load_model",
-    "make_clients",
     "open_store",
     "request_key",
     "run_id",

@@ -48,7 +48,7 @@ from mapd.llm.limits import retry_delay
 from mapd.llm.progress import BatchProgress
 from mapd.llm.store import Row
 from mapd.llm.types import BackendError, CallResult, Completion, Request
-from mapd.stages.rundir import write_json
+from mapd.rundir import write_json
 
 if TYPE_CHECKING:
     from mapd.llm.client import Client

@@ -1,5 +1,32 @@
-"""The pipeline stages: exam, teach, review, build (and train, eval, report), run by `mapd run`.
+"""The stages, one module or package each, in the order `mapd run` runs them:
+exam, teach, review, build, train, eval (module `evaluate`), report.
 
-Each stage is `run(cfg, run_dir) -> summary`; it reads earlier stages' files from the run
-folder, writes its own atomically, and writes its manifest last.
+Each stage reads earlier stages' files from the run folder, writes its own atomically, and is
+a module that the `Stage` protocol describes; `pipeline.py` runs them, checks their
+fingerprints and writes their manifests.
 """
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, Protocol
+
+from mapd.config import RunConfig
+
+
+class Stage(Protocol):
+    """What the pipeline needs of a stage module."""
+
+    NAME: str  # as the CLI names it (`mapd run --from NAME`)
+    INPUTS: list[str]  # run-folder files it reads; their hashes enter its fingerprint
+    OUTPUTS: list[str]  # files whose hashes its manifest records
+    ALWAYS_RUNS: bool  # no fingerprint, no manifest: it shows whatever the folder holds
+
+    def settings(self, cfg: RunConfig) -> dict[str, Any]:
+        """The settings its outputs depend on (the rest of its fingerprint)."""
+        ...
+
+    def run(self, cfg: RunConfig, run_dir: Path) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Do the work; return the summary kept in its manifest."""
+        ...

@@ -33,10 +33,12 @@ from mapd.config import RunConfig
 from mapd.errors import MapdError
 from mapd.prompts import Prompts
 from mapd.records import Decision, Example, Feedback, Mistake, Rationale
-from mapd.stages.rundir import read_jsonl, write_json, write_jsonl
+from mapd.rundir import read_jsonl, write_json, write_jsonl
 
+NAME = "build"
 INPUTS = ["mistakes.jsonl", "feedback.jsonl", "rationales.jsonl", "decisions.jsonl"]
 OUTPUTS = ["dataset/train.jsonl", "dataset/trl.jsonl", "dataset/alpaca.json", "dataset/stats.json"]
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:

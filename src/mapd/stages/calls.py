@@ -16,9 +16,9 @@ from mapd.llm.types import CallResult
 
 
 def endpoint_settings(endpoint: ModelEndpoint, fields: set[str]) -> dict[str, Any]:
-    """The endpoint's fields that decide its replies, for a stage's fingerprint; the ones
-    added later (extra_body, sampling.reasoning_effort) appear only when set, so a stage
-    finished under an older config is not redone."""
+    """The endpoint's fields that decide its replies, for a stage's fingerprint. The optional
+    ones (extra_body, sampling.reasoning_effort) appear only when set: an endpoint that does
+    not use them keeps the fingerprint it has without them, and its stage is not redone."""
     settings = endpoint.model_dump(include=fields)
     if endpoint.extra_body:
         settings["extra_body"] = endpoint.extra_body

@@ -3,7 +3,7 @@
 Reads  the task's `eval.split` (default test), student/manifest.json (after training)
 Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
        eval/<label>/metrics.json (accuracy, invalid-answer rate, mean output tokens, and
-       lm-evaluation-harness strict/flexible accuracy for gsm8k), labels `base` and `trained`
+       a task's extra metrics, e.g. lm-evaluation-harness's for gsm8k), labels `base` and `trained`
 
 The prompt is the rationale-task prompt the student was trained on. Greedy by default;
 `eval.samples: k` (with a temperature) gives majority-vote accuracy, sample i drawn with
@@ -19,18 +19,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mapd.answers import answers_match, lm_eval_correct, lm_eval_flexible, lm_eval_strict
+from mapd.answers import answers_match
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.llm.cache import folder_stamp
 from mapd.prompts import Prompts
 from mapd.records import Question
+from mapd.rundir import write_json, write_jsonl
 from mapd.stages.exam import ask_student, grade, rationale_request
-from mapd.stages.rundir import write_json, write_jsonl
 from mapd.stages.trained import saved_student, trained_student
-from mapd.tasks import load_questions
+from mapd.tasks import get_task, load_questions
 
 INPUTS = ["student/manifest.json"]
 OUTPUTS = ["eval/trained/metrics.json"]
+NAME = "eval"  # the module is `evaluate`: `eval` is a builtin
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
@@ -77,16 +79,13 @@ async def evaluate(
     ]
     replies = await ask_student(cfg, run_dir, f"eval-{label}", student, requests, scope)
     outputs = [r.text for r in replies]
-    rows, correct, invalid, strict, flexible = [], 0, 0, 0, 0
+    rows, correct, invalid = [], 0, 0
     for n, q in enumerate(questions):
         samples = [grade(q, out) for out in outputs[n * e.samples : (n + 1) * e.samples]]
         voted = majority([s.extracted for s in samples])
         ok = answers_match(voted, q.answer, q.answer_type)
         correct += ok
         invalid += voted is None
-        if cfg.task.name == "gsm8k":
-            strict += lm_eval_correct(lm_eval_strict(samples[0].output), q.answer)
-            flexible += lm_eval_correct(lm_eval_flexible(samples[0].output), q.answer)
         rows.append(
             {
                 "question_id": q.id,
@@ -112,9 +111,9 @@ async def evaluate(
             sum(r.completion_tokens for r in replies) / max(len(replies), 1), 1
         ),
     }
-    if cfg.task.name == "gsm8k":
-        metrics["lm_eval_strict"] = round(strict / n, 4)
-        metrics["lm_eval_flexible"] = round(flexible / n, 4)
+    if extra := get_task(cfg.task.name).extra_metrics:
+        firsts = [(r["output"], r["gold"]) for r in rows]
+        metrics |= {k: round(v, 4) for k, v in extra(firsts).items()}
     out = run_dir / "eval" / label
     write_jsonl(out / "predictions.jsonl", rows)
     write_json(out / "metrics.json", metrics)

@@ -12,14 +12,16 @@ from typing import Any
 from mapd.answers import answers_match, extract_answer
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.llm.types import Completion, Request
-from mapd.prompts import Prompts
+from mapd.prompts import Prompts, plain_prompt
 from mapd.records import Attempt, Mistake, Question
+from mapd.rundir import write_json, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.stages.rundir import write_json, write_jsonl
 from mapd.tasks import load_questions
 
+NAME = "exam"
 INPUTS: list[str] = []
 OUTPUTS = ["attempts.jsonl", "mistakes.jsonl", "exam.json"]
+ALWAYS_RUNS = False
 
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
@@ -42,8 +44,6 @@ def rationale_request(
     (for a student trained with `train.prompt_format: plain`, served without a chat template)."""
     prompt = prompts.rationale(q.question, q.options, q.answer_type)
     if plain:
-        from mapd.train.tokenize import plain_prompt
-
         content = plain_prompt(prompt.instruction, prompt.input)
         return Request(
             messages=({"role": "user", "content": content},), sample=sample, tag=q.id, **sampling

@@ -3,25 +3,27 @@
     summaries = asyncio.run(run_pipeline(cfg, until="build"))
 
 The run folder keeps the resolved config as `config.yaml` and one manifest per finished
-stage in `manifests/`. A stage whose manifest says it was imported (`mapd import-release`)
-is never re-run. `start` forces a re-run from that stage on.
+stage in `manifests/`; this module checks the stages' fingerprints and writes their manifests
+(`mapd train` runs the train stage alone through `train_student`; `mapd import-release`
+writes the manifests of imported stages, and `mapd ablate` those of its untrained row). A
+stage whose manifest says it was imported (`mapd import-release`) is never re-run. `start`
+forces a re-run from that stage on.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
+import os
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from rich.console import Console
 
 from mapd.config import RunConfig, dump_run_config, validate_config
 from mapd.errors import MapdError
-from mapd.stages.rundir import (
+from mapd.rundir import (
     fingerprint,
     load_manifest,
     run_lock,
@@ -29,26 +31,26 @@ from mapd.stages.rundir import (
     write_manifest,
     write_text_atomic,
 )
+from mapd.stages import Stage, build, evaluate, exam, report, review, teach, train
 from mapd.stages.trained import next_round_student
 
-STAGES = ["exam", "teach", "review", "build", "train", "eval", "report"]
-MODULES = {"eval": "evaluate"}
+# the flow, in order; a module satisfies `Stage`
+STAGES: dict[str, Stage] = {
+    s.NAME: s for s in (exam, teach, review, build, train, evaluate, report)
+}
 console = Console(stderr=True, soft_wrap=True)
-
-
-def stage_module(name: str) -> ModuleType:
-    return importlib.import_module(f"mapd.stages.{MODULES.get(name, name)}")
 
 
 def select_stages(start: str | None, until: str | None) -> list[str]:
     for name in (start, until):
         if name is not None and name not in STAGES:
             raise MapdError(f"unknown stage {name!r}", f"stages: {', '.join(STAGES)}")
-    first = STAGES.index(start) if start else 0
-    last = STAGES.index(until) if until else len(STAGES) - 1
+    names = list(STAGES)
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(names) - 1
     if first > last:
         raise MapdError(f"--from {start} comes after --until {until}", "swap them")
-    return STAGES[first : last + 1]
+    return names[first : last + 1]
 
 
 def _is_imported(run_dir: Path, stage: str) -> bool:
@@ -57,8 +59,8 @@ def _is_imported(run_dir: Path, stage: str) -> bool:
 
 
 def stage_fingerprint(cfg: RunConfig, run_dir: Path, name: str) -> str:
-    module = stage_module(name)
-    return fingerprint(module.settings(cfg), [run_dir / i for i in module.INPUTS])
+    stage = STAGES[name]
+    return fingerprint(stage.settings(cfg), [run_dir / i for i in stage.INPUTS])
 
 
 def is_current(cfg: RunConfig, run_dir: Path, name: str) -> bool:
@@ -72,11 +74,15 @@ async def run_stage(
     cfg: RunConfig, run_dir: Path, name: str, force: bool = False
 ) -> dict[str, Any]:
     """Run one stage unless it is finished and unchanged; return its summary."""
-    module = stage_module(name)
+    stage = STAGES[name]
+    if stage.ALWAYS_RUNS:
+        summary = await _run(stage, cfg, run_dir)
+        console.print(f"[green]{name}[/]: {headline(name, summary)}")
+        return summary
     if _is_imported(run_dir, name):
         console.print(f"[dim]{name}: imported, kept as is[/]")
         return (load_manifest(run_dir, name) or {}).get("summary", {})
-    missing = [i for i in module.INPUTS if not (run_dir / i).exists()]
+    missing = [i for i in stage.INPUTS if not (run_dir / i).exists()]
     if missing:
         raise MapdError(
             f"{name}: {run_dir / missing[0]} is missing",
@@ -89,13 +95,39 @@ async def run_stage(
         return summary
     started = time.time()
     console.print(f"[bold]{name}[/] ...")
-    result = module.run(cfg, run_dir)
-    summary = await result if inspect.isawaitable(result) else result
-    write_manifest(run_dir, name, fp, module.OUTPUTS, summary, started)
+    summary = await _run(stage, cfg, run_dir)
+    write_manifest(run_dir, name, fp, stage.OUTPUTS, summary, started)
     console.print(
         f"[green]{name}[/] done in {time.time() - started:.1f}s: {headline(name, summary)}"
     )
     return summary
+
+
+def train_student(
+    cfg: RunConfig, run_dir: Path | None = None, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
+    """`mapd train`: the train stage alone, with the same fingerprint check and manifest as in
+    `mapd run`. No run lock: under `accelerate launch` every process runs this, and only the
+    main one writes the manifest."""
+    from mapd.stages.train.stage import run as fit  # loads torch
+
+    run_dir = Path(run_dir or cfg.run_dir)
+    fp = stage_fingerprint(cfg, run_dir, train.NAME)
+    if stage_is_done(run_dir, train.NAME, fp):
+        console.print(
+            f"{run_dir / 'student'} is already trained with these settings; delete it to retrain"
+        )
+        return (load_manifest(run_dir, train.NAME) or {}).get("summary", {}) | {"skipped": True}
+    started = time.time()
+    summary = fit(cfg, run_dir, callbacks)
+    if os.environ.get("RANK", "0") == "0":  # the main process of a distributed launch
+        write_manifest(run_dir, train.NAME, fp, train.OUTPUTS, summary, started)
+    return summary
+
+
+async def _run(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    result = stage.run(cfg, run_dir)
+    return await result if inspect.isawaitable(result) else result
 
 
 def headline(name: str, s: dict[str, Any]) -> str:
@@ -117,6 +149,8 @@ def headline(name: str, s: dict[str, Any]) -> str:
         return f"{s.get('steps')} steps; final {losses or 'losses not logged'}"
     if name == "eval":
         return ", ".join(f"{label} accuracy {m['accuracy']} (n={m['n']})" for label, m in s.items())
+    if name == "report":
+        return str(s["path"])
     if name == "build":
         return (
             f"{s['feedback_examples']} feedback + {s['rationale_examples']} rationale examples "
@@ -141,12 +175,6 @@ async def run_round(cfg: RunConfig, stages: list[str], start: str | None) -> dic
     write_text_atomic(run_dir / "config.yaml", dump_run_config(cfg))
     summaries: dict[str, Any] = {}
     for name in stages:
-        if name == "report":
-            from mapd.report import write_report
-
-            path = write_report(run_dir)
-            console.print(f"[green]report[/]: {path}")
-            continue
         summaries[name] = await run_stage(
             cfg, run_dir, name, force=start is not None and name == start
         )
@@ -172,6 +200,6 @@ async def run_pipeline(
                 f"[bold]round {round_no}[/]: the trained student takes the exam again, "
                 f"in-process from {round_cfg.student.model}"
             )
-            summaries[f"round-{round_no}"] = await run_round(round_cfg, STAGES, None)
+            summaries[f"round-{round_no}"] = await run_round(round_cfg, list(STAGES), None)
             previous = round_cfg.run_dir
         return summaries

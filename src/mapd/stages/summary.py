@@ -28,7 +28,7 @@ def _ledger_line(cfg: RunConfig) -> str:
 
 def _cut_off_line(cfg: RunConfig) -> str | None:
     from mapd.records import Feedback, Rationale, Review
-    from mapd.report.collect import cut_off_counts, cut_off_line, read_optional
+    from mapd.stages.report.collect import cut_off_counts, cut_off_line, read_optional
 
     run_dir = cfg.run_dir
     return cut_off_line(

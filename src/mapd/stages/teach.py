@@ -21,11 +21,13 @@ from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
 from mapd.records import Feedback, Mistake, Rationale
+from mapd.rundir import read_jsonl, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
-from mapd.stages.rundir import read_jsonl, write_jsonl
 
+NAME = "teach"
 INPUTS = ["mistakes.jsonl"]
 OUTPUTS = ["feedback.jsonl", "rationales.jsonl"]
+ALWAYS_RUNS = False
 TEACHER_FIELDS = {"name", "model", "backend", "base_url", "sampling", "system_prompt"}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.errors import MapdError
-from mapd.stages.rundir import read_json
+from mapd.rundir import read_json
 
 
 @dataclass(frozen=True)

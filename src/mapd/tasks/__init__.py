@@ -1,6 +1,6 @@
 """The task registry and the one way to load questions: `load_questions(cfg, split, seed)`.
 
-    from mapd.tasks import get_task, load_questions, question_text
+    from mapd.tasks import get_task, load_questions
     loaded = load_questions(cfg.task, "train", seed=731)
     loaded.questions[0].id   # "gsm8k-train-00000"; loaded.skipped counts rows skipped
 
@@ -24,7 +24,7 @@ from mapd.tasks.reasoning_gym import generate_questions
 from mapd.tasks.spec import LoadedSplit, RowError, Task
 from mapd.tasks.splits import split_by_hash, take_limit
 
-__all__ = ["TASKS", "LoadedSplit", "Task", "get_task", "load_questions", "question_text"]
+__all__ = ["TASKS", "LoadedSplit", "Task", "get_task", "load_questions"]
 
 TASKS: dict[str, Task] = {
     t.name: t for t in (gsm8k.TASK, svamp.TASK, strategyqa.TASK, logiqa.TASK, jsonl.TASK)
@@ -37,14 +37,6 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise MapdError(f"unknown task {name!r}", f"choose one of: {', '.join(TASKS)}") from None
-
-
-def question_text(q: Question) -> str:
-    """The question as shown to a model: for choice questions, followed by lettered options."""
-    if not q.options:
-        return q.question
-    lines = [f"({chr(ord('A') + i)}) {option}" for i, option in enumerate(q.options)]
-    return q.question + "\n" + "\n".join(lines)
 
 
 def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:

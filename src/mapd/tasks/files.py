@@ -1,7 +1,10 @@
 """Reading a dataset's native files with errors that name the file and line and say how to fix them.
 
-for location, row in read_jsonl(Path("data/train.jsonl")):  # ("data/train.jsonl line 1", {...})
+for location, row in read_jsonl_rows(Path("data/train.jsonl")):  # ("data/train.jsonl line 1", {...})
     ...
+
+These keep every row of a user's file with its location, a malformed one as an error to
+report; `mapd.rundir.read_jsonl` reads the validated records a stage wrote.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def read_text(path: Path) -> str:
     return text
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def read_jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, row) per non-blank line; a line that is not JSON yields a ValueError row."""
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -68,6 +71,6 @@ def read_json_list(path: Path) -> Iterator[tuple[str, Any]]:
 def read_json_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """JSON Lines for .jsonl files, a JSON list otherwise (sniffed from the first character)."""
     if path.suffix == ".jsonl":
-        return read_jsonl(path)
+        return read_jsonl_rows(path)
     first = read_text(path).lstrip()[:1]
-    return read_json_list(path) if first == "[" else read_jsonl(path)
+    return read_json_list(path) if first == "[" else read_jsonl_rows(path)

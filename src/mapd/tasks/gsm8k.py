@@ -4,6 +4,10 @@ Native format (hub `openai/gsm8k`, config `main`, and the JSONL files of the rel
 one object per line with `question` and `answer`, where `answer` is the worked solution
 with `<<48/2=24>>` calculator annotations and a last line `#### 72`. The gold rationale is
 the solution before "####" with the annotations removed.
+
+Besides mapd's own grading, GSM8K is scored the way lm-evaluation-harness scores it
+(`lm_eval_metrics`: its strict-match and flexible-extract filters, reproduced exactly), so
+accuracy can be compared with figures reported by that tool.
 """
 
 from __future__ import annotations
@@ -17,6 +21,53 @@ from mapd.records import Question
 from mapd.tasks.spec import RowError, Task, require_fields
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+# From lm_eval/tasks/gsm8k/gsm8k.yaml (version 3): the two filters and the exact_match
+# settings (ignore_case: true, ignore_punctuation: false, these regexes_to_ignore).
+LM_EVAL_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+LM_EVAL_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+LM_EVAL_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+
+
+def _lm_eval_regex(pattern: re.Pattern[str], text: str, group_select: int) -> str | None:
+    matches = pattern.findall(text)
+    if not matches:
+        return None  # lm-eval's fallback "[invalid]", which never matches a gold answer
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next(m for m in match if m)
+    return match.strip()
+
+
+def lm_eval_strict(text: str) -> str | None:
+    """lm-eval gsm8k `strict-match`: the first "#### <number>"."""
+    return _lm_eval_regex(LM_EVAL_STRICT, text, 0)
+
+
+def lm_eval_flexible(text: str) -> str | None:
+    """lm-eval gsm8k `flexible-extract`: the last number-like run of characters."""
+    return _lm_eval_regex(LM_EVAL_FLEXIBLE, text, -1)
+
+
+def _lm_eval_clean(text: str) -> str:
+    for pattern in LM_EVAL_IGNORE:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def lm_eval_correct(extracted: str | None, gold: str) -> bool:
+    """lm-eval's exact_match after its ignore settings; `gold` is a GSM8K answer text or number."""
+    return extracted is not None and _lm_eval_clean(extracted) == _lm_eval_clean(gold)
+
+
+def lm_eval_metrics(scored: list[tuple[str, str]]) -> dict[str, float]:
+    """lm-eval's two accuracies over (output, gold answer) pairs."""
+    n = len(scored) or 1
+    return {
+        "lm_eval_strict": sum(lm_eval_correct(lm_eval_strict(o), g) for o, g in scored) / n,
+        "lm_eval_flexible": sum(lm_eval_correct(lm_eval_flexible(o), g) for o, g in scored) / n,
+    }
 
 
 def split_solution(solution: str) -> tuple[str, str]:
@@ -52,4 +103,5 @@ TASK = Task(
     hub_id="openai/gsm8k",
     hub_config="main",
     split_files={"train": "train.jsonl", "test": "test.jsonl"},
+    extra_metrics=lm_eval_metrics,
 )

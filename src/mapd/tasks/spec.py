@@ -37,6 +37,8 @@ class Task:
     split_files: dict[str, str] = field(default_factory=dict)
     single_files: tuple[str, ...] = ()  # names of one file holding every split (split by id hash)
     read_local: LocalReader | None = None  # None: JSON or JSON Lines by file extension
+    # extra_metrics([(output, gold answer), ...]) -> {name: fraction}, beside mapd's accuracy
+    extra_metrics: Callable[[list[tuple[str, str]]], dict[str, float]] | None = None
 
 
 @dataclass

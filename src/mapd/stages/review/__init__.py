@@ -1,0 +1,134 @@
+"""Stage `review`: every rationale is scored by the other teachers, and accepted or rejected.
+
+Reads  mistakes.jsonl, rationales.jsonl (and, in a run made by `mapd import-release`, the
+       imported reviews.jsonl instead of calling anyone)
+Writes reviews.jsonl (reviewer × rationale: score or None, and the raw reply),
+       decisions.jsonl (rationale: accepted or not, and why), review.json (statistics)
+
+A rationale is never reviewed by its own author. `review.reviewers: k` draws k of the
+other teachers per rationale with the seed. Only the reviewer's reply is parsed for a
+score. In the no-review baselines (`dataset.mode` other than mapd) nobody is called and
+every rationale is accepted unless the answer check rejects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+from mapd.config import RunConfig
+from mapd.llm.client import Client
+from mapd.llm.types import Request
+from mapd.prompts import Prompts
+from mapd.records import Mistake, Rationale, Review
+from mapd.rundir import RELEASE_MARKER, read_jsonl, write_json, write_jsonl
+from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
+from mapd.stages.review.decisions import decide_all, review_statistics
+from mapd.stages.review.scores import parse_review_score
+from mapd.stages.teach import TEACHER_FIELDS
+
+NAME = "review"
+INPUTS = ["mistakes.jsonl", "rationales.jsonl"]
+OUTPUTS = ["reviews.jsonl", "decisions.jsonl", "review.json"]
+ALWAYS_RUNS = False
+
+
+def settings(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "teachers": [endpoint_settings(t, TEACHER_FIELDS) for t in cfg.teachers],
+        "review": cfg.review.model_dump(),
+        "mode": cfg.dataset.mode,
+        "seed": cfg.seed,
+        "prompts": {k: v for k, v in cfg.prompts.items() if k == "review"},
+    }
+
+
+def assign_reviewers(cfg: RunConfig, rationales: list[Rationale]) -> list[tuple[Rationale, str]]:
+    """(rationale, reviewer) pairs: every other teacher, or k of them drawn with the seed."""
+    names = [t.name for t in cfg.teachers]
+    pairs = []
+    for r in rationales:
+        others = [n for n in names if n != r.teacher]
+        k = cfg.review.reviewers
+        if k is not None and k < len(others):
+            others = sorted(random.Random(f"{cfg.seed}:{r.id}").sample(others, k), key=names.index)
+        pairs.extend((r, reviewer) for reviewer in others)
+    return pairs
+
+
+async def review_by(
+    client: Client,
+    pairs: list[tuple[Rationale, str]],
+    mistakes: dict[str, Mistake],
+    cfg: RunConfig,
+    prompts: Prompts,
+) -> list[Review]:
+    lo, hi = cfg.review.scale_min, cfg.review.scale_max
+    requests = [
+        Request(
+            messages=tuple(prompts.review(mistakes[r.question_id], r.text, lo, hi).messages()),
+            tag=r.id,
+            max_tokens=cfg.review.max_tokens,
+        )
+        for r, _ in pairs
+    ]
+    results = await client.complete_many(requests, desc=f"review: {client.name}")
+    raise_if_failed("review", f"reviewer {client.name}", results)
+    return [
+        Review(
+            id=f"{r.id}|{client.name}",
+            rationale_id=r.id,
+            question_id=r.question_id,
+            author=r.teacher,
+            reviewer=client.name,
+            score=parse_review_score(res.text, lo, hi, cut_off=res.completion.cut_off),
+            raw=res.text,
+            finish_reason=res.completion.finish_reason,
+            reasoning=res.completion.reasoning,
+        )
+        for (r, _), res in zip(pairs, results, strict=True)
+    ]
+
+
+async def gather_reviews(
+    cfg: RunConfig, run_dir: Path, rationales: list[Rationale]
+) -> list[Review]:
+    mistakes = {m.question_id: m for m in read_jsonl(run_dir / "mistakes.jsonl", Mistake)}
+    prompts = Prompts(cfg.prompts)
+    pairs = assign_reviewers(cfg, rationales)
+    by_reviewer = {t.name: [p for p in pairs if p[1] == t.name] for t in cfg.teachers}
+    async with open_clients(cfg, run_dir, "review", cfg.teachers) as clients:
+        outcomes = await asyncio.gather(
+            *(
+                review_by(clients[name], ps, mistakes, cfg, prompts)
+                for name, ps in by_reviewer.items()
+                if ps
+            ),
+            return_exceptions=True,
+        )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    reviews = {rev.id: rev for o in outcomes if not isinstance(o, BaseException) for rev in o}
+    # file order: rationale by rationale, reviewers in committee order
+    return [reviews[f"{r.id}|{reviewer}"] for r, reviewer in pairs]
+
+
+async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
+    reviewed = cfg.dataset.mode == "mapd"
+    if not reviewed:
+        reviews: list[Review] = []
+    elif (run_dir / RELEASE_MARKER).exists():
+        reviews = read_jsonl(run_dir / "reviews.jsonl", Review)
+    else:
+        reviews = await gather_reviews(cfg, run_dir, rationales)
+    decisions = decide_all(rationales, reviews, cfg.review, reviewed)
+    if not (run_dir / RELEASE_MARKER).exists():
+        write_jsonl(run_dir / "reviews.jsonl", reviews)
+    write_jsonl(run_dir / "decisions.jsonl", decisions)
+    stats = review_statistics(reviews, decisions)
+    write_json(run_dir / "review.json", stats)
+    return stats

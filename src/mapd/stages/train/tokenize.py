@@ -1,0 +1,139 @@
+"""Encode training examples as ids with exact labels: prompt masked, target and one EOS trained.
+
+    encoded = encode_examples(examples, tokenizer, prompt_format="chat", max_length=512)
+
+Each `Encoded` row holds `input_ids` and `labels` of the same length (`labels` is -100 on
+every prompt position) and `task` (0 feedback, 1 rationale). The prompt is tokenized on its
+own, exactly as it will be at inference (`apply_chat_template(..., add_generation_prompt=True)`
+or the plain format with the tokenizer's BOS), and the target's ids are appended, followed by
+the EOS id. A target cut by `max_length` keeps no EOS: teaching the model to stop in the
+middle of a sentence would be worse than not teaching it to stop on that example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mapd.errors import MapdError
+from mapd.prompts import plain_prompt
+from mapd.records import Example
+
+IGNORE = -100
+TASK_IDS = {"feedback": 0, "rationale": 1}
+PromptFormat = Literal["chat", "plain"]
+
+
+@dataclass
+class Encoded:
+    """One tokenized example; `labels[i]` is the id the model must predict at position i."""
+
+    id: str
+    task: int
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class EncodedSet:
+    """The examples that can be trained, and the ids of those that could not (or were cut)."""
+
+    rows: list[Encoded]
+    overlong: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+
+
+def prompt_ids(example: Example, tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
+    """The prompt's ids as the student will see them at inference."""
+    if prompt_format == "chat":
+        messages = [{"role": "user", "content": example.prompt_text()}]
+        return list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+    text = plain_prompt(example.instruction, example.input)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """Fail unless the generation prompt is a prefix of a rendered conversation.
+
+    Training appends the target to the generation prompt; that only matches what the
+    template renders for a real conversation when the template's assistant header is the
+    same in both. The target's own ids are tokenized separately on purpose: this is what the
+    model sees at inference, where generation starts right after the generation prompt.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise MapdError(
+            "the student's tokenizer has no chat template",
+            "set train.prompt_format=plain, or use an instruction-tuned student",
+        )
+    user = [{"role": "user", "content": "PROBE QUESTION"}]
+    head = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(
+        [*user, {"role": "assistant", "content": "PROBE ANSWER"}], tokenize=False
+    )
+    if not full.startswith(head) or "PROBE ANSWER" not in full[len(head) :]:
+        raise MapdError(
+            "the student's chat template renders the assistant turn differently from its "
+            "generation prompt, so prompt and target cannot be split exactly",
+            "set train.prompt_format=plain",
+        )
+
+
+def encode_example(
+    example: Example, tokenizer: Any, prompt_format: PromptFormat, max_length: int
+) -> Encoded:
+    """Prompt ids + target ids + EOS, cut at `max_length`; labels -100 on the prompt."""
+    prompt = prompt_ids(example, tokenizer, prompt_format)
+    target = tokenizer(example.output, add_special_tokens=False)["input_ids"]
+    target = [*target, tokenizer.eos_token_id]
+    room = max(max_length - len(prompt), 0)
+    truncated = len(target) > room
+    if truncated:
+        target = target[:room]  # the EOS is the first to go, see the module docstring
+    return Encoded(
+        id=example.id,
+        task=TASK_IDS[example.kind],
+        input_ids=prompt + target,
+        labels=[IGNORE] * len(prompt) + target,
+        truncated=truncated,
+    )
+
+
+def encode_examples(
+    examples: list[Example],
+    tokenizer: Any,
+    prompt_format: PromptFormat,
+    max_length: int,
+    on_overlong: Literal["error", "drop"] = "error",
+) -> EncodedSet:
+    """Encode every example; an example with no trained token is an error or is dropped."""
+    if tokenizer.eos_token_id is None:
+        raise MapdError(
+            "the student's tokenizer has no EOS token", "use a tokenizer with eos_token"
+        )
+    if prompt_format == "chat":
+        check_chat_template(tokenizer)
+    rows, overlong, truncated = [], [], []
+    for example in examples:
+        row = encode_example(example, tokenizer, prompt_format, max_length)
+        if all(label == IGNORE for label in row.labels):
+            overlong.append(row.id)
+            continue
+        if row.truncated:
+            truncated.append(row.id)
+        rows.append(row)
+    if overlong and on_overlong == "error":
+        shown = ", ".join(overlong[:10]) + (", ..." if len(overlong) > 10 else "")
+        raise MapdError(
+            f"{len(overlong)} of {len(examples)} training examples have a prompt of "
+            f"{max_length} tokens or more, leaving no target token to train: {shown}",
+            "raise train.max_length, or set train.on_overlong=drop to skip them",
+        )
+    return EncodedSet(rows=rows, overlong=overlong, truncated=truncated)

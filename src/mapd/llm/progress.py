@@ -1,4 +1,7 @@
-"""Progress bar per batch of calls: done/total, rate, cache hits, failures, tokens and cost."""
+"""Progress bar per batch of calls: done/total, rate, cache hits, failures, tokens and cost.
+
+An in-process model reports the tokens it decodes (`generating`), so a batch whose replies
+take minutes shows movement before the first reply arrives."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+LOG_EVERY = 30.0  # seconds between plain lines while an in-process model is still decoding
 
 
 def _display(console: Console, enabled: bool) -> Progress:
@@ -59,7 +64,8 @@ class BatchProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
-        self.done = self.cached = self.failed = self.tokens = 0
+        self.done = self.cached = self.failed = self.tokens = self.generated = 0
+        self.last_line = self.started
         self.cost = 0.0
         self.shared = console is None and self.enabled
         if self.shared and _Shared.display is not None:
@@ -108,16 +114,34 @@ class BatchProgress:
             self.task,
             advance=1,
             rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
-            stats=f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
-            f" · ${self.cost:.4f}",
+            stats=self.stats(),
         )
+
+    def stats(self) -> str:
+        text = f"cache {self.cached} · failed {self.failed} · {self.tokens:,} tok"
+        if self.generated:
+            text += f" ({self.generated:,} generated)"
+        return text + f" · ${self.cost:.4f}"
+
+    def generating(self, tokens: int) -> None:
+        """`tokens` more were decoded (called by an in-process backend from its thread)."""
+        self.generated += tokens
+        now = time.monotonic()
+        if self.log_lines and now - self.last_line >= LOG_EVERY:
+            self.last_line = now
+            self.log_line()
+        if self.enabled:
+            self.progress.update(self.task, stats=self.stats())
 
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started
+        self.last_line = time.monotonic()
         print(
             f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
             f"{self.done / elapsed if elapsed else 0:.1f}/s, cache {self.cached}, "
-            f"failed {self.failed}, {self.tokens:,} tok, ${self.cost:.4f}, {elapsed:.0f} s",
+            f"failed {self.failed}, {self.tokens:,} tok, "
+            + (f"{self.generated:,} generated, " if self.generated else "")
+            + f"${self.cost:.4f}, {elapsed:.0f} s",
             file=sys.stderr,
             flush=True,
         )

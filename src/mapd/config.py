@@ -162,6 +162,11 @@ class ModelEndpoint(Strict):
         "Azure OpenAI and others), anthropic for Anthropic's Message Batches.",
     )
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together.")
+    batching: Literal["refill", "padded"] = Field(
+        "refill",
+        description="transformers: refill = a row whose reply ended takes the next prompt at "
+        "once; padded = each batch runs until its longest reply ends (the fallback).",
+    )
     device: str = Field("auto", description="transformers: cpu, cuda, mps or auto.")
     dtype: str = Field("auto", description="transformers: float32, bfloat16, float16 or auto.")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from tests.stages.train.toy_run import build_tiny_model
 from mapd.config import ModelEndpoint, Sampling, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm import Request, client_for, load_model
+from mapd.llm.hf_backend import HFBackend
 from mapd.llm.model_loading import model_source
 
 
@@ -160,3 +163,60 @@ def test_cache_scope_follows_a_local_folders_files_and_the_precision(tmp_path):
     before = cache_scope(str(tmp_path), "torch.float32")
     (tmp_path / "model.safetensors").write_bytes(b"weights trained again")  # same path
     assert cache_scope(str(tmp_path), "torch.float32") != before
+
+
+@pytest.fixture(scope="module")
+def early_ending_model(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with a second end token that its greedy replies reach at varied points,
+    so rows of one batch end at different steps (the random model rarely says its eos)."""
+    loaded = load_model(tiny_model, "cpu", "float32")
+    text = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True
+    )
+    encoded = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    reply = loaded.model.generate(**encoded, max_new_tokens=10, do_sample=False)
+    end = int(reply[0, -3])  # PROMPTS[0]'s 8th new token
+    folder = tmp_path_factory.mktemp("early-end") / "model"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = [config["eos_token_id"], end]
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_refilled_rows_give_the_padded_batches_greedy_texts(early_ending_model):
+    """A finished row's slot takes the next prompt; every greedy reply stays the same."""
+    requests = [Request.user(p, max_tokens=24) for p in PROMPTS]
+    padded, padded_batches = run_batch(
+        student(early_ending_model, batch_size=4, batching="padded"), requests
+    )
+    refilled, joined = run_batch(student(early_ending_model, batch_size=4), requests)
+    assert padded_batches == [4, 4, 2]
+    assert len(joined) > 3 and max(joined) <= 4  # prompts joined as rows ended
+    assert [r.text for r in refilled] == [r.text for r in padded]
+    assert [r.completion.finish_reason for r in refilled] == [
+        r.completion.finish_reason for r in padded
+    ]
+    lengths = [r.completion.completion_tokens for r in refilled]
+    assert lengths == [r.completion.completion_tokens for r in padded]
+    assert len(set(lengths)) >= 3  # the rows really ended at different steps
+
+
+@pytest.mark.parametrize("batching", ["refill", "padded"])
+def test_decoding_steps_are_reported_as_they_happen(tiny_model, batching):
+    """The progress display hears of every step's tokens, not only of finished replies."""
+    steps: list[tuple[int, int]] = []  # (tokens of the step, replies finished by then)
+
+    async def go():
+        backend = HFBackend(student(tiny_model, batch_size=4, batching=batching))
+        futures = []
+        backend.on_tokens = lambda n: steps.append((n, sum(f.done() for f in futures)))
+        futures += [
+            asyncio.ensure_future(backend.generate(Request.user(p, max_tokens=8))) for p in PROMPTS
+        ]
+        return await asyncio.gather(*futures)
+
+    replies = asyncio.run(go())
+    assert sum(n for n, _ in steps) >= sum(r.completion_tokens for r in replies)
+    assert len(steps) >= 3 * 8  # one report per step of each of the three batches
+    assert steps[0][1] == 0  # the first report came before any reply

@@ -82,3 +82,18 @@ def test_batches_running_together_share_one_display(monkeypatch):
     assert not first.progress.live.is_started
     with BatchProgress("review: alice", total=1, enabled=True) as third:
         assert third.progress is not first.progress  # a new stage starts a new display
+
+
+def test_decoded_tokens_show_before_the_first_reply(capsys, monkeypatch):
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    bar = BatchProgress("exam", total=2, enabled=True, console=console)
+    with bar:
+        bar.generating(8)
+        bar.generating(8)
+        stats = bar.progress.tasks[0].fields["stats"]
+        assert stats == "cache 0 · failed 0 · 0 tok (16 generated) · $0.0000"
+    monkeypatch.setattr("mapd.llm.progress.LOG_EVERY", 0.0)
+    with BatchProgress("exam", total=2) as logged:  # pytest's stderr is no terminal
+        logged.generating(8)
+    line = capsys.readouterr().err
+    assert line.startswith("exam: 0/2 (0%), ") and "0 tok, 8 generated, " in line

@@ -128,14 +128,16 @@ def write_config(tmp_path: Path, base_url: str, model: str) -> Path:
                 "model": model,
                 "base_url": base_url,
                 # a rationale cut off at max_tokens is never trained: room for a short one
-                "system_prompt": "Answer in at most two short sentences.",
-                "sampling": {"max_tokens": 96},
+                "system_prompt": "Be brief: two short sentences at most.",
+                "sampling": {"max_tokens": 128},
                 "limits": one_at_a_time,
             }
             for name in ("smol-a", "smol-b")
         ],
-        # SmolLM2 reviews poorly: any valid score accepts, so there is something to train
-        "review": {"require_correct_answer": False, "threshold": 0, "max_tokens": 16},
+        # SmolLM2-135M cannot review (it restates the answer instead of scoring): the reviews
+        # are still asked of the server, but the dataset takes every rationale not cut off
+        "review": {"require_correct_answer": False, "max_tokens": 16},
+        "dataset": {"mode": "committee_no_review"},
         "train": {
             "max_steps": 3,
             "lr": 3e-3,

@@ -432,6 +432,8 @@ class Client:
             self._raise_if_stopped(results)
             return results
         bar = BatchProgress(desc or self.name, len(requests), progress)
+        if hasattr(backend, "on_tokens"):  # an in-process model reports its decoding steps
+            backend.on_tokens = bar.generating
         # Items start (cache look-up, then a wait for a slot) a few at a time, so the first
         # requests go out at once instead of after every item's look-up. The in-process
         # backend gets them all at once: it fills its batches from the waiting ones.

@@ -1,9 +1,13 @@
 """The in-process backend: a Hugging Face causal LM generating batches of requests.
 
-Concurrent `generate` calls wait in a queue; one worker task takes up to `batch_size`
-requests with the same decoding settings, runs `model.generate` in a thread (left
-padding, the tokenizer's chat template when it has one) and hands each caller its reply.
-So `Client.complete_many` over many prompts gets real batched generation.
+Concurrent `generate` calls wait in a queue; a worker thread decodes up to `batch_size`
+requests with the same decoding settings at once (left padding, the tokenizer's chat
+template when it has one) and hands each caller its reply. So `Client.complete_many` over
+many prompts gets real batched generation. With `batching: refill` (the default) a row
+whose reply ended takes the next waiting prompt at once (`mapd.llm.refill`) and its caller
+gets the reply then; with `batching: padded`, `model.generate` runs each batch until its
+longest reply ends. `on_tokens`, when set, is called with the tokens of each decoding step
+(the progress display shows them).
 
 Temperature 0 is greedy. Sampling with a seed is reproducible for the same batch
 composition (the seed, mixed with the first request's sample index, seeds torch).
@@ -13,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mapd.config import ModelEndpoint
 from mapd.llm.cache import folder_stamp
 from mapd.llm.model_loading import LoadedModel, load_model
+from mapd.llm.refill import Decoding, RefillDecoder, Row, refill_supported
 from mapd.llm.types import BackendError, Completion, Message, Request
 
 
@@ -46,6 +53,11 @@ def cache_scope(spec: str, dtype: str) -> str | None:
     return " ".join(parts) or None
 
 
+def settings(request: Request) -> tuple[Any, ...]:
+    """What must be the same for requests decoded together."""
+    return (request.temperature, request.top_p, request.max_tokens, request.seed)
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...] | None) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found."""
     cuts = [i for s in stop or () if s and (i := text.find(s)) >= 0]
@@ -65,31 +77,42 @@ class HFBackend:
         wants_template = getattr(endpoint, "chat_template", True)
         self.chat_template = bool(wants_template and getattr(tokenizer, "chat_template", None))
         self.batch_size = endpoint.batch_size
+        self.refill = endpoint.batching == "refill" and refill_supported(self.loaded.model)
         self.model_name = endpoint.model
         self.pending: list[tuple[Request, asyncio.Future[Completion]]] = []
+        self.pending_lock = threading.Lock()  # the refilling thread takes from `pending` too
         self.worker: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
+        # sizes of the batches run (refill: of the prompts joining at each refill)
+        self.batches: list[int] = []
+        self.on_tokens: Callable[[int], None] | None = None
 
     async def generate(self, request: Request) -> Completion:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-        self.pending.append((request, future))
+        with self.pending_lock:
+            self.pending.append((request, future))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._work())
         return await future
 
-    def _take_batch(self) -> list[tuple[Request, asyncio.Future[Completion]]]:
-        def settings(r: Request) -> tuple[Any, ...]:
-            return (r.temperature, r.top_p, r.max_tokens, r.seed)
-
-        first = settings(self.pending[0][0])
-        batch = [p for p in self.pending if settings(p[0]) == first][: self.batch_size]
-        taken = {id(p) for p in batch}
-        self.pending = [p for p in self.pending if id(p) not in taken]
+    def _take(
+        self, wanted: tuple[Any, ...], n: int
+    ) -> list[tuple[Request, asyncio.Future[Completion]]]:
+        """Up to n waiting requests with the decoding settings `wanted`, in arrival order."""
+        with self.pending_lock:
+            batch = [p for p in self.pending if settings(p[0]) == wanted][:n]
+            taken = {id(p) for p in batch}
+            self.pending = [p for p in self.pending if id(p) not in taken]
         return [p for p in batch if not p[1].done()]  # skip callers that were cancelled
 
     async def _work(self) -> None:
         while self.pending:
-            batch = self._take_batch()
+            first = self.pending[0][0]
+            wanted = settings(first)
+            if self.refill:
+                loop = asyncio.get_running_loop()
+                await asyncio.to_thread(self.generate_refilled, first, loop)
+                continue
+            batch = self._take(wanted, self.batch_size)
             if not batch:
                 continue
             self.batches.append(len(batch))
@@ -127,27 +150,77 @@ class HFBackend:
         with self.loaded.lock, torch.inference_mode():
             if sampling and first.seed is not None:
                 torch.manual_seed(first.seed * 1_000_003 + first.sample)
-            output = model.generate(**encoded, generation_config=config)
+            output = model.generate(
+                **encoded, generation_config=config, streamer=TokenCounter(self.on_tokens)
+            )
         latency = time.monotonic() - started
         new_tokens = output[:, encoded["input_ids"].shape[1] :].tolist()
-        ends = {tokenizer.pad_token_id, *self._eos_ids(config)}
-        return [
-            self._completion(r, row, int(mask.sum()), ends, latency)
-            for r, row, mask in zip(requests, new_tokens, encoded["attention_mask"], strict=True)
-        ]
+        ends = self._end_ids(config)
+        completions = []
+        for r, row, mask in zip(requests, new_tokens, encoded["attention_mask"], strict=True):
+            n = next((i for i, t in enumerate(row) if t in ends), None)
+            tokens = row if n is None else row[:n]
+            completions.append(self._completion(r, tokens, n is not None, int(mask.sum()), latency))
+        return completions
 
-    def _eos_ids(self, config: Any) -> list[int]:
+    def generate_refilled(self, first: Request, loop: asyncio.AbstractEventLoop) -> None:
+        """Decode every waiting request with the decoding settings of `first`, refilling
+        finished rows (runs in a worker thread; each caller gets its reply when its row ends)."""
+        import torch
+
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        wanted = settings(first)
+        sampling = (first.temperature or 0) > 0
+        decoding = Decoding(
+            first.max_tokens or 0, first.temperature if sampling else 0.0, first.top_p or 1.0
+        )
+        ends = self._end_ids(model.generation_config)
+        decoder = RefillDecoder(model, ends, tokenizer.pad_token_id, self.batch_size, decoding)
+
+        def take(n: int) -> list[tuple[Any, list[int]]]:
+            joining = self._take(wanted, n)
+            if joining:
+                self.batches.append(len(joining))
+            started = time.monotonic()
+            return [((r, future, started), self._encode(r)) for r, future in joining]
+
+        def deliver(row: Row) -> None:
+            request, future, started = row.item
+            latency = time.monotonic() - started
+            reply = self._completion(request, row.tokens, row.finished, row.prompt_tokens, latency)
+            loop.call_soon_threadsafe(settle, future, reply)
+
+        with self.loaded.lock, torch.inference_mode():
+            if sampling and first.seed is not None:
+                torch.manual_seed(first.seed * 1_000_003 + first.sample)
+            try:
+                decoder.run(take, deliver, self.on_tokens)
+            except Exception as exc:  # e.g. out of memory: the rows in flight fail
+                error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                for row in decoder.rows:
+                    loop.call_soon_threadsafe(settle, row.item[1], error)
+
+    def _encode(self, request: Request) -> list[int]:
+        tokenizer = self.loaded.tokenizer
+        prompt = render_prompt(tokenizer, request.messages, self.chat_template)
+        return tokenizer(prompt, add_special_tokens=not self.chat_template)["input_ids"]
+
+    def _end_ids(self, config: Any) -> set[int]:
+        """The tokens that end a reply: the end-of-sequence ids, and padding."""
         eos = config.eos_token_id
         if eos is None:
             eos = self.loaded.tokenizer.eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        return {self.loaded.tokenizer.pad_token_id, *eos_ids}
 
     def _completion(
-        self, request: Request, row: list[int], prompt_tokens: int, ends: set[int], latency: float
+        self,
+        request: Request,
+        tokens: list[int],
+        finished: bool,
+        prompt_tokens: int,
+        latency: float,
     ) -> Completion:
-        n = next((i for i, t in enumerate(row) if t in ends), None)
-        finished = n is not None
-        tokens = row[:n] if finished else row
         text = self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, request.stop)
         return Completion(
@@ -163,3 +236,30 @@ class HFBackend:
     async def aclose(self) -> None:
         if self.worker is not None and not self.worker.done():
             await self.worker
+
+
+def settle(future: asyncio.Future[Completion], outcome: Completion | BaseException) -> None:
+    """Hand a caller its reply or error, unless it stopped waiting."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class TokenCounter:
+    """A `generate` streamer that reports the tokens of each step to `on_tokens`."""
+
+    def __init__(self, on_tokens: Callable[[int], None] | None) -> None:
+        self.on_tokens = on_tokens
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompts
+            self.prompt_seen = True
+        elif self.on_tokens is not None:
+            self.on_tokens(len(value))
+
+    def end(self) -> None:
+        pass

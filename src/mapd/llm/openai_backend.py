@@ -16,15 +16,26 @@ client's retry loop is the only one.
 
 Providers differ in what body they accept; `request_body` follows their documented rules
 (see its docstring) and `extra_body` lets a user change the rest.
+
+A server whose listen queue is full (an overloaded Ollama or llama.cpp, a saturated load
+balancer, the standard library's server with its backlog of 5) drops handshakes. The
+kernel then sends the SYN again only after 1, 3, 7, 15 ... s, and a request sent on a
+connection the server never accepted is resent with doubling gaps, so one request could
+wait out the whole `timeout`. A new connection usually gets through at once: so a
+connection not made within `STALL_TIMEOUT`, or whose request bytes the server's kernel has
+not acknowledged within it (TCP_USER_TIMEOUT, Linux), is given up and the request retried;
+`stalls` counts these.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import json
 import os
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -48,6 +59,10 @@ NO_KEY = "none"  # local servers want some key string; they ignore its value
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 CHARS_PER_TOKEN = 4  # the estimate used when an endpoint sends no usage
 REPLICA_PAUSE = 10.0  # seconds a replica that refused a connection gets no new request
+# Seconds for a handshake (the openai SDK's connect timeout), or for the server's kernel to
+# acknowledge bytes sent. Only that acknowledgement is timed, not the reply: a long
+# generation is not cut.
+STALL_TIMEOUT = 5.0
 
 
 def api_key(endpoint: ModelEndpoint) -> str:
@@ -82,6 +97,15 @@ def env_proxy(url: str) -> str | None:
     if host is None or on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(urlsplit(url).scheme)
+
+
+def stall_limited_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A TCP socket that fails once sent bytes stay unacknowledged for STALL_TIMEOUT (Linux)."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL_TIMEOUT * 1000))
+    return sock
 
 
 def error_detail(body: bytes) -> str:
@@ -300,6 +324,7 @@ class OpenAIBackend:
         self.timeout = endpoint.limits.timeout
         self.connections = endpoint.limits.concurrency  # one per request allowed in flight
         self._session: aiohttp.ClientSession | None = None
+        self.stalls = 0  # connections given up: not made, or the request not acknowledged
 
     def session(self) -> aiohttp.ClientSession:
         """One session (and pool of kept-alive connections) per event loop."""
@@ -309,8 +334,12 @@ class OpenAIBackend:
                 return self._session
             self._session.detach()  # its loop has ended: its connections went with it
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.connections),
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(
+                limit=self.connections, socket_factory=stall_limited_socket
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=self.timeout, sock_connect=min(STALL_TIMEOUT, self.timeout)
+            ),
             headers=self.headers,
             cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
         )
@@ -325,8 +354,10 @@ class OpenAIBackend:
             async with self.replicas.post(self.session(), self._body(request)) as response:
                 status, body = response.status, await response.read()
                 headers = response.headers
-        except aiohttp.ConnectionTimeoutError:  # no connection: the server never got it
-            raise BackendError(f"connecting to {self.url} timed out", retryable=True) from None
+        except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
+            self.stalls += 1
+            message = f"connect timed out after {STALL_TIMEOUT:g} s (server not accepting)"
+            raise BackendError(message, retryable=True) from None
         except (TimeoutError, asyncio.TimeoutError):
             raise BackendError(
                 f"timed out after {self.timeout:g} s: raise limits.timeout, or lower "
@@ -337,7 +368,9 @@ class OpenAIBackend:
         except (aiohttp.ClientSSLError, aiohttp.InvalidURL) as exc:  # no retry can help
             message = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
             raise BackendError(message, fatal=True) from None
-        except aiohttp.ClientError as exc:  # refused, reset, cut short
+        except aiohttp.ClientError as exc:  # refused, reset, cut short, not acknowledged
+            stalled = isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+            self.stalls += stalled
             message = f"connection error: {type(exc).__name__}: {exc}"
             raise BackendError(message, retryable=True) from None
         if status >= 400:

@@ -1,4 +1,7 @@
-"""Progress bar per batch of calls: done/total, rate, cache hits, failures, tokens and cost."""
+"""Progress bar per batch of calls: done/total, rate, cache hits, failures, tokens and cost.
+
+An in-process model reports the tokens it decodes (`generating`), so a batch whose replies
+take minutes shows movement before the first reply arrives."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from rich.progress import (
 )
 
 HEARTBEAT = 600.0  # seconds: a batch that waits unchanged still gets a log line this often
+LOG_EVERY = 30.0  # seconds between plain lines while an in-process model is still decoding
 
 
 def _display(console: Console, enabled: bool) -> Progress:
@@ -61,9 +65,10 @@ class BatchProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
-        self.done = self.cached = self.failed = self.timeouts = self.tokens = 0
+        self.done = self.cached = self.failed = self.timeouts = self.tokens = self.generated = 0
         self.status = ""  # a submitted batch's status, for `show`
         self.last_line = -HEARTBEAT  # when `show` last printed a log line
+        self.last_decoding_line = self.started  # when `generating` last printed one
         self.cost = 0.0
         self.shared = console is None and self.enabled
         if self.shared and _Shared.display is not None:
@@ -115,9 +120,25 @@ class BatchProgress:
             self.task,
             advance=1,
             rate=f"{self.done / elapsed:.1f}/s" if elapsed else "",
-            stats=f"cache {self.cached} · failed {self.failed}{self._timeouts(' ·')}"
-            f" · {self.tokens:,} tok · ${self.cost:.4f}",
+            stats=self.stats(),
         )
+
+    def stats(self) -> str:
+        text = f"cache {self.cached} · failed {self.failed}{self._timeouts(' ·')}"
+        text += f" · {self.tokens:,} tok"
+        if self.generated:
+            text += f" ({self.generated:,} generated)"
+        return text + f" · ${self.cost:.4f}"
+
+    def generating(self, tokens: int) -> None:
+        """`tokens` more were decoded (called by an in-process backend from its thread)."""
+        self.generated += tokens
+        now = time.monotonic()
+        if self.log_lines and now - self.last_decoding_line >= LOG_EVERY:
+            self.last_decoding_line = now
+            self.log_line()
+        if self.enabled:
+            self.progress.update(self.task, stats=self.stats())
 
     def show(self, done: int, status: str, note: str) -> None:
         """Set the count to `done` with a note, for a batch the provider runs: its status,
@@ -139,11 +160,13 @@ class BatchProgress:
 
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started
+        self.last_decoding_line = time.monotonic()
         print(
             f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), "
             f"{self.done / elapsed if elapsed else 0:.1f}/s, cache {self.cached}, "
-            f"failed {self.failed}{self._timeouts(',')}, {self.tokens:,} tok, ${self.cost:.4f}, "
-            f"{elapsed:.0f} s",
+            f"failed {self.failed}{self._timeouts(',')}, {self.tokens:,} tok, "
+            + (f"{self.generated:,} generated, " if self.generated else "")
+            + f"${self.cost:.4f}, {elapsed:.0f} s",
             file=sys.stderr,
             flush=True,
         )

@@ -220,3 +220,30 @@ def test_decoding_steps_are_reported_as_they_happen(tiny_model, batching):
     assert sum(n for n, _ in steps) >= sum(r.completion_tokens for r in replies)
     assert len(steps) >= 3 * 8  # one report per step of each of the three batches
     assert steps[0][1] == 0  # the first report came before any reply
+
+
+def test_callers_that_stop_waiting_stop_the_decoding(tiny_model):
+    """Ctrl-C cancels the callers: the rows in flight are dropped at the next step instead of
+    being decoded to max_tokens (the worker thread is waited for when the run ends)."""
+    steps: list[int] = []
+
+    async def go():
+        backend = HFBackend(student(tiny_model, batch_size=4))
+        backend.on_tokens = steps.append
+        futures = [
+            asyncio.ensure_future(backend.generate(Request.user(p, max_tokens=400)))
+            for p in PROMPTS[:4]
+        ]
+        while len(steps) < 3:
+            await asyncio.sleep(0.01)
+        for f in futures:
+            f.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
+        for _ in range(500):  # the worker ends once it sees the cancelled callers
+            if backend.worker is None or backend.worker.done():
+                break
+            await asyncio.sleep(0.01)
+        return len(steps)
+
+    decoded = asyncio.run(go())
+    assert decoded < 50, decoded  # not the 400 steps the requests asked for

@@ -194,7 +194,7 @@ class HFBackend:
             if sampling and first.seed is not None:
                 torch.manual_seed(first.seed * 1_000_003 + first.sample)
             try:
-                decoder.run(take, deliver, self.on_tokens)
+                decoder.run(take, deliver, self.on_tokens, abandoned=lambda row: row.item[1].done())
             except Exception as exc:  # e.g. out of memory: the rows in flight fail
                 error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
                 for row in decoder.rows:

@@ -93,8 +93,11 @@ class RefillDecoder:
         take: Callable[[int], list[tuple[Any, list[int]]]],
         deliver: Callable[[Row], None],
         on_tokens: Callable[[int], None] | None = None,
+        abandoned: Callable[[Row], bool] = lambda row: False,
     ) -> None:
-        """Decode until `take` has no more prompts (lists of token ids) and every row ended."""
+        """Decode until `take` has no more prompts (lists of token ids) and every row ended.
+        A row whose caller stopped waiting (`abandoned`, e.g. Ctrl-C) is dropped at the next
+        step, so an interrupted run does not decode replies nobody will read."""
         while True:
             if len(self.rows) < self.batch_size:
                 joining = take(self.batch_size - len(self.rows))
@@ -110,10 +113,12 @@ class RefillDecoder:
                     row.tokens.append(token)
             if on_tokens is not None:
                 on_tokens(len(self.rows))
-            done = [r.finished or len(r.tokens) >= self.decoding.max_new_tokens for r in self.rows]
-            for row, ended in zip(self.rows, done, strict=True):
-                if ended:
+            ended = [r.finished or len(r.tokens) >= self.decoding.max_new_tokens for r in self.rows]
+            gone = [abandoned(r) for r in self.rows]
+            for row, is_ended, is_gone in zip(self.rows, ended, gone, strict=True):
+                if is_ended and not is_gone:
                     deliver(row)
+            done = [e or g for e, g in zip(ended, gone, strict=True)]
             keep = [i for i, ended in enumerate(done) if not ended]
             if len(keep) < len(self.rows):
                 self.keep_rows(keep, chosen)

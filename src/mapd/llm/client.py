@@ -445,6 +445,7 @@ class Client:
             async with window:
                 result = await self.call(request)
             c = result.completion
+            bar.stalls = getattr(backend, "stalls", 0)  # connections given up and retried
             bar.advance(
                 cached=bool(c and c.cached),
                 failed=not result.ok,

@@ -66,6 +66,7 @@ class BatchProgress:
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
         self.done = self.cached = self.failed = self.timeouts = self.tokens = self.generated = 0
+        self.stalls = 0  # connections the backend gave up and retried (an overloaded server)
         self.status = ""  # a submitted batch's status, for `show`
         self.last_line = -HEARTBEAT  # when `show` last printed a log line
         self.last_decoding_line = self.started  # when `generating` last printed one
@@ -155,8 +156,9 @@ class BatchProgress:
             self.progress.update(self.task, completed=done, stats=note)
 
     def _timeouts(self, separator: str) -> str:
-        """Attempts that timed out (retried or not), when there were any."""
-        return f"{separator} timed out {self.timeouts}" if self.timeouts else ""
+        """Attempts that timed out (retried or not) and stalled connections, when any."""
+        text = f"{separator} timed out {self.timeouts}" if self.timeouts else ""
+        return text + (f"{separator} stalled {self.stalls}" if self.stalls else "")
 
     def log_line(self) -> None:
         elapsed = time.monotonic() - self.started

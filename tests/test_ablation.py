@@ -233,3 +233,16 @@ def test_bad_rows_and_seeds_are_one_line_errors(tmp_path, option, needle):
     assert result.returncode == 2
     assert needle in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "ablation").exists()
+
+
+def test_every_row_is_evaluated_from_its_own_student_not_one_served_adapter(tmp_path):
+    """A server named by eval.trained serves one adapter: rows trained apart must not be asked
+    it, or every row would report that one student's accuracy."""
+    from mapd.ablation import variant_config
+
+    cfg = load_config(
+        write_config(tmp_path, "http://127.0.0.1:9/v1"),
+        ["eval.trained.model=student", "eval.trained.base_url=http://127.0.0.1:9/v1"],
+    )
+    row = variant_config(cfg, tmp_path / "ablation", "mapd-alpha0", {"train": {"alpha": 0.0}}, 1)
+    assert row.eval.trained is None and row.train.alpha == 0.0

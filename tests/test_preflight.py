@@ -102,6 +102,20 @@ def test_finished_stages_need_no_endpoint(tmp_path, server):
     assert weights.worth_saying and "HF_HUB_OFFLINE" in weights.found
 
 
+def test_the_trained_students_server_is_checked_once_the_student_is_trained(tmp_path, server):
+    closed = closed_port_url()
+    cfg = load_config(
+        write_config(tmp_path, server.base_url),
+        ["eval.trained.model=student", f"eval.trained.base_url={closed}"],
+    )
+    stages = select_stages(None, None)
+    assert all("eval.trained" not in c.role for c in check_before_run(cfg, stages))
+    (cfg.run_dir / "student").mkdir(parents=True)
+    (cfg.run_dir / "student" / "manifest.json").write_text("{}")
+    served = [c for c in check_before_run(cfg, stages) if "eval.trained" in c.role]
+    assert len(served) == 1 and "not reachable" in (served[0].problem or "")
+
+
 def mapd(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(MAPD_SCRIPT), *map(str, args)],

@@ -112,6 +112,9 @@ def variant_config(
         data[section].update(values)
     data["train"]["seed"] = seed
     data["eval"]["base"] = False  # measured once, in the untrained row
+    # every row trains its own student; a server named by eval.trained serves one adapter
+    # only, so each row is evaluated in-process from its own student/ folder
+    data["eval"]["trained"] = None
     return validate_config(data, source=f"ablation row {name}, seed {seed}")
 
 

@@ -144,12 +144,20 @@ def check_endpoint(role: str, endpoint: ModelEndpoint, timeout: float) -> list[E
     return [check_http(role, endpoint, url, timeout) for url in endpoint.base_urls]
 
 
+def trained_student_served(cfg: RunConfig) -> bool:
+    """`eval.trained` names a server and the student is trained: that server should be up
+    (before training it cannot serve the adapter yet, so it is not asked)."""
+    return cfg.eval.trained is not None and (cfg.run_dir / "student" / "manifest.json").exists()
+
+
 def endpoints_of(
-    cfg: RunConfig, student: bool = True, teachers: bool = True
+    cfg: RunConfig, student: bool = True, teachers: bool = True, trained: bool = False
 ) -> list[tuple[str, ModelEndpoint]]:
     chosen = [("student", cfg.student)] if student else []
     if teachers:
         chosen += [(f"teacher {t.name}", t) for t in cfg.teachers]
+    if trained and cfg.eval.trained is not None:
+        chosen.append(("trained student (eval.trained)", cfg.eval.trained))
     return chosen
 
 
@@ -158,11 +166,15 @@ def check_endpoints(
     student: bool = True,
     teachers: bool = True,
     training: bool = True,
+    trained: bool | None = None,
     timeout: float = TIMEOUT,
 ) -> list[EndpointCheck]:
     """Every endpoint checked at once (a few threads), results in config order. `training`:
-    a student served over HTTP is trained from its weights, loaded here; check those too."""
-    chosen = endpoints_of(cfg, student, teachers)
+    a student served over HTTP is trained from its weights, loaded here; check those too.
+    `trained`: the `eval.trained` server (by default once the student is trained)."""
+    if trained is None:
+        trained = trained_student_served(cfg)
+    chosen = endpoints_of(cfg, student, teachers, trained)
     with ThreadPoolExecutor(max_workers=min(8, len(chosen) or 1)) as pool:
         found = pool.map(lambda pair: check_endpoint(*pair, timeout), chosen)
         checks = [check for checks in found for check in checks]
@@ -185,6 +197,7 @@ def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:
         student=bool(to_run & {"exam", "train", "eval"}),
         teachers=bool(to_run & {"teach", "review"}),
         training="train" in to_run,
+        trained="eval" in to_run and trained_student_served(cfg),
     )
 
 

@@ -167,13 +167,14 @@ def test_pooled_mcnemar_pairs_each_seed_with_the_same_seed_of_mapd():
     assert counts(by[("other", "pooled")]) == (3, 5, 8)
     assert by[("other", "pooled")]["p_value"] == pytest.approx(0.581055, abs=1e-6)  # 2·2380/2^13
     assert (by[("other", "pooled")]["correct"], by[("other", "pooled")]["n"]) == (8, 20)
-    # the untrained student: its accuracy on its 10 answers, paired with each MAPD seed
+    # the untrained student answered once: paired with MAPD's first seed only, not counted
+    # once per MAPD seed (which would double its pairs and shrink the p-value)
     assert (by[("untrained", "")]["correct"], by[("untrained", "")]["n"]) == (1, 10)
-    assert counts(by[("untrained", "")]) == (2, 0, 9)
+    assert counts(by[("untrained", "")]) == (1, 0, 5)
     md, csv_text = render(lines)
     assert (
-        "- MAPD vs untrained student: 55.0 % vs 10.0 %, 9 vs 0 discordant, p = 0.004: "
-        "MAPD is better at the 5 % level, n = 20 (2 seeds × 10 questions)." in md
+        "- MAPD vs untrained student: 60.0 % vs 10.0 %, 5 vs 0 discordant, p = 0.06: "
+        "no significant difference at n = 10." in md
     )
     assert (
         "- MAPD vs one teacher: 55.0 % vs 40.0 %, 8 vs 5 discordant, p = 0.58: "
@@ -192,7 +193,8 @@ def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_
         f"task.path={SVAMP}",
         "task.files.test=SVAMP.json",
         "eval.limit=2",
-        "ablation.rows=[untrained, mapd, committee-no-review]",
+        "ablation.rows=[untrained, mapd, committee-no-review, mapd-pick-all]",
+        "ablation.variants={mapd-pick-all: [dataset.pick=all]}",
     ]
     # the preset's teachers are hosted APIs without keys here: any call would fail the run
     root = asyncio.run(run_ablation(load_config(out / "config.yaml", overrides)))
@@ -203,17 +205,24 @@ def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_
         assert json.loads((folder / "manifests" / "teach.json").read_text())["imported"]
     stats = {
         row: json.loads((root / row / "seed-731" / "dataset" / "stats.json").read_text())
-        for row in ("mapd", "committee-no-review")
+        for row in ("mapd", "committee-no-review", "mapd-pick-all")
     }
     # the imported reviews reject every rationale of one mistake; without review none is
     assert stats["mapd"]["rationale_examples"] == 3
     assert stats["committee-no-review"]["rationale_examples"] == 4
+    # the variant keeps every accepted rationale and every feedback, not one per mistake
+    assert stats["mapd-pick-all"]["rationale_examples"] > stats["mapd"]["rationale_examples"]
+    assert stats["mapd-pick-all"]["feedback_examples"] > stats["mapd"]["feedback_examples"]
     with (root / "ablation.csv").open(newline="") as fh:
-        assert [r["row"] for r in csv.DictReader(fh)] == [
-            "untrained",
-            "mapd",
-            "committee-no-review",
-        ]
+        table = list(csv.DictReader(fh))
+    assert [r["row"] for r in table] == [
+        "untrained",
+        "mapd",
+        "committee-no-review",
+        "mapd-pick-all",
+    ]
+    assert table[-1]["description"] == "MAPD with dataset.pick=all"
+    assert table[-1]["both_right"] != ""  # compared with MAPD like the paper's rows
 
 
 @pytest.mark.parametrize(
@@ -221,6 +230,10 @@ def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_
     [
         (["--rows", "mapd,nope"], "unknown ablation row 'nope'"),
         (["--seeds", "731,one"], "--seeds '731,one': not whole numbers"),
+        (["--seeds", "1,1"], "seeds: 1 is given twice"),
+        (["ablation.variants={mapd: [train.alpha=0.1]}"], "'mapd' is already a row"),
+        (["ablation.variants={pick-all: [dataset.pik=all]}"], "dataset.pik"),
+        (["ablation.variants={pick-all: [dataset.pick]}"], "a list of KEY=VALUE settings"),
     ],
 )
 def test_bad_rows_and_seeds_are_one_line_errors(tmp_path, option, needle):
@@ -244,5 +257,5 @@ def test_every_row_is_evaluated_from_its_own_student_not_one_served_adapter(tmp_
         write_config(tmp_path, "http://127.0.0.1:9/v1"),
         ["eval.trained.model=student", "eval.trained.base_url=http://127.0.0.1:9/v1"],
     )
-    row = variant_config(cfg, tmp_path / "ablation", "mapd-alpha0", {"train": {"alpha": 0.0}}, 1)
+    row = variant_config(cfg, tmp_path / "ablation", "mapd-alpha0", [(["train", "alpha"], 0.0)], 1)
     assert row.eval.trained is None and row.train.alpha == 0.0

@@ -2,7 +2,9 @@
 
 Rows: the untrained student; each single teacher without review; the committee without
 review; the committee with review (MAPD, the paper's acceptance rule and feedback choice);
-MAPD with α = 0 (no learning from mistakes); MAPD with the answer check. Each trained row
+MAPD with α = 0 (no learning from mistakes); MAPD with the answer check; then the config's
+own `ablation.variants`, each MAPD with a few KEY=VALUE settings (a recipe to compare with
+the paper's, e.g. `mapd-pick-all: [dataset.pick=all]`). Each trained row
 is a run folder per seed, `<output_dir>/ablation/<row>/seed-<seed>/`, with `train.seed` set
 to that seed (the pick of examples and the training); the untrained student is evaluated
 once, in `ablation/untrained/`. The exam, the teaching and the reviews are the same requests
@@ -29,7 +31,13 @@ from typing import Any
 
 from rich.console import Console
 
-from mapd.config import RunConfig, dump_run_config, validate_config
+from mapd.config import (
+    RunConfig,
+    apply_override,
+    dump_run_config,
+    parse_overrides,
+    validate_config,
+)
 from mapd.errors import MapdError
 from mapd.release import share_imported
 from mapd.rundir import (
@@ -48,34 +56,46 @@ TRAINED_STAGES = ["exam", "teach", "review", "build", "train", "eval"]
 SIGNIFICANCE = 0.05
 
 
-def variants(cfg: RunConfig) -> list[tuple[str, str, dict[str, Any]]]:
-    """(row name, description, settings changed from the MAPD row) of the trained rows."""
-    rows: list[tuple[str, str, dict[str, Any]]] = [
-        ("mapd", "committee with peer review (MAPD)", {}),
+Changes = list[tuple[list[str], Any]]  # dotted key path, value: as a command-line override
+
+
+def variants(cfg: RunConfig) -> list[tuple[str, str, Changes]]:
+    """(row name, description, settings changed from the MAPD row) of the trained rows: the
+    paper's rows, then the config's own `ablation.variants` (recipes to compare with MAPD)."""
+    rows: list[tuple[str, str, Changes]] = [
+        ("mapd", "committee with peer review (MAPD)", []),
         (
             "mapd-alpha0",
             "MAPD with alpha = 0 (no learning from mistakes)",
-            {"train": {"alpha": 0.0}},
+            [(["train", "alpha"], 0.0)],
         ),
         (
             "mapd-answer-check",
             "MAPD with the answer check",
-            {"review": {"require_correct_answer": True}},
+            [(["review", "require_correct_answer"], True)],
         ),
         (
             "committee-no-review",
             "committee without review",
-            {"dataset": {"mode": "committee_no_review"}},
+            [(["dataset", "mode"], "committee_no_review")],
         ),
     ]
     rows += [
         (
             f"single-{t.name}",
             f"single teacher {t.name} without review",
-            {"dataset": {"mode": "single_teacher", "teacher": t.name}},
+            [(["dataset", "mode"], "single_teacher"), (["dataset", "teacher"], t.name)],
         )
         for t in cfg.teachers
     ]
+    taken = {name for name, _, _ in rows} | {UNTRAINED}
+    for name, settings in (cfg.ablation.variants or {}).items():
+        if name in taken:
+            raise MapdError(
+                f"ablation.variants: {name!r} is already a row of the table",
+                "give the variant another name, e.g. mapd-pick-all",
+            )
+        rows.append((name, f"MAPD with {', '.join(settings)}", parse_overrides(settings)))
     return rows
 
 
@@ -104,12 +124,10 @@ def _row_config(cfg: RunConfig, out: Path, name: str) -> dict[str, Any]:
     return data
 
 
-def variant_config(
-    cfg: RunConfig, root: Path, name: str, changes: dict[str, Any], seed: int
-) -> RunConfig:
+def variant_config(cfg: RunConfig, root: Path, name: str, changes: Changes, seed: int) -> RunConfig:
     data = _row_config(cfg, root / name / f"seed-{seed}", name)
-    for section, values in changes.items():
-        data[section].update(values)
+    for keys, value in changes:
+        apply_override(data, keys, value)
     data["train"]["seed"] = seed
     data["eval"]["base"] = False  # measured once, in the untrained row
     # every row trains its own student; a server named by eval.trained serves one adapter
@@ -227,7 +245,9 @@ def table_line(row: RowResult, seeds: list[int | None], mapd: RowResult | None) 
     elif not trained:
         line["examples"] = line["rationale_examples"] = 0
     if mapd is not None and row is not mapd:
-        paired = [s for s in seeds if s in mapd.right] if trained else list(mapd.right)
+        # the untrained student answers once: pairing it with every MAPD seed would count
+        # its answers once per seed, so it is paired with MAPD's first seed only
+        paired = [s for s in seeds if s in mapd.right] if trained else list(mapd.right)[:1]
         pair = paired_counts(row.items(paired), mapd.items(paired))
         if pair.n:
             line |= {
@@ -300,9 +320,9 @@ def render(lines: list[dict[str, Any]]) -> tuple[str, str]:
         "# Ablation",
         "",
         "Accuracy with its 95 % Wilson interval; McNemar's exact test against MAPD on the same "
-        "questions (pooled lines: every seed × question pair, the untrained student paired with "
-        "each MAPD seed; a pooled interval counts those pairs as independent, so it is somewhat "
-        "too narrow).",
+        "questions (pooled lines: every seed × question pair; the untrained student is paired "
+        "with MAPD's first seed; a pooled interval counts those pairs as independent, so it is "
+        "somewhat too narrow).",
         "",
         "| row | seed | accuracy (95 % CI) | right / n | both right | only this | only MAPD "
         "| McNemar p | training examples |",
@@ -343,15 +363,22 @@ async def run_ablation(cfg: RunConfig) -> Path:
 
     root = cfg.run_dir / "ablation"
     chosen = selected_rows(cfg)
+    trained = [v for v in variants(cfg) if v[0] in chosen]
+    # every row's settings are checked before anything runs: a typo in a variant stops the
+    # ablation now, not after hours of the rows before it
+    configs = {
+        (name, seed): variant_config(cfg, root, name, changes, seed)
+        for seed in seeds_of(cfg)
+        for name, _, changes in trained
+    }
     if UNTRAINED in chosen:
         console.print("[bold]ablation row untrained[/]: the student before training")
         await evaluate_untrained(untrained_config(cfg, root))
         write_tables(cfg, root)
-    trained = [v for v in variants(cfg) if v[0] in chosen]
     for seed in seeds_of(cfg):
-        for name, description, changes in trained:
+        for name, description, _ in trained:
             console.print(f"[bold]ablation row {name}, seed {seed}[/]: {description}")
-            vcfg = variant_config(cfg, root, name, changes, seed)
+            vcfg = configs[name, seed]
             share_imported(cfg.run_dir, vcfg.run_dir)
             await run_pipeline(vcfg, until="eval")
             write_tables(cfg, root)

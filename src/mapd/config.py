@@ -345,8 +345,30 @@ class AblationConfig(Strict):
         None,
         min_length=1,
         description="`mapd ablate`: only these rows (untrained, mapd, mapd-alpha0, "
-        "mapd-answer-check, committee-no-review, single-<teacher>); none = every row.",
+        "mapd-answer-check, committee-no-review, single-<teacher>, or a variant's name); "
+        "none = every row.",
     )
+    variants: dict[str, list[str]] | None = Field(
+        None,
+        description="`mapd ablate`: more rows, each MAPD with these KEY=VALUE settings, "
+        "compared with MAPD like the others, e.g. {mapd-pick-all: [dataset.pick=all]}.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AblationConfig:
+        if self.seeds and len(set(self.seeds)) < len(self.seeds):
+            twice = next(s for s in self.seeds if self.seeds.count(s) > 1)
+            raise ValueError(f"seeds: {twice} is given twice; each seed trains every row once")
+        for name, settings in (self.variants or {}).items():
+            if not name or not all(c.isalnum() or c in "-_." for c in name) or name[0] == ".":
+                raise ValueError(
+                    f"variants: {name!r} is not a folder name; use letters, digits, - _ ."
+                )
+            if not settings or any("=" not in item for item in settings):
+                raise ValueError(
+                    f"variants.{name}: a list of KEY=VALUE settings, e.g. [dataset.pick=all]"
+                )
+        return self
 
 
 class BudgetConfig(Strict):

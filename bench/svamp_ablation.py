@@ -33,7 +33,6 @@ from svamp_quality import RECIPE
 
 from mapd.config import dump_run_config, load_config, preset_path
 
-
 # recipes compared with the paper's (the MAPD row), as `ablation.variants`; always in the
 # config, so that a later run with other --rows keeps them in the table
 CANDIDATES = {

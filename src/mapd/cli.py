@@ -240,6 +240,7 @@ def eval_(
     from mapd.config import load_config
     from mapd.rundir import run_lock
     from mapd.stages.evaluate import eval_questions, evaluate
+    from mapd.stages.report.collect import answers_cut_off_lines
 
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):
@@ -248,6 +249,8 @@ def eval_(
         f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "
         f"{cfg.run_dir / 'eval' / 'base'}"
     )
+    for line in answers_cut_off_lines(None, {"base": metrics}):
+        out.print(line, highlight=False)
 
 
 @app.command()

@@ -240,6 +240,7 @@ def eval_(
     from mapd.config import load_config
     from mapd.rundir import run_lock
     from mapd.stages.evaluate import eval_questions, evaluate
+    from mapd.stages.report.collect import answers_cut_off_lines
 
     cfg = load_config(config, overrides or [])
     with run_lock(cfg.run_dir):
@@ -248,6 +249,8 @@ def eval_(
         f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "
         f"{cfg.run_dir / 'eval' / 'base'}"
     )
+    for line in answers_cut_off_lines(None, {"base": metrics}):
+        out.print(line, highlight=False)
 
 
 @app.command()
@@ -470,7 +473,8 @@ def ledger(
     run_dir: Path = typer.Argument(..., help="The run folder.", show_default=False),
 ) -> None:
     """Print LLM calls, tokens, cache hits and cost per stage and endpoint of a run, with the
-    reasoning tokens, the replies cut off at max_tokens and the attempts that timed out.
+    reasoning tokens, the replies cut off at max_tokens, the attempts that timed out and
+    (when there are any) the connections given up as stalled.
 
     Example: mapd ledger runs/demo
     """
@@ -478,17 +482,22 @@ def ledger(
 
     with open_store() as store:
         rows = ledger_totals(store, run_dir)
+    stalled = any(r.stalls for r in rows)  # an overloaded server: rare, so shown only then
+
+    def stalls(cell: str | int) -> str:
+        return f" {cell:>8}" if stalled else ""
+
     header = (
         f"{'stage':<10} {'endpoint':<16} {'calls':>7} {'cached':>7} {'failed':>6} {'batch':>7} "
         f"{'prompt tok':>11} {'output tok':>11} {'reasoning':>10} {'cut off':>8} "
-        f"{'timeouts':>8} {'cost $':>10}"
+        f"{'timeouts':>8}{stalls('stalled')} {'cost $':>10}"
     )
     out.print(header, highlight=False)
     for r in rows:
         out.print(
             f"{r.stage:<10} {r.endpoint:<16} {r.calls:>7} {r.cached:>7} {r.failed:>6} "
             f"{r.batched:>7} {r.prompt_tokens:>11,} {r.completion_tokens:>11,} {r.reasoning_tokens:>10,} "
-            f"{r.cut_off:>8} {r.timeouts:>8} {r.cost:>10.4f}",
+            f"{r.cut_off:>8} {r.timeouts:>8}{stalls(r.stalls)} {r.cost:>10.4f}",
             highlight=False,
         )
     total = sum(r.cost for r in rows)
@@ -499,7 +508,7 @@ def ledger(
         f"{sum(r.prompt_tokens for r in rows):>11,} "
         f"{sum(r.completion_tokens for r in rows):>11,} "
         f"{sum(r.reasoning_tokens for r in rows):>10,} {sum(r.cut_off for r in rows):>8} "
-        f"{sum(r.timeouts for r in rows):>8} {total:>10.4f}",
+        f"{sum(r.timeouts for r in rows):>8}{stalls(sum(r.stalls for r in rows))} {total:>10.4f}",
         highlight=False,
     )
     if estimated := sum(r.estimated for r in rows):

@@ -1,24 +1,31 @@
-"""A server that drops handshakes (stdlib server, listen backlog 5) stalls no request for long.
+"""A server that drops handshakes stalls no request for long, and each stall is counted.
 
-2,000 requests at concurrency 64 against `mapd.testing.overloaded`, 100 ms per reply, three
+The slow test: 2,000 requests at concurrency 64 against `mapd.testing.overloaded`, 100 ms per reply, three
 runs alternating with bare aiohttp on the same server (what the machine allows now).
 Before the client gave up stalled connections, a request whose handshake or request bytes
 the server's full queue dropped waited for the kernel's retransmits, up to the whole
-120 s timeout.
+120 s timeout. The fast test: one connection stalls at a server whose queue of one is full;
+the ledger and `mapd ledger` count it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
+import threading
 import time
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from mapd.config import Limits, ModelEndpoint
-from mapd.llm import Request, client_for
+from mapd.llm import Request, client_for, run_id
 from mapd.llm.openai_backend import STALL_TIMEOUT
-from mapd.testing.overloaded import OverloadedServer
+from mapd.testing.overloaded import OverloadedServer, handler
 
 N, CONCURRENCY, RUNS = 2000, 64, 3
 
@@ -53,7 +60,7 @@ async def through_mapd(base_url: str, store, run: int) -> tuple[float, float, in
     await client.aclose()
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     slowest = max(r.completion.latency for r in results)
-    return wall, slowest, client.backend.stalls
+    return wall, slowest, sum(r.stalls for r in results)
 
 
 @pytest.mark.slow
@@ -68,3 +75,61 @@ def test_an_overloaded_server_stalls_no_request_for_long(store):
     for wall, slowest, _ in mapd_runs:
         assert wall < 3 * floor, report
         assert slowest < 4 * STALL_TIMEOUT < Limits().timeout / 4, report
+
+
+class QueueOfOne(ThreadingHTTPServer):
+    """listen(0): the kernel queues one finished handshake and drops the SYNs after it."""
+
+    request_queue_size = 0
+
+
+MAPD_SCRIPT = Path(sys.executable).with_name("mapd")  # the console script pip installed
+
+
+def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
+    store, tmp_path, monkeypatch, capsys
+):
+    """A connection fills the server's queue before it accepts anything: the first attempt's
+    handshake is dropped and given up after the stall timeout. The retry wait lets the server
+    accept, and the second attempt is answered."""
+    monkeypatch.setattr("mapd.llm.openai_backend.STALL_TIMEOUT", 0.5)  # 5 s in real use
+    server = QueueOfOne(("127.0.0.1", 0), handler(latency=0.0))
+    filler = socket.create_connection(server.server_address)
+    accepted: list[socket.socket] = []
+
+    async def retry_wait(seconds: float) -> None:  # the server starts taking connections
+        if not accepted:
+            accepted.append(server.socket.accept()[0])  # the filler: the queue has room again
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    monkeypatch.setattr("mapd.llm.limits.backoff_sleep", retry_wait)
+    run_dir = tmp_path / "run"
+    endpoint = ModelEndpoint(
+        name="busy", model="m", base_url=f"http://127.0.0.1:{server.server_port}/v1"
+    )
+
+    async def ask():
+        client = client_for(endpoint, store=store, run=run_id(run_dir), stage="teach")
+        results = await client.complete_many([Request.user("What is 2 + 3?")], desc="teach")
+        await client.aclose()
+        return results
+
+    try:
+        (result,) = asyncio.run(ask())
+    finally:
+        if accepted:
+            server.shutdown()
+        server.server_close()
+        for sock in [filler, *accepted]:
+            sock.close()
+    assert result.ok and (result.attempts, result.stalls, result.timeouts) == (2, 1, 0)
+    assert "stalled 1" in capsys.readouterr().err  # the progress line counts it per call
+    row = store.db.execute("SELECT ok, attempts, timeouts, stalls FROM calls").fetchall()
+    assert row == [(1, 2, 0, 1)]
+    shown = subprocess.run(
+        [str(MAPD_SCRIPT), "ledger", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    header, teach, total = shown.stdout.splitlines()[:3]
+    assert header.split()[-4:] == ["timeouts", "stalled", "cost", "$"]
+    assert teach.split()[-3:-1] == ["0", "1"] and total.split()[-3:-1] == ["0", "1"]

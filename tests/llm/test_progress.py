@@ -40,8 +40,7 @@ def test_progress_shows_timed_out_attempts_only_when_there_are_some():
 def test_progress_shows_stalled_connections_the_backend_gave_up(capsys):
     bar = BatchProgress("teach: t", total=1, enabled=False)
     bar.log_lines = True  # stderr is a log file here
-    bar.stalls = 3  # as the client copies it from OpenAIBackend.stalls
-    bar.advance(cached=False, failed=False, tokens=10, cost=0.0)
+    bar.advance(cached=False, failed=False, tokens=10, cost=0.0, stalls=3)
     assert "stalled 3" in bar.stats()
     assert "stalled 3" in capsys.readouterr().err
 

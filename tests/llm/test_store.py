@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from contextlib import contextmanager
 
@@ -139,3 +140,25 @@ def test_a_database_of_an_older_mapd_gets_the_new_columns_and_keeps_its_replies(
     assert {"finish_reason", "reasoning_tokens", "estimated", "timeouts"} <= columns
     with open_store(path):  # opened again: nothing to add, no error
         pass
+
+
+def test_calls_of_an_older_database_count_no_stalls_and_new_calls_count_theirs(tmp_path):
+    from mapd.llm.ledger import CallRecord, call_row, ledger_totals, run_id
+    from mapd.llm.store import SCHEMA
+
+    run_dir, path = tmp_path / "run", tmp_path / "calls.sqlite"
+    with sqlite3.connect(path) as db:  # the tables as the first release made them, one call
+        db.executescript(SCHEMA)
+        db.execute(
+            "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
+            " completion_tokens, latency, cost, cached, ok, attempts, created)"
+            " VALUES (?, 'teach', 't', 'openai', 'm', 'k0', 5, 7, 0.1, 0, 0, 1, 1, 0)",
+            (run_id(run_dir),),
+        )
+    with open_store(path) as store:
+        (old,) = ledger_totals(store, run_dir)
+        record = CallRecord(run_id(run_dir), "teach", "t", "openai", "m", "k1", None, 0, "x", 3)
+        asyncio.run(store.write(call_row(dataclasses.replace(record, stalls=2))))
+        (both,) = ledger_totals(store, run_dir)
+    assert (old.calls, old.stalls) == (1, 0)
+    assert (both.calls, both.stalls, both.failed) == (2, 2, 1)

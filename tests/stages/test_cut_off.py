@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +26,7 @@ from mapd.stages.summary import print_summary
 from mapd.testing.loopback import LoopbackServer, ScriptedReply
 
 THINKING = "hidden chain of thought"
+MAPD_SCRIPT = Path(sys.executable).with_name("mapd")  # the console script pip installed
 
 
 def classroom_with_limits(request: dict[str, Any]) -> ScriptedReply:
@@ -97,3 +102,61 @@ def test_new_endpoint_fields_enter_a_stage_fingerprint_only_when_set(tmp_path):
     )["teachers"][0]
     assert changed["extra_body"] == {"top_k": 20}
     assert changed["sampling"]["reasoning_effort"] == "low"
+
+
+def student_cut_off_when_first_number_is_odd(request: dict[str, Any]) -> str | ScriptedReply:
+    """The classroom, but the student's answer to "What is A + B?" with A odd stops at the
+    limit before its final answer."""
+    prompt = request["messages"][-1]["content"]
+    if request["model"] == "student-model" and first_number_is_odd(prompt):
+        return ScriptedReply("First I add the tens, then", finish_reason="length")
+    return reply(request)
+
+
+def first_number_is_odd(text: str) -> bool:
+    return int(re.search(r"What is (\d+) \+", text).group(1)) % 2 == 1  # type: ignore[union-attr]
+
+
+def test_student_answers_cut_off_are_counted_in_the_exam_and_eval_summaries(tmp_path):
+    """exam.json and eval/base/metrics.json count them; `mapd eval --base-only`, the run
+    summary and the report say which setting to raise."""
+    from mapd.stages.evaluate import eval_questions
+    from mapd.tasks import load_questions
+
+    with LoopbackServer(reply=student_cut_off_when_first_number_is_odd) as server:
+        path = write_config(tmp_path, server.base_url, eval__max_tokens=200)
+        config = load_config(path)
+        summaries = asyncio.run(run_pipeline(config, until="exam"))
+        shown = subprocess.run(
+            [str(MAPD_SCRIPT), "eval", str(path), "--base-only"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert shown.returncode == 0, shown.stderr
+    train = load_questions(config.task, "train", config.seed).questions
+    cut_in_exam = sum(first_number_is_odd(q.question) for q in train)
+    tests = eval_questions(config)
+    cut_in_eval = sum(first_number_is_odd(q.question) for q in tests)
+    assert 0 < cut_in_exam < len(train) and 0 < cut_in_eval <= len(tests)
+    exam = json.loads((tmp_path / "run" / "exam.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "eval" / "base" / "metrics.json").read_text())
+    assert (exam["cut_off"], metrics["cut_off"]) == (cut_in_exam, cut_in_eval)
+    eval_line = (
+        f"eval base: {cut_in_eval} of {len(tests)} answers cut off at eval.max_tokens=200; "
+        "raise eval.max_tokens"
+    )
+    exam_line = (
+        f"exam: {cut_in_exam} of {len(train)} answers cut off at "
+        "student.sampling.max_tokens=512; raise student.sampling.max_tokens"
+    )
+    assert eval_line in shown.stdout
+
+    console = Console(record=True, width=300)
+    print_summary(config, {**summaries, "eval": {"base": metrics}}, time.time(), console)
+    printed = console.export_text()
+    assert exam_line in printed and eval_line in printed
+    report = collect_run(tmp_path / "run")
+    markdown = render_markdown(report)
+    assert exam_line in markdown and eval_line in markdown
+    assert eval_line in render_html(report)

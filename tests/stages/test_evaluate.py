@@ -77,15 +77,21 @@ def test_a_served_student_trained_again_is_asked_again(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_adapter(tmp_path_factory) -> Path:
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny random Llama with its chat tokenizer, as a local folder."""
+    from tests.stages.train.toy_run import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "base")
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory, tiny_base) -> Path:
     """A LoRA adapter saved on a tiny random Llama, as `mapd train` leaves it in student/."""
     from peft import LoraConfig, get_peft_model
-    from tests.stages.train.toy_run import build_tiny_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = tmp_path_factory.mktemp("trained")
-    base = build_tiny_model(root / "base")
-    adapter = root / "adapter"
+    base = tiny_base
+    adapter = tmp_path_factory.mktemp("trained") / "adapter"
     lora = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(adapter)
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
@@ -177,3 +183,24 @@ def test_an_http_students_eval_from_before_is_run_again(tmp_path):
     served = "eval.trained={model: student, base_url: http://127.0.0.1:2/v1}"
     for overrides in (["student.backend=transformers"], [served]):
         assert set(evaluate.settings(load_config(config, overrides))) == {"exam", "eval"}
+
+
+@pytest.mark.parametrize("batching", ["refill", "padded"])
+def test_in_process_answers_cut_off_at_eval_max_tokens_are_counted(tmp_path, tiny_base, batching):
+    """The tiny random model rarely says its end token: at eval.max_tokens=4 every answer
+    reaches the limit, and metrics.json counts each one as cut off."""
+    from mapd.stages.evaluate import eval_questions, evaluate
+
+    student = [
+        "student.backend=transformers",
+        f"student.model={tiny_base}",
+        "student.device=cpu",
+        f"student.batching={batching}",
+        "eval.max_tokens=4",
+    ]
+    cfg = load_config(write_config(tmp_path, "http://127.0.0.1:1/v1"), student)
+    questions = eval_questions(cfg)
+    metrics = asyncio.run(evaluate(cfg, cfg.run_dir, "base", cfg.student, questions))
+    saved = json.loads((cfg.run_dir / "eval" / "base" / "metrics.json").read_text())
+    assert metrics["cut_off"] == saved["cut_off"] == len(questions) > 0
+    assert saved["max_tokens"] == 4 and saved["mean_output_tokens"] == 4

@@ -8,7 +8,8 @@ Request(messages, model=None, temperature=None, top_p=None, max_tokens=None, sto
 Request.user(prompt, **fields) -> Request       one user message
 Completion: text, finish_reason, prompt_tokens, completion_tokens, latency, backend, model,
             cached, reasoning, reasoning_tokens, estimated; .cut_off
-CallResult: request, completion | None, error | None, attempts, skipped, timeouts; .ok, .text
+CallResult: request, completion | None, error | None, attempts, skipped, timeouts, stalls;
+            .ok, .text
 
 open_store(path=None) -> CallStore              SQLite in $MAPD_HOME (cache + ledger), WAL mode
 client_for(endpoint, *, store, run="", stage="", budget=None, cache_mode="use", scope=None,

@@ -231,7 +231,7 @@ class Client:
     async def _call(self, request: Request, req: Request, key: str, canonical: str) -> CallResult:
         if reason := self._blocked():
             return CallResult(request, error=reason, skipped=True)
-        completion, error, attempts, timeouts = await self._send(req)
+        completion, error, attempts, timeouts, stalls = await self._send(req)
         if attempts == 0:  # blocked while waiting for a slot
             return CallResult(request, error=error, skipped=True)
         cost = 0.0
@@ -245,13 +245,13 @@ class Client:
                 self._tell_no_usage()
             if not completion.text.strip():
                 error = empty_reply_error(completion, req)
-        rows = [self._ledger_row(req, key, completion, cost, error, attempts, timeouts=timeouts)]
+        rows = [self._ledger_row(req, key, completion, cost, error, attempts, timeouts, stalls)]
         if error is None and self.cache is not None and cacheable(completion):  # type: ignore[arg-type]
             rows.append(ResponseCache.row(key, canonical, completion))  # type: ignore[arg-type]
         await self._write(*rows)
         if error is not None:
-            return CallResult(request, error=error, attempts=attempts, timeouts=timeouts)
-        return CallResult(request, completion, None, attempts, timeouts=timeouts)
+            return CallResult(request, None, error, attempts, timeouts=timeouts, stalls=stalls)
+        return CallResult(request, completion, None, attempts, timeouts=timeouts, stalls=stalls)
 
     def _tell_no_usage(self) -> None:
         """Say once per endpoint (and process) that its token counts are estimates."""
@@ -264,11 +264,12 @@ class Client:
                 flush=True,
             )
 
-    async def _send(self, req: Request) -> tuple[Completion | None, str | None, int, int]:
-        """The completion or the last error, the attempts made and how many timed out."""
+    async def _send(self, req: Request) -> tuple[Completion | None, str | None, int, int, int]:
+        """The completion or the last error, the attempts made, how many timed out and how
+        many stalled."""
         backend, started = self.backend, time.monotonic()
         max_attempts = self.endpoint.limits.max_attempts
-        timeouts = 0
+        timeouts = stalls = 0
         for attempt in range(1, max_attempts + 1):
             sent = time.monotonic()
             try:
@@ -277,7 +278,7 @@ class Client:
                         # Checked again here: the endpoint may have gone down, or the
                         # budget run out, while this request waited for its slot.
                         if reason := self._blocked():
-                            return None, reason, attempt - 1, timeouts
+                            return None, reason, attempt - 1, timeouts, stalls
                         sent = time.monotonic()
                         try:
                             completion = await backend.generate(req)
@@ -288,7 +289,7 @@ class Client:
                         slot.settle(completion.tokens)
                 else:
                     if reason := self._blocked():
-                        return None, reason, attempt - 1, timeouts
+                        return None, reason, attempt - 1, timeouts, stalls
                     completion = await backend.generate(req)
             except BackendError as exc:
                 failure = exc
@@ -300,7 +301,7 @@ class Client:
                     self.last_success = time.monotonic()
                     self.failures_in_a_row = 0
                     self.refusals = ("", 0)
-                    return completion, None, attempt, timeouts
+                    return completion, None, attempt, timeouts, stalls
                 # An empty reply that stopped normally is a glitch: its tokens count, and
                 # it is sent again.
                 if self._counts_budget():
@@ -312,6 +313,7 @@ class Client:
                 )
             message = self.scrub(failure.message)
             timeouts += failure.timed_out
+            stalls += failure.stalled
             if failure.retryable and not failure.throttled:
                 self.failures_in_a_row += 1
             if failure.fatal or self._looks_down(attempt, started, failure):
@@ -320,7 +322,7 @@ class Client:
                     self.down_hint = TIMEOUT_HINT
             self._count_refusal(failure, message, req)
             if not failure.retryable or attempt == max_attempts:
-                return None, message, attempt, timeouts
+                return None, message, attempt, timeouts, stalls
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
         raise AssertionError("unreachable")
 
@@ -381,8 +383,9 @@ class Client:
         cost: float,
         error: str | None,
         attempts: int,
-        batch: str | None = None,
         timeouts: int = 0,
+        stalls: int = 0,
+        batch: str | None = None,
     ) -> Row:
         return call_row(
             CallRecord(
@@ -398,6 +401,7 @@ class Client:
                 attempts,
                 batch=batch,
                 timeouts=timeouts,
+                stalls=stalls,
             ),
         )
 
@@ -445,11 +449,11 @@ class Client:
             async with window:
                 result = await self.call(request)
             c = result.completion
-            bar.stalls = getattr(backend, "stalls", 0)  # connections given up and retried
             bar.advance(
                 cached=bool(c and c.cached),
                 failed=not result.ok,
                 timeouts=result.timeouts,
+                stalls=result.stalls,
                 tokens=c.tokens if c else 0,
                 cost=0.0
                 if c is None or c.cached

@@ -59,6 +59,7 @@ class CallRecord:
     attempts: int
     batch: str | None = None  # the provider's batch id, for a call sent in a batch
     timeouts: int = 0
+    stalls: int = 0
 
 
 def call_row(rec: CallRecord) -> Row:
@@ -67,8 +68,8 @@ def call_row(rec: CallRecord) -> Row:
     return (
         "INSERT INTO calls (run, stage, endpoint, backend, model, key, prompt_tokens,"
         " completion_tokens, latency, cost, cached, ok, error, attempts, created, batch,"
-        " finish_reason, reasoning_tokens, estimated, timeouts)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " finish_reason, reasoning_tokens, estimated, timeouts, stalls)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             rec.run,
             rec.stage,
@@ -90,6 +91,7 @@ def call_row(rec: CallRecord) -> Row:
             c.reasoning_tokens if c else 0,
             int(bool(c and c.estimated)),
             rec.timeouts,
+            rec.stalls,
         ),
     )
 
@@ -111,6 +113,7 @@ class LedgerRow:
     timeouts: int = 0  # attempts that timed out
     estimated: int = 0  # calls whose tokens are estimated (the endpoint sent no usage)
     batched: int = 0  # calls answered through a provider's batch API
+    stalls: int = 0  # attempts whose connection was given up as stalled (an overloaded server)
 
 
 def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
@@ -119,7 +122,7 @@ def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
         "SELECT stage, endpoint, model, COUNT(*), SUM(cached), SUM(1 - ok), SUM(prompt_tokens),"
         " SUM(completion_tokens), SUM(cost), SUM(latency), SUM(reasoning_tokens),"
         " COALESCE(SUM(finish_reason = 'length'), 0), SUM(timeouts), SUM(estimated),"
-        " SUM(batch IS NOT NULL) FROM calls WHERE run = ?"
+        " SUM(batch IS NOT NULL), SUM(stalls) FROM calls WHERE run = ?"
         " GROUP BY stage, endpoint, model ORDER BY MIN(id)",
         (run_id(run_dir, create=False),),
     ).fetchall()

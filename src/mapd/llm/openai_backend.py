@@ -23,8 +23,8 @@ kernel then sends the SYN again only after 1, 3, 7, 15 ... s, and a request sent
 connection the server never accepted is resent with doubling gaps, so one request could
 wait out the whole `timeout`. A new connection usually gets through at once: so a
 connection not made within `STALL_TIMEOUT`, or whose request bytes the server's kernel has
-not acknowledged within it (TCP_USER_TIMEOUT, Linux), is given up and the request retried;
-`stalls` counts these.
+not acknowledged within it (TCP_USER_TIMEOUT, Linux), is given up and the request retried:
+a BackendError with `stalled` set, counted per call (`CallResult.stalls`, the ledger).
 """
 
 from __future__ import annotations
@@ -324,7 +324,6 @@ class OpenAIBackend:
         self.timeout = endpoint.limits.timeout
         self.connections = endpoint.limits.concurrency  # one per request allowed in flight
         self._session: aiohttp.ClientSession | None = None
-        self.stalls = 0  # connections given up: not made, or the request not acknowledged
 
     def session(self) -> aiohttp.ClientSession:
         """One session (and pool of kept-alive connections) per event loop."""
@@ -355,9 +354,9 @@ class OpenAIBackend:
                 status, body = response.status, await response.read()
                 headers = response.headers
         except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
-            self.stalls += 1
-            message = f"connect timed out after {STALL_TIMEOUT:g} s (server not accepting)"
-            raise BackendError(message, retryable=True) from None
+            waited = min(STALL_TIMEOUT, self.timeout)
+            message = f"connect timed out after {waited:g} s (server not accepting)"
+            raise BackendError(message, retryable=True, stalled=True) from None
         except (TimeoutError, asyncio.TimeoutError):
             raise BackendError(
                 f"timed out after {self.timeout:g} s: raise limits.timeout, or lower "
@@ -370,9 +369,8 @@ class OpenAIBackend:
             raise BackendError(message, fatal=True) from None
         except aiohttp.ClientError as exc:  # refused, reset, cut short, not acknowledged
             stalled = isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
-            self.stalls += stalled
             message = f"connection error: {type(exc).__name__}: {exc}"
-            raise BackendError(message, retryable=True) from None
+            raise BackendError(message, retryable=True, stalled=stalled) from None
         if status >= 400:
             raise status_error(status, headers, body)
         choice, reply = parse_reply(body)

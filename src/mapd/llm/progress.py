@@ -66,7 +66,7 @@ class BatchProgress:
         self.log_lines = enabled is None and not self.enabled
         self.description, self.total, self.started = description, total, time.monotonic()
         self.done = self.cached = self.failed = self.timeouts = self.tokens = self.generated = 0
-        self.stalls = 0  # connections the backend gave up and retried (an overloaded server)
+        self.stalls = 0  # connections given up as stalled and retried (an overloaded server)
         self.status = ""  # a submitted batch's status, for `show`
         self.last_line = -HEARTBEAT  # when `show` last printed a log line
         self.last_decoding_line = self.started  # when `generating` last printed one
@@ -104,11 +104,19 @@ class BatchProgress:
             _Shared.display = None
 
     def advance(
-        self, *, cached: bool, failed: bool, tokens: int, cost: float, timeouts: int = 0
+        self,
+        *,
+        cached: bool,
+        failed: bool,
+        tokens: int,
+        cost: float,
+        timeouts: int = 0,
+        stalls: int = 0,
     ) -> None:
         self.cached += cached
         self.failed += failed
         self.timeouts += timeouts
+        self.stalls += stalls
         self.tokens += tokens
         self.cost += cost
         self.done += 1

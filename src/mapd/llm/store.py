@@ -91,6 +91,7 @@ ADDED_COLUMNS = {
         "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
         "estimated": "INTEGER NOT NULL DEFAULT 0",  # the endpoint sent no usage
         "timeouts": "INTEGER NOT NULL DEFAULT 0",  # attempts that timed out
+        "stalls": "INTEGER NOT NULL DEFAULT 0",  # attempts whose connection stalled
     },
     "batches": {"cancel_asked": "INTEGER NOT NULL DEFAULT 0"},  # `mapd batches --cancel`
 }

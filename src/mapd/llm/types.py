@@ -105,6 +105,7 @@ class CallResult:
     attempts: int = 0
     skipped: bool = False  # not sent at all: budget reached or endpoint down
     timeouts: int = 0  # attempts that timed out
+    stalls: int = 0  # attempts whose connection was given up as stalled (see `BackendError`)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +131,8 @@ class BackendError(Exception):
     change the config so that it accepts it. The same refusal again and again stops the
     endpoint.
     timed_out: the attempt timed out after the request was sent.
+    stalled: the connection was given up before the server took the request (not made in
+    time, or its bytes not acknowledged): an overloaded server's full listen queue.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class BackendError(Exception):
         throttled: bool = False,
         refusal_hint: str | None = None,
         timed_out: bool = False,
+        stalled: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -151,6 +155,7 @@ class BackendError(Exception):
         self.throttled = throttled
         self.refusal_hint = refusal_hint
         self.timed_out = timed_out
+        self.stalled = stalled
 
 
 class Backend(Protocol):

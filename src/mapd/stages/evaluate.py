@@ -2,8 +2,9 @@
 
 Reads  the task's `eval.split` (default test), student/manifest.json (after training)
 Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
-       eval/<label>/metrics.json (accuracy, invalid-answer rate, mean output tokens, and
-       a task's extra metrics, e.g. lm-evaluation-harness's for gsm8k), labels `base` and `trained`
+       eval/<label>/metrics.json (accuracy, invalid-answer rate, mean output tokens, answers
+       cut off at eval.max_tokens, and a task's extra metrics, e.g. lm-evaluation-harness's
+       for gsm8k), labels `base` and `trained`
 
 The prompt is the rationale-task prompt the student was trained on. Greedy by default;
 `eval.samples: k` (with a temperature) gives majority-vote accuracy, sample i drawn with
@@ -110,6 +111,9 @@ async def evaluate(
         "mean_output_tokens": round(
             sum(r.completion_tokens for r in replies) / max(len(replies), 1), 1
         ),
+        # an answer cut off at the limit usually has no final answer: counted as wrong
+        "cut_off": sum(r.cut_off for r in replies),
+        "max_tokens": e.max_tokens,
     }
     if extra := get_task(cfg.task.name).extra_metrics:
         firsts = [(r["output"], r["gold"]) for r in rows]

@@ -1,7 +1,8 @@
 """Stage `exam`: the student answers every training question; its wrong answers become mistakes.
 
 Reads  the task's training split (hub, local files or generator; see `mapd tasks`)
-Writes attempts.jsonl (every answer), mistakes.jsonl (the wrong ones), exam.json (accuracy)
+Writes attempts.jsonl (every answer), mistakes.jsonl (the wrong ones), exam.json (accuracy,
+       answers cut off at the student's sampling.max_tokens)
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "accuracy": round(correct / len(attempts), 4) if attempts else None,
         "no_answer": sum(a.extracted is None for a in attempts),
         "mistakes": len(mistakes),
+        "cut_off": sum(r.cut_off for r in replies),  # no final answer, so mostly mistakes
+        "max_tokens": cfg.student.sampling.max_tokens,
     }
     write_json(run_dir / "exam.json", summary)
     return summary

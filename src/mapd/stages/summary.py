@@ -43,6 +43,8 @@ def _cut_off_line(cfg: RunConfig) -> str | None:
 def print_summary(
     cfg: RunConfig, summaries: dict[str, Any], started: float, console: Console
 ) -> None:
+    from mapd.stages.report.collect import answers_cut_off_lines
+
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
     lines = [f"[bold]mapd run {cfg.name}[/] finished in {time.time() - started:.0f} s"]
@@ -61,6 +63,8 @@ def print_summary(
     if evals:
         acc = ", ".join(f"{label} {100 * m['accuracy']:.1f} %" for label, m in evals.items())
         lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")
+    for line in answers_cut_off_lines(exam, evals or {}):
+        lines.append(f"  [yellow]{line}[/]")
     if cut := _cut_off_line(cfg):
         lines.append(f"  [yellow]replies cut off at max_tokens (not trained): {cut}[/]")
     lines.append(f"  calls of this run folder so far: {_ledger_line(cfg)}")

@@ -104,6 +104,7 @@ class RunReport:
     items: list[Item]
     left_out: list[str] = field(default_factory=list)  # what could not be read, and why
     cut_off: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    answers_cut_off: list[str] = field(default_factory=list)  # the student's, exam and eval
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:
@@ -190,13 +191,17 @@ def ledger_rows(run_dir: Path) -> list[Any]:
             return []
 
 
+def eval_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """eval/<label>/metrics.json by label: base first, then trained, then the rest."""
+    labels = sorted(p.parent.name for p in (run_dir / "eval").glob("*/metrics.json"))
+    labels.sort(key=lambda x: {"base": 0, "trained": 1}.get(x, 2))
+    return {x: read_json_optional(run_dir / "eval" / x / "metrics.json") or {} for x in labels}
+
+
 def accuracy_rows(run_dir: Path) -> list[AccuracyRow]:
     """eval/<label>/metrics.json (base first, then trained, then the rest) and ablation.csv."""
     rows = []
-    labels = sorted(p.parent.name for p in (run_dir / "eval").glob("*/metrics.json"))
-    labels.sort(key=lambda x: {"base": 0, "trained": 1}.get(x, 2))
-    for label in labels:
-        metrics = read_json_optional(run_dir / "eval" / label / "metrics.json") or {}
+    for label, metrics in eval_metrics(run_dir).items():
         if isinstance(metrics.get("accuracy"), int | float):
             invalid = metrics.get("invalid_rate")
             note = f"{invalid:.0%} no answer" if isinstance(invalid, int | float) else ""
@@ -254,6 +259,25 @@ def cut_off_line(counts: dict[str, dict[str, tuple[int, int]]]) -> str | None:
     )
 
 
+def answers_cut_off_lines(
+    exam: dict[str, Any] | None, evals: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The student's answers cut off at their token limit, from exam.json and each eval's
+    metrics.json: "eval base: 12 of 613 answers cut off at eval.max_tokens=200; raise
+    eval.max_tokens". Such an answer usually has no final answer, so it counts as wrong."""
+    found = [("exam", exam or {}, "student.sampling.max_tokens")]
+    found += [(f"eval {label}", m, "eval.max_tokens") for label, m in evals.items()]
+    lines = []
+    for name, summary, setting in found:
+        if summary.get("cut_off"):
+            answers = summary.get("questions") or summary["n"] * summary.get("samples", 1)
+            lines.append(
+                f"{name}: {summary['cut_off']} of {answers} answers cut off at "
+                f"{setting}={summary.get('max_tokens')}; raise {setting}"
+            )
+    return lines
+
+
 def collect_run(run_dir: Path) -> RunReport:
     """Read every file of the run folder that exists; raise MapdError if it is not a run folder."""
     run_dir = Path(run_dir)
@@ -295,6 +319,7 @@ def collect_run(run_dir: Path) -> RunReport:
         items=build_items(mistakes, feedback, rationales, reviews, decisions, examples),
         left_out=[unreadable] if unreadable else [],
         cut_off=cut_off_counts(feedback, rationales, reviews),
+        answers_cut_off=answers_cut_off_lines(exam, eval_metrics(run_dir)),
     )
 
 

@@ -373,7 +373,8 @@ def accuracy_html(report: RunReport) -> str:
     if not report.accuracy:
         return (
             '<section id="accuracy"><h2>Accuracy</h2>'
-            f'<p class="lead">No evaluation in this run folder yet (eval/base, eval/trained).{escape(exam)}</p></section>'
+            f'<p class="lead">No evaluation in this run folder yet (eval/base, eval/trained).{escape(exam)}</p>'
+            f"{answers_cut_off_html(report)}</section>"
         )
     rows = [
         (r.label, r.accuracy, "\n".join(x for x in (f"n={r.n:,}" if r.n else "", r.note) if x))
@@ -385,8 +386,17 @@ def accuracy_html(report: RunReport) -> str:
         exam = f" The trained student is {delta:+.1f} points over the untrained one.{exam}"
     return (
         '<section id="accuracy"><h2>Accuracy before and after</h2>'
-        f'<p class="lead">On the evaluation split.{escape(exam)}</p>{charts.columns(rows, "accuracy")}</section>'
+        f'<p class="lead">On the evaluation split.{escape(exam)}</p>{charts.columns(rows, "accuracy")}'
+        f"{answers_cut_off_html(report)}</section>"
     )
+
+
+def answers_cut_off_html(report: RunReport) -> str:
+    """The student's answers stopped at the token limit (mostly counted wrong), exam and eval."""
+    if not report.answers_cut_off:
+        return ""
+    lines = "<br>".join(escape(line) for line in report.answers_cut_off)
+    return f'<p class="warn" id="answers-cut-off"><b>Answers cut off at max_tokens</b>: {lines}</p>'
 
 
 def table_html(report: RunReport) -> str:

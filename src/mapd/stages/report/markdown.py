@@ -121,13 +121,15 @@ def review_md(report: RunReport) -> list[str]:
 
 
 def accuracy_md(report: RunReport) -> list[str]:
+    cut = [f"- {md_cell(line)}" for line in report.answers_cut_off]
+    cut += [""] if cut else []
     if not report.accuracy:
-        return []
+        return ["## Accuracy", "", *cut] if cut else []
     rows = [
         [r.label, f"{r.accuracy:.1%}", r.n if r.n is not None else "", r.note]
         for r in report.accuracy
     ]
-    return ["## Accuracy", ""] + md_table(["model", "accuracy", "n", ""], rows)
+    return ["## Accuracy", ""] + md_table(["model", "accuracy", "n", ""], rows) + cut
 
 
 def _pct(rate: float | None) -> str:

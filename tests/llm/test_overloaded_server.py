@@ -86,13 +86,11 @@ class QueueOfOne(ThreadingHTTPServer):
 MAPD_SCRIPT = Path(sys.executable).with_name("mapd")  # the console script pip installed
 
 
-def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
-    store, tmp_path, monkeypatch, capsys
-):
-    """A connection fills the server's queue before it accepts anything: the first attempt's
-    handshake is dropped and given up after the stall timeout. The retry wait lets the server
-    accept, and the second attempt is answered."""
-    monkeypatch.setattr("mapd.llm.openai_backend.STALL_TIMEOUT", 0.5)  # 5 s in real use
+@pytest.fixture
+def queue_full_server(monkeypatch):
+    """A server whose queue of one is filled by a connection before it accepts anything: a
+    first handshake is dropped. The client's first retry wait lets the server accept the
+    filler and start serving, so the second attempt is answered. Yields its base URL."""
     server = QueueOfOne(("127.0.0.1", 0), handler(latency=0.0))
     filler = socket.create_connection(server.server_address)
     accepted: list[socket.socket] = []
@@ -103,10 +101,22 @@ def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
             threading.Thread(target=server.serve_forever, daemon=True).start()
 
     monkeypatch.setattr("mapd.llm.limits.backoff_sleep", retry_wait)
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    if accepted:
+        server.shutdown()
+    server.server_close()
+    for sock in [filler, *accepted]:
+        sock.close()
+
+
+def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
+    store, tmp_path, monkeypatch, capsys, queue_full_server
+):
+    """The first attempt's handshake is dropped and given up after the stall timeout; the
+    second attempt is answered."""
+    monkeypatch.setattr("mapd.llm.openai_backend.STALL_TIMEOUT", 0.5)  # 5 s in real use
     run_dir = tmp_path / "run"
-    endpoint = ModelEndpoint(
-        name="busy", model="m", base_url=f"http://127.0.0.1:{server.server_port}/v1"
-    )
+    endpoint = ModelEndpoint(name="busy", model="m", base_url=queue_full_server)
 
     async def ask():
         client = client_for(endpoint, store=store, run=run_id(run_dir), stage="teach")
@@ -114,14 +124,7 @@ def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
         await client.aclose()
         return results
 
-    try:
-        (result,) = asyncio.run(ask())
-    finally:
-        if accepted:
-            server.shutdown()
-        server.server_close()
-        for sock in [filler, *accepted]:
-            sock.close()
+    (result,) = asyncio.run(ask())
     assert result.ok and (result.attempts, result.stalls, result.timeouts) == (2, 1, 0)
     assert "stalled 1" in capsys.readouterr().err  # the progress line counts it per call
     row = store.db.execute("SELECT ok, attempts, timeouts, stalls FROM calls").fetchall()
@@ -133,3 +136,27 @@ def test_a_stalled_connection_is_counted_in_the_ledger_and_shown_by_mapd_ledger(
     header, teach, total = shown.stdout.splitlines()[:3]
     assert header.split()[-4:] == ["timeouts", "stalled", "cost", "$"]
     assert teach.split()[-3:-1] == ["0", "1"] and total.split()[-3:-1] == ["0", "1"]
+
+
+def test_a_connect_stalled_under_a_timeout_below_the_stall_timeout_is_a_stall(
+    store, queue_full_server
+):
+    """limits.timeout of 1 s, below STALL_TIMEOUT: the dropped handshake is still given up
+    before the whole attempt times out, so it counts as a stall, not a timeout, and the
+    request's slot is not held one more timeout for a request the server never got."""
+    timeout = 1.0
+    endpoint = ModelEndpoint(
+        name="busy", model="m", base_url=queue_full_server, limits=Limits(timeout=timeout)
+    )
+
+    async def ask():
+        client = client_for(endpoint, store=store, run="short-timeout", stage="teach")
+        results = await client.complete_many([Request.user("What is 2 + 3?")], progress=False)
+        await client.aclose()
+        return results
+
+    started = time.monotonic()
+    (result,) = asyncio.run(ask())
+    waited = time.monotonic() - started
+    assert result.ok and (result.attempts, result.stalls, result.timeouts) == (2, 1, 0)
+    assert waited < 1.5 * timeout  # a timeout and a held slot: about 2 timeouts

@@ -22,9 +22,10 @@ balancer, the standard library's server with its backlog of 5) drops handshakes.
 kernel then sends the SYN again only after 1, 3, 7, 15 ... s, and a request sent on a
 connection the server never accepted is resent with doubling gaps, so one request could
 wait out the whole `timeout`. A new connection usually gets through at once: so a
-connection not made within `STALL_TIMEOUT`, or whose request bytes the server's kernel has
-not acknowledged within it (TCP_USER_TIMEOUT, Linux), is given up and the request retried:
-a BackendError with `stalled` set, counted per call (`CallResult.stalls`, the ledger).
+connection not made within `STALL_TIMEOUT` (half a shorter `timeout`: `connect_timeout`),
+or whose request bytes the server's kernel has not acknowledged within `STALL_TIMEOUT`
+(TCP_USER_TIMEOUT, Linux), is given up and the request retried: a BackendError with
+`stalled` set, counted per call (`CallResult.stalls`, the ledger).
 """
 
 from __future__ import annotations
@@ -97,6 +98,14 @@ def env_proxy(url: str) -> str | None:
     if host is None or on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(urlsplit(url).scheme)
+
+
+def connect_timeout(timeout: float) -> float:
+    """Seconds for a handshake: STALL_TIMEOUT, or half a `timeout` that is not longer. Kept
+    below the whole attempt's timeout so that a dropped handshake is given up as a stall,
+    not waited out as a timeout (which holds the request's slot for a request the server
+    never got)."""
+    return STALL_TIMEOUT if timeout > STALL_TIMEOUT else timeout / 2
 
 
 def stall_limited_socket(addr_info: tuple[Any, ...]) -> socket.socket:
@@ -337,7 +346,7 @@ class OpenAIBackend:
                 limit=self.connections, socket_factory=stall_limited_socket
             ),
             timeout=aiohttp.ClientTimeout(
-                total=self.timeout, sock_connect=min(STALL_TIMEOUT, self.timeout)
+                total=self.timeout, sock_connect=connect_timeout(self.timeout)
             ),
             headers=self.headers,
             cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
@@ -354,7 +363,7 @@ class OpenAIBackend:
                 status, body = response.status, await response.read()
                 headers = response.headers
         except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
-            waited = min(STALL_TIMEOUT, self.timeout)
+            waited = connect_timeout(self.timeout)
             message = f"connect timed out after {waited:g} s (server not accepting)"
             raise BackendError(message, retryable=True, stalled=True) from None
         except (TimeoutError, asyncio.TimeoutError):

@@ -39,7 +39,7 @@ import re
 import socket
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -308,6 +308,48 @@ class Replicas:
                 self.in_flight[i] -= 1
 
 
+class EndpointSession:
+    """An endpoint's aiohttp session (and pool of kept-alive connections) in the running
+    event loop; call it for the session. It sends `headers` and mapd's User-Agent, except
+    where the config's own headers name the same header (they win, whatever the case), and
+    keeps no cookies (an API sets none worth keeping). `connector` makes the session's
+    connector; aiohttp's default without it."""
+
+    def __init__(
+        self,
+        endpoint: ModelEndpoint,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
+    ) -> None:
+        defaults = {"User-Agent": f"mapd/{__version__}", **headers}
+        own = {name.lower() for name in endpoint.headers}
+        self.headers = {k: v for k, v in defaults.items() if k.lower() not in own}
+        self.headers.update(endpoint.headers)
+        self.timeout = timeout
+        self.connector = connector
+        self.session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        """One session per event loop: a session belongs to the loop it was made in."""
+        loop = asyncio.get_running_loop()
+        if self.session is not None and not self.session.closed:
+            if self.session._loop is loop:
+                return self.session
+            self.session.detach()  # its loop has ended: its connections went with it
+        self.session = aiohttp.ClientSession(
+            connector=self.connector() if self.connector else None,
+            timeout=self.timeout,
+            headers=self.headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self.session
+
+    async def aclose(self) -> None:
+        if self.session is not None and not self.session.closed:
+            await self.session.close()
+
+
 class OpenAIBackend:
     kind = "openai"
     rate_limited = True
@@ -322,36 +364,14 @@ class OpenAIBackend:
         self.replicas = Replicas(endpoint.base_urls)
         self.url = self.replicas.urls[0]
         self.model = endpoint.model
-        defaults = {
-            "Authorization": f"Bearer {key}",
-            "Content-Type": "application/json",
-            "User-Agent": f"mapd/{__version__}",
-        }
-        own = {name.lower() for name in endpoint.headers}  # the config's headers win
-        self.headers = {k: v for k, v in defaults.items() if k.lower() not in own}
-        self.headers.update(endpoint.headers)
         self.timeout = endpoint.limits.timeout
-        self.connections = endpoint.limits.concurrency  # one per request allowed in flight
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One session (and pool of kept-alive connections) per event loop."""
-        loop = asyncio.get_running_loop()
-        if self._session is not None and not self._session.closed:
-            if self._session._loop is loop:
-                return self._session
-            self._session.detach()  # its loop has ended: its connections went with it
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.connections, socket_factory=stall_limited_socket
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=self.timeout, sock_connect=connect_timeout(self.timeout)
-            ),
-            headers=self.headers,
-            cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
+        connections = endpoint.limits.concurrency  # one per request allowed in flight
+        self.session = EndpointSession(
+            endpoint,
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            aiohttp.ClientTimeout(total=self.timeout, sock_connect=connect_timeout(self.timeout)),
+            lambda: aiohttp.TCPConnector(limit=connections, socket_factory=stall_limited_socket),
         )
-        return self._session
 
     def _body(self, request: Request) -> bytes:
         return json.dumps(request_body(self.endpoint, request)).encode()
@@ -401,5 +421,4 @@ class OpenAIBackend:
         )
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self.session.aclose()

@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-N, CONCURRENCY = 2000, 64
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -38,67 +37,31 @@ def listen_overflows() -> int:
     return -1
 
 
-async def bare_aiohttp(base_url: str, run: int) -> dict:
-    import aiohttp
-
-    gate = asyncio.Semaphore(CONCURRENCY)
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    slowest = 0.0
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one(i: int) -> None:
-            nonlocal slowest
-            async with gate:
-                body = {"model": "m", "messages": [{"role": "user", "content": f"b{run} {i}"}]}
-                sent = time.perf_counter()
-                async with session.post(base_url + "/chat/completions", json=body) as response:
-                    await response.read()
-                slowest = max(slowest, time.perf_counter() - sent)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(N)))
-        return {"wall_s": time.perf_counter() - started, "slowest_s": slowest}
-
-
-async def through_mapd(base_url: str, run: int) -> dict:
-    from mapd.config import Limits, ModelEndpoint
-    from mapd.llm import Request, client_for, open_store
-
-    endpoint = ModelEndpoint(
-        name="busy", model="m", base_url=base_url, limits=Limits(concurrency=CONCURRENCY)
-    )
-    with open_store() as store:
-        client = client_for(endpoint, store=store, run="bench", stage="bench")
-        requests = [Request.user(f"question {run}.{i}") for i in range(N)]
-        started = time.perf_counter()
-        results = await client.complete_many(requests, progress=False)
-        wall = time.perf_counter() - started
-        await client.aclose()
-    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
-    return {
-        "wall_s": wall,
-        "slowest_s": max(r.completion.latency for r in results),
-        "stalls": sum(r.stalls for r in results),
-        "retries": sum(r.attempts for r in results) - N,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     os.environ["MAPD_HOME"] = tempfile.mkdtemp(prefix="mapd-bench-")  # a fresh cache
-    from mapd.testing.overloaded import OverloadedServer
+    from mapd.llm import open_store
+    from mapd.testing.overloaded import (
+        CONCURRENCY,
+        N,
+        OverloadedServer,
+        bare_aiohttp,
+        through_mapd,
+    )
 
     load = os.getloadavg()
     runs: dict[str, list[dict]] = {"mapd": [], "bare_aiohttp": []}
-    with OverloadedServer(latency=0.1) as server:
+    with open_store() as store, OverloadedServer(latency=0.1) as server:
         for round_ in range(args.rounds):
             order = ("mapd", "bare_aiohttp") if round_ % 2 == 0 else ("bare_aiohttp", "mapd")
             for name in order:
                 before = listen_overflows()
-                run = through_mapd if name == "mapd" else bare_aiohttp
-                figures = asyncio.run(run(server.base_url, round_))
+                if name == "mapd":
+                    figures = asyncio.run(through_mapd(server.base_url, store, str(round_)))
+                else:
+                    figures = asyncio.run(bare_aiohttp(server.base_url, f"b{round_}"))
                 figures["listen_overflows"] = listen_overflows() - before
                 runs[name].append({k: round(v, 2) for k, v in figures.items()})
                 print(f"round {round_ + 1} {name:>12}: {runs[name][-1]}", flush=True)

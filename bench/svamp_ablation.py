@@ -24,14 +24,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from svamp_heldout import write_held_out
-from svamp_quality import RECIPE
-
-from mapd.config import dump_run_config, load_config, preset_path
+from svamp_quality import mapd, prepare_run
 
 # recipes compared with the paper's (the MAPD row), as `ablation.variants`; always in the
 # config, so that a later run with other --rows keeps them in the table
@@ -47,10 +42,6 @@ CANDIDATES = {
     "mapd-pick-all": ["dataset.pick=all"],
     "mapd-4ep": ["train.epochs=4"],
 }
-
-
-def mapd(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "mapd", *args], check=True)
 
 
 def main() -> None:
@@ -70,24 +61,10 @@ def main() -> None:
         help="another config override, e.g. eval.limit=200",
     )
     args = parser.parse_args()
-    mistakes = sorted(args.release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
-    if not mistakes:
-        sys.exit(f"no Llama-2-7b-chat-hf_svamp_*_round0.json in {args.release}")
-    false_file = next(m for m in mistakes if "_false_" in m.name)
-    held_out_dir = (args.runs / "svamp-heldout").resolve()
-    held_out, total = write_held_out(args.svamp, false_file, held_out_dir)
-    print(f"{held_out} of {total} SVAMP problems held out for evaluation")
-
     run_dir = args.runs / "svamp-ablation"
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
-    # written again on every run from the preset and this command's settings, so that the
-    # folder's config is what the command says; finished rows with the same settings are kept
-    test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
     candidates = f"ablation.variants={json.dumps(CANDIDATES)}"
-    cfg = load_config(preset_path("paper/svamp"), [*RECIPE, *test_set, candidates, *args.set])
-    config.write_text(dump_run_config(cfg), encoding="utf-8")
+    # the config is written again on every run; finished rows with the same settings are kept
+    config = prepare_run(args.svamp, args.release, run_dir, [candidates, *args.set])
     mapd(
         "ablate", str(config), "--seeds", args.seeds, *(["--rows", args.rows] if args.rows else [])
     )

@@ -58,6 +58,28 @@ def mapd(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "mapd", *args], check=True)
 
 
+def prepare_run(svamp: Path, release: Path, run_dir: Path, overrides: list[str]) -> Path:
+    """The config of `run_dir`, a run on the release's SVAMP mistakes (imported once) whose
+    test set is the SVAMP problems not among them (held out in svamp-heldout beside it).
+    The config is written again on every run from the preset, RECIPE, the test set and
+    `overrides`, so that the folder's config is what the command says (an earlier --set does
+    not linger); the stages whose settings changed run again, the others are reused."""
+    mistakes = sorted(release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
+    if not mistakes:
+        sys.exit(f"no Llama-2-7b-chat-hf_svamp_*_round0.json in {release}")
+    false_file = next(m for m in mistakes if "_false_" in m.name)
+    held_out_dir = (run_dir.parent / "svamp-heldout").resolve()
+    held_out, total = write_held_out(svamp, false_file, held_out_dir)
+    print(f"{held_out} of {total} SVAMP problems held out for evaluation")
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
+    test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
+    cfg = load_config(preset_path("paper/svamp"), [*RECIPE, *test_set, *overrides])
+    config.write_text(dump_run_config(cfg), encoding="utf-8")
+    return config
+
+
 def accuracy(predictions: Path, first: int | None = None) -> tuple[int, int]:
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
     rows = rows[:first] if first else rows
@@ -78,26 +100,9 @@ def main() -> None:
         help="another config override, e.g. train.prompt_format=chat",
     )
     args = parser.parse_args()
-    mistakes = sorted(args.release.glob("Llama-2-7b-chat-hf_svamp_*_round0.json"))
-    if not mistakes:
-        sys.exit(f"no Llama-2-7b-chat-hf_svamp_*_round0.json in {args.release}")
-    false_file = next(m for m in mistakes if "_false_" in m.name)
-    held_out_dir = (args.runs / "svamp-heldout").resolve()
-    held_out, total = write_held_out(args.svamp, false_file, held_out_dir)
-    print(f"{held_out} of {total} SVAMP problems held out for evaluation")
-
     run_dir = args.runs / f"svamp-quality-{args.preset}"
-    config = run_dir / "config.yaml"
-    if not config.exists():
-        mapd("import-release", "--task", "svamp", "--output", str(run_dir), *map(str, mistakes))
-    # written again on every run, as the import wrote it plus this command's settings, so
-    # that the folder's config is what the command says (an earlier --set does not linger);
-    # the stages whose settings changed run again, the others are reused
-    test_set = ["task.source=local", f"task.path={held_out_dir}", "task.files.test=SVAMP.json"]
     extra = MAPD_DEFAULTS if args.preset == "mapd" else []
-    overrides = [*RECIPE, *test_set, *extra, *args.set]
-    cfg = load_config(preset_path("paper/svamp"), overrides)
-    config.write_text(dump_run_config(cfg), encoding="utf-8")
+    config = prepare_run(args.svamp, args.release, run_dir, [*extra, *args.set])
     mapd("run", str(config))
 
     figures = {"preset": args.preset, "run_dir": str(run_dir)}

@@ -30,10 +30,10 @@ from typing import Any
 
 import aiohttp
 
-from mapd import __version__
 from mapd.config import ModelEndpoint
 from mapd.llm.openai_backend import (
     NO_KEY,
+    EndpointSession,
     api_key,
     env_proxy,
     error_detail,
@@ -133,10 +133,6 @@ class BatchAPI:
     def __init__(self, endpoint: ModelEndpoint, auth: dict[str, str]) -> None:
         self.endpoint = endpoint
         self.base = (endpoint.base_url or "").rstrip("/")
-        headers = {"User-Agent": f"mapd/{__version__}", **auth}
-        own = {name.lower() for name in endpoint.headers}  # the config's headers win
-        self.headers = {k: v for k, v in headers.items() if k.lower() not in own}
-        self.headers.update(endpoint.headers)
         self.proxy = env_proxy(self.base)
         self.timeout = endpoint.limits.timeout
         # A batch file (up to 200 MB up, as much down) may take longer than `timeout` in
@@ -144,20 +140,7 @@ class BatchAPI:
         self.transfer = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeout, sock_read=self.timeout
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is not None and not self._session.closed:
-            if self._session._loop is loop:
-                return self._session
-            self._session.detach()
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-            headers=self.headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        return self._session
+        self.session = EndpointSession(endpoint, auth, aiohttp.ClientTimeout(total=self.timeout))
 
     async def fetch(self, method: str, url: str, **kwargs: Any) -> bytes:
         """The body of a successful reply; a BackendError saying whether to try again."""
@@ -188,8 +171,7 @@ class BatchAPI:
         return data
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self.session.aclose()
 
 
 class OpenAIBatches(BatchAPI):

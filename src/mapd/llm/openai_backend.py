@@ -22,9 +22,10 @@ balancer, the standard library's server with its backlog of 5) drops handshakes.
 kernel then sends the SYN again only after 1, 3, 7, 15 ... s, and a request sent on a
 connection the server never accepted is resent with doubling gaps, so one request could
 wait out the whole `timeout`. A new connection usually gets through at once: so a
-connection not made within `STALL_TIMEOUT`, or whose request bytes the server's kernel has
-not acknowledged within it (TCP_USER_TIMEOUT, Linux), is given up and the request retried:
-a BackendError with `stalled` set, counted per call (`CallResult.stalls`, the ledger).
+connection not made within `STALL_TIMEOUT` (half a shorter `timeout`: `connect_timeout`),
+or whose request bytes the server's kernel has not acknowledged within `STALL_TIMEOUT`
+(TCP_USER_TIMEOUT, Linux), is given up and the request retried: a BackendError with
+`stalled` set, counted per call (`CallResult.stalls`, the ledger).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import re
 import socket
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,6 +98,14 @@ def env_proxy(url: str) -> str | None:
     if host is None or on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     return urllib.request.getproxies().get(urlsplit(url).scheme)
+
+
+def connect_timeout(timeout: float) -> float:
+    """Seconds for a handshake: STALL_TIMEOUT, or half a `timeout` that is not longer. Kept
+    below the whole attempt's timeout so that a dropped handshake is given up as a stall,
+    not waited out as a timeout (which holds the request's slot for a request the server
+    never got)."""
+    return STALL_TIMEOUT if timeout > STALL_TIMEOUT else timeout / 2
 
 
 def stall_limited_socket(addr_info: tuple[Any, ...]) -> socket.socket:
@@ -299,6 +308,48 @@ class Replicas:
                 self.in_flight[i] -= 1
 
 
+class EndpointSession:
+    """An endpoint's aiohttp session (and pool of kept-alive connections) in the running
+    event loop; call it for the session. It sends `headers` and mapd's User-Agent, except
+    where the config's own headers name the same header (they win, whatever the case), and
+    keeps no cookies (an API sets none worth keeping). `connector` makes the session's
+    connector; aiohttp's default without it."""
+
+    def __init__(
+        self,
+        endpoint: ModelEndpoint,
+        headers: dict[str, str],
+        timeout: aiohttp.ClientTimeout,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
+    ) -> None:
+        defaults = {"User-Agent": f"mapd/{__version__}", **headers}
+        own = {name.lower() for name in endpoint.headers}
+        self.headers = {k: v for k, v in defaults.items() if k.lower() not in own}
+        self.headers.update(endpoint.headers)
+        self.timeout = timeout
+        self.connector = connector
+        self.session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        """One session per event loop: a session belongs to the loop it was made in."""
+        loop = asyncio.get_running_loop()
+        if self.session is not None and not self.session.closed:
+            if self.session._loop is loop:
+                return self.session
+            self.session.detach()  # its loop has ended: its connections went with it
+        self.session = aiohttp.ClientSession(
+            connector=self.connector() if self.connector else None,
+            timeout=self.timeout,
+            headers=self.headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self.session
+
+    async def aclose(self) -> None:
+        if self.session is not None and not self.session.closed:
+            await self.session.close()
+
+
 class OpenAIBackend:
     kind = "openai"
     rate_limited = True
@@ -313,36 +364,14 @@ class OpenAIBackend:
         self.replicas = Replicas(endpoint.base_urls)
         self.url = self.replicas.urls[0]
         self.model = endpoint.model
-        defaults = {
-            "Authorization": f"Bearer {key}",
-            "Content-Type": "application/json",
-            "User-Agent": f"mapd/{__version__}",
-        }
-        own = {name.lower() for name in endpoint.headers}  # the config's headers win
-        self.headers = {k: v for k, v in defaults.items() if k.lower() not in own}
-        self.headers.update(endpoint.headers)
         self.timeout = endpoint.limits.timeout
-        self.connections = endpoint.limits.concurrency  # one per request allowed in flight
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One session (and pool of kept-alive connections) per event loop."""
-        loop = asyncio.get_running_loop()
-        if self._session is not None and not self._session.closed:
-            if self._session._loop is loop:
-                return self._session
-            self._session.detach()  # its loop has ended: its connections went with it
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.connections, socket_factory=stall_limited_socket
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=self.timeout, sock_connect=min(STALL_TIMEOUT, self.timeout)
-            ),
-            headers=self.headers,
-            cookie_jar=aiohttp.DummyCookieJar(),  # an API sets no cookies worth keeping
+        connections = endpoint.limits.concurrency  # one per request allowed in flight
+        self.session = EndpointSession(
+            endpoint,
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            aiohttp.ClientTimeout(total=self.timeout, sock_connect=connect_timeout(self.timeout)),
+            lambda: aiohttp.TCPConnector(limit=connections, socket_factory=stall_limited_socket),
         )
-        return self._session
 
     def _body(self, request: Request) -> bytes:
         return json.dumps(request_body(self.endpoint, request)).encode()
@@ -354,7 +383,7 @@ class OpenAIBackend:
                 status, body = response.status, await response.read()
                 headers = response.headers
         except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
-            waited = min(STALL_TIMEOUT, self.timeout)
+            waited = connect_timeout(self.timeout)
             message = f"connect timed out after {waited:g} s (server not accepting)"
             raise BackendError(message, retryable=True, stalled=True) from None
         except (TimeoutError, asyncio.TimeoutError):
@@ -392,5 +421,4 @@ class OpenAIBackend:
         )
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self.session.aclose()

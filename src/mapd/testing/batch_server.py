@@ -30,7 +30,6 @@ arrive; `enqueued_tokens`: a batch that would take the unfinished ones past it f
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -43,7 +42,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from mapd.testing.loopback import chat_body, echo_reply, words
+from mapd.testing.loopback import chat_body, echo_reply, serve_from_command_line, words
 
 Reply = Callable[[dict[str, Any]], str]
 Fail = Callable[[dict[str, Any], int], "int | None"]
@@ -506,16 +505,8 @@ def error(status: int, message: str) -> web.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Loopback OpenAI + Anthropic batch server.")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tick", type=float, default=1.0, help="clock seconds per status poll")
-    args = parser.parse_args()
-    server = BatchServer(tick=args.tick, port=args.port).start()
-    print(server.port, flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        server.stop()
+    description = "Loopback OpenAI + Anthropic batch server."
+    serve_from_command_line(BatchServer, description, "tick", 1.0, "clock seconds per status poll")
 
 
 if __name__ == "__main__":

@@ -315,17 +315,26 @@ class LoopbackServer:
         return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Loopback OpenAI-compatible server.")
+def serve_from_command_line(
+    server: Callable[..., Any], description: str, option: str, default: float, help: str
+) -> None:
+    """A loopback server as a process: `--port` and the float `--{option}` are passed to
+    `server(...)`, which is started; prints the port and serves until killed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    parser.add_argument(f"--{option}", type=float, default=default, help=help)
     args = parser.parse_args()
-    server = LoopbackServer(latency=args.latency, port=args.port).start()
-    print(server.port, flush=True)
+    running = server(port=args.port, **{option: getattr(args, option)}).start()
+    print(running.port, flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
-        server.stop()
+        running.stop()
+
+
+def main() -> None:
+    description = "Loopback OpenAI-compatible server."
+    serve_from_command_line(LoopbackServer, description, "latency", 0.0, "seconds per reply")
 
 
 if __name__ == "__main__":

@@ -8,21 +8,29 @@ kernel's accept queue overflows and handshakes are dropped, as with a busy local
 (Ollama, llama.cpp) or one behind a saturated load balancer. Each chat request is answered
 after `latency` seconds with `chat_body`'s reply. A client that waits for the kernel's
 SYN retransmits (1, 3, 7, 15 s ...) instead of trying again stalls here; `mapd.testing`
-tests and `bench/llm_throughput.py` use it to show that the client does not. It runs in a
+tests and `bench/overload_stall.py` use it to show that the client does not. It runs in a
 process of its own, so that its threads do not compete with the client's event loop for
-the interpreter.
+the interpreter. `through_mapd` and `bare_aiohttp` send them both the same load: N chat
+requests at CONCURRENCY (ideal wall time N x latency / CONCURRENCY).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import aiohttp
+
+from mapd.config import Limits, ModelEndpoint
+from mapd.llm import CallStore, Request, client_for
 from mapd.testing.loopback import chat_body
+
+N, CONCURRENCY = 2000, 64
 
 
 def handler(latency: float) -> type[BaseHTTPRequestHandler]:
@@ -66,6 +74,49 @@ class OverloadedServer:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+async def through_mapd(base_url: str, store: CallStore, tag: str) -> dict[str, float]:
+    """The load through mapd's client (cache and ledger in `store`, limits), with requests
+    that `tag` makes new: wall time, the slowest request's latency, the stalls given up and
+    the retries. Every request must be answered."""
+    endpoint = ModelEndpoint(
+        name="busy", model="m", base_url=base_url, limits=Limits(concurrency=CONCURRENCY)
+    )
+    client = client_for(endpoint, store=store, run="overload", stage="load")
+    requests = [Request.user(f"question {tag}.{i}") for i in range(N)]
+    started = time.perf_counter()
+    results = await client.complete_many(requests, progress=False)
+    wall = time.perf_counter() - started
+    await client.aclose()
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    return {
+        "wall_s": wall,
+        "slowest_s": max(r.completion.latency for r in results),
+        "stalls": sum(r.stalls for r in results),
+        "retries": sum(r.attempts for r in results) - N,
+    }
+
+
+async def bare_aiohttp(base_url: str, tag: str) -> dict[str, float]:
+    """The same load with aiohttp's defaults, no mapd: wall time and the slowest request."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    slowest = 0.0
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            nonlocal slowest
+            async with gate:
+                body = {"model": "m", "messages": [{"role": "user", "content": f"{tag} {i}"}]}
+                sent = time.perf_counter()
+                async with session.post(base_url + "/chat/completions", json=body) as response:
+                    await response.read()
+                slowest = max(slowest, time.perf_counter() - sent)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(N)))
+        return {"wall_s": time.perf_counter() - started, "slowest_s": slowest}
 
 
 def main() -> None:

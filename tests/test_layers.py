@@ -1,7 +1,8 @@
 """Imports run one way: a module imports only from its own layer or the layers below it.
 
 The base layer (the run folder, records, config, errors, prompts, answers) knows nothing of
-LLMs or stages; `llm` and `tasks` build on it; the stages on those; the commands on top.
+LLMs or stages; `llm` and `tasks` build on it; the stages on those; the commands, and the
+test support in `testing`, on top.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "mapd"
 # bottom to top; a name is a top-level module or package of `mapd`
 LAYERS = [
-    {"__init__", "errors", "config", "records", "rundir", "prompts", "answers", "stats", "testing"},
+    {"__init__", "errors", "config", "records", "rundir", "prompts", "answers", "stats"},
     {"llm", "tasks"},
     {"stages", "release", "scoring"},
-    {"ablation", "preflight", "cli", "__main__"},
+    # `testing` (loopback servers and loads for tests and benchmarks) may use any layer;
+    # no module of mapd imports it
+    {"ablation", "preflight", "cli", "__main__", "testing"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -13,6 +13,7 @@ from mapd.config import Limits, ModelEndpoint, Price
 from mapd.llm import Request, client_for
 from mapd.llm.batch_api import OpenAIBatches, anthropic_params
 from mapd.llm.ledger import call_cost
+from mapd.llm.store import open_store
 from mapd.testing.batch_server import BatchServer
 from mapd.testing.loopback import LoopbackServer
 
@@ -305,9 +306,13 @@ def test_mapd_ledger_counts_the_batch_calls(batch_server, store, tmp_path):
     assert total.split()[1:5] == ["6", "3", "0", "3"]  # calls, cached, failed, batch
 
 
-def test_a_batch_created_but_not_yet_recorded_is_found_again(batch_server, store, monkeypatch):
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_batch_created_but_not_yet_recorded_is_found_again(
+    kind, batch_server, store, monkeypatch
+):
     """A kill between the provider creating a batch and the database recording it: the next
-    run finds the batch by its metadata instead of paying for it again."""
+    run finds the batch (by its metadata, or for Anthropic by its size and time) instead of
+    paying for it again."""
     from mapd.llm.batch import BatchRun
 
     class Killed(Exception):
@@ -320,12 +325,48 @@ def test_a_batch_created_but_not_yet_recorded_is_found_again(batch_server, store
 
     monkeypatch.setattr(BatchRun, "record", killed_before_recording)
     with pytest.raises(Killed):
-        complete(endpoint(batch_server.base_url), store, prompts(5))
+        complete(endpoint(batch_server.base_url, kind), store, prompts(5))
     assert store.db.execute("SELECT COUNT(*) FROM batches").fetchone() == (0,)
     monkeypatch.setattr(BatchRun, "record", record)
-    results = complete(endpoint(batch_server.base_url), store, prompts(5))
-    assert all(r.ok for r in results)
+    results = complete(endpoint(batch_server.base_url, kind), store, prompts(5))
+    assert all(r.ok and r.attempts == 1 for r in results)
     assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1
+    assert store.db.execute("SELECT COUNT(*) FROM batch_intents").fetchone() == (0,)
+
+
+def test_a_fresh_anthropic_submission_takes_no_batch_of_the_same_size(batch_server, store):
+    """Another database's batch of as many requests, made a moment before, is not taken for
+    this one's: only a noted submission that was never recorded looks for its batch."""
+    with open_store(store.path.with_name("other.sqlite")) as other:
+        complete(endpoint(batch_server.base_url, "anthropic"), other, prompts(3)[::-1])
+    results = complete(endpoint(batch_server.base_url, "anthropic"), store, prompts(3))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert len(batch_server.batches) == 2
+
+
+def test_an_anthropic_batch_wrongly_taken_for_ours_costs_a_wait_not_a_wrong_answer(
+    batch_server, store, monkeypatch
+):
+    """Killed before recording; the provider then lost that batch, and another database's
+    batch of the same size is the one found: its results answer none of our requests, so
+    they go into a new batch and every reply is our own."""
+    from mapd.llm.batch import BatchRun
+
+    async def killed_before_recording(self, b, state):
+        raise KeyboardInterrupt
+
+    ep = endpoint(batch_server.base_url, "anthropic")
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchRun, "record", killed_before_recording)
+        with pytest.raises(KeyboardInterrupt):
+            complete(ep, store, prompts(3))
+    batch_server.batches.clear()
+    with open_store(store.path.with_name("other.sqlite")) as other:
+        complete(ep, other, prompts(6)[3:])
+    results = complete(ep, store, prompts(3))
+    assert [r.text for r in results] == [f"[fake-model] reply to: question {i}" for i in range(3)]
+    assert all(r.ok and r.attempts == 2 for r in results)
+    assert len(batch_server.batches) == 2  # the other database's, then ours
 
 
 def test_a_recorded_batch_the_provider_no_longer_knows_is_submitted_again(store, tmp_path):
@@ -370,9 +411,10 @@ def test_a_provider_that_forgets_every_batch_is_not_paid_for_new_batches_forever
     assert all(not r.ok and "404" in r.error and r.attempts == 3 for r in results)
 
 
-def test_a_create_whose_reply_was_lost_is_found_not_made_again(batch_server, store):
+@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_create_whose_reply_was_lost_is_found_not_made_again(kind, batch_server, store):
     batch_server.lost_replies = 1  # the batch is made; the client sees a dropped connection
-    results = complete(endpoint(batch_server.base_url), store, prompts(4))
+    results = complete(endpoint(batch_server.base_url, kind), store, prompts(4))
     assert all(r.ok and r.attempts == 1 for r in results)
     assert len(batch_server.batches) == 1 and max(batch_server.submissions.values()) == 1
 

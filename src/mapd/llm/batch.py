@@ -11,11 +11,15 @@ Resumable, never paid twice: every batch is recorded in the call database (`batc
 is first polled. A run killed while it waits finds its uncollected batches there (by the
 requests' cache keys, so any run sharing the cache does) and polls them instead of
 submitting again. For the moment between the provider creating a batch and the database
-recording it (or a create whose reply was lost), an OpenAI batch carries a digest of its
-lines in its metadata, and a submission first looks for one among the newest batches;
-Anthropic's batches carry no metadata, so that moment stays open there. A batch's replies go into the response cache and the ledger (as batch
-calls, at `price.batch_discount` of the live price) in the same transaction that marks it
-collected, so a re-run, live or batch, sends nothing.
+recording it (or a create whose reply was lost), the database notes each submission (a
+digest of its lines) before creating it. An OpenAI batch carries that digest in its metadata,
+and a submission first looks for one among the newest batches. Anthropic's batches carry no
+metadata: after a noted submission that was never recorded, a batch with as many requests
+created since the note is taken for it (a wrong guess costs a wait, not a wrong answer: the
+custom_ids are the requests' cache keys, so each item then finds no result and goes into a
+new batch). A batch's replies go into the response cache and the ledger (as batch calls, at
+`price.batch_discount` of the live price) in the same transaction that marks it collected,
+so a re-run, live or batch, sends nothing.
 
 Budget: a submitted batch is paid whatever happens, so only the items whose worst case
 (prompt estimate plus max_tokens of output, at the batch price) fits the budget go in, each
@@ -87,12 +91,18 @@ class Submitted:
     id: str
     submitted: float
     items: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    submission: str = ""  # the digest of its lines (see `BatchRun.submit_once`)
 
 
 def custom_id(key: str) -> str:
     """The cache key's 64 hex digits: unique in a batch, within Anthropic's 64 characters,
     and the same for the same request in every run."""
     return key.removeprefix("sha256:")
+
+
+def digest(lines: list[bytes]) -> str:
+    """A submission's name: the same lines give the same name in every run."""
+    return hashlib.sha256(b"".join(lines)).hexdigest()[:32]
 
 
 def split_lines(lines: list[tuple[Item, bytes]], max_requests: int, max_bytes: int):
@@ -230,13 +240,14 @@ class BatchRun:
         waiting = {}
         for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
             try:
-                state = await self.submit_once([line for _, line in chunk])
+                submission = digest([line for _, line in chunk])
+                state = await self.submit_once([line for _, line in chunk], submission)
             except BackendError as exc:
                 for item, _ in chunk:
                     self.settle(item)
                 self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
-            b = Submitted(state.id, time.time())
+            b = Submitted(state.id, time.time(), submission=submission)
             for item, _ in chunk:
                 item.batch, item.attempts = state.id, item.attempts + 1
                 b.items[custom_id(item.key)] = (item.key, item.canonical, item.attempts)
@@ -288,30 +299,49 @@ class BatchRun:
             self.client.budget.charge(usd - held_usd, tokens - held_tokens)
         item.held = (0.0, 0)
 
-    async def submit_once(self, lines: list[bytes]) -> BatchState:
+    async def submit_once(self, lines: list[bytes], submission: str) -> BatchState:
         """Create a batch for `lines`, unless the provider already holds one for exactly
         these lines that this database has not recorded (see `unrecorded`). The look comes
         before every attempt: a create whose reply was lost may have made the batch."""
         client = self.client
-        submission = hashlib.sha256(b"".join(lines)).hexdigest()[:32]
         tag = f"{client.stage or 'mapd'}-{client.name}"
+        since = await self.noted(submission, len(lines))
 
         async def find_or_create() -> BatchState:
-            found = await self.unrecorded(submission)
+            nonlocal since
+            found = await self.unrecorded(submission, len(lines), since)
+            since = since or time.time()  # from now on a create may have made it
             return found or await self.api.submit(lines, tag, submission)
 
         return await self.retrying(find_or_create)
 
-    async def unrecorded(self, submission: str) -> BatchState | None:
-        """The provider's live batch for these lines that the database does not know, if any."""
+    async def noted(self, submission: str, requests: int) -> float | None:
+        """Note in the database that `submission` is about to be created. Returns when an
+        earlier run noted it without recording its batch (the provider may hold one made
+        since then), else None."""
         store = self.client.store
         if store is None:
             return None
-        found = await self.api.find(submission)
-        if found is None:
+        sql = "SELECT started FROM batch_intents WHERE submission = ?"
+        earlier = store.db.execute(sql, (submission,)).fetchone()
+        if earlier is not None:
+            return earlier[0]
+        sql = "INSERT OR IGNORE INTO batch_intents VALUES (?, ?, ?, ?)"
+        await self.client._write((sql, (submission, self.client.name, requests, time.time())))
+        return None
+
+    async def unrecorded(
+        self, submission: str, requests: int, since: float | None
+    ) -> BatchState | None:
+        """The provider's batch for these lines that the database does not know, if any."""
+        store = self.client.store
+        if store is None:
             return None
-        known = store.db.execute("SELECT 1 FROM batches WHERE id = ?", (found.id,)).fetchone()
-        return None if known else found
+        for found in await self.api.find(submission, requests, since):
+            known = store.db.execute("SELECT 1 FROM batches WHERE id = ?", (found.id,))
+            if known.fetchone() is None:
+                return found
+        return None
 
     async def record(self, b: Submitted, state: BatchState) -> None:
         """Write the batch and its custom_id -> cache key map before it is first polled."""
@@ -341,6 +371,7 @@ class BatchRun:
             ("INSERT OR REPLACE INTO batch_items VALUES (?, ?, ?, ?, ?)", (b.id, cid, *entry))
             for cid, entry in b.items.items()
         ]
+        rows.append(("DELETE FROM batch_intents WHERE submission = ?", (b.submission,)))
         await client._write(*rows)
         if client.run_dir is not None:
             write_json(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,9 @@ from mapd.llm.openai_backend import (
 from mapd.llm.types import BackendError, Completion, Request
 
 ANTHROPIC_VERSION = "2023-06-01"
+# how far this machine's clock may run ahead of the provider's when matching a batch's
+# created_at against the time a submission was noted (seconds)
+CLOCK_SKEW = 300.0
 # Item errors worth a new batch: the provider's transient failures, and the items a batch
 # never reached before it expired or was cancelled.
 RETRYABLE_STATUS = {408, 409, 429}
@@ -113,6 +117,16 @@ def anthropic_params(endpoint: ModelEndpoint, request: Request) -> dict[str, Any
     if request.stop:
         params["stop_sequences"] = list(request.stop)
     return params
+
+
+def epoch_seconds(timestamp: object) -> float | None:
+    """An RFC 3339 time ("2024-08-20T18:37:24.100435Z") in epoch seconds; None if it is none."""
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def require(data: dict[str, Any], what: str, *keys: str) -> dict[str, Any]:
@@ -187,16 +201,17 @@ class OpenAIBatches(BatchAPI):
         entry = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions"}
         return json.dumps({**entry, "body": body}, ensure_ascii=False).encode() + b"\n"
 
-    async def find(self, submission: str) -> BatchState | None:
-        """A live batch created earlier for the same lines: by a run killed between creating
-        it and recording it, or by a create whose reply was lost. Found by the
+    async def find(self, submission: str, requests: int, since: float | None) -> list[BatchState]:
+        """Live batches created earlier for the same lines: by a run killed between creating
+        one and recording it, or by a create whose reply was lost. Found by the
         `mapd_submission` metadata among the 100 newest batches."""
         listing = await self.fetch_json("GET", "/batches", params={"limit": "100"})
-        for batch in listing.get("data") or []:
-            mine = (batch.get("metadata") or {}).get("mapd_submission") == submission
-            if mine and batch.get("status") not in ("failed", "expired", "cancelling", "cancelled"):
-                return self.state(batch)
-        return None
+        return [
+            self.state(batch)
+            for batch in listing.get("data") or []
+            if (batch.get("metadata") or {}).get("mapd_submission") == submission
+            and batch.get("status") not in ("failed", "expired", "cancelling", "cancelled")
+        ]
 
     async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         form = aiohttp.FormData()
@@ -302,9 +317,26 @@ class AnthropicBatches(BatchAPI):
         params = anthropic_params(self.endpoint, request)
         return json.dumps({"custom_id": custom_id, "params": params}, ensure_ascii=False).encode()
 
-    async def find(self, submission: str) -> BatchState | None:
-        """Anthropic's batches carry no metadata to find one by: always None."""
-        return None
+    async def find(self, submission: str, requests: int, since: float | None) -> list[BatchState]:
+        """Anthropic's batches carry no metadata to find one by. When a create may have been
+        made since `since` (epoch seconds; None: none can have been), the batches among the
+        100 newest with as many requests, created since then (less CLOCK_SKEW), oldest first
+        and not being cancelled."""
+        if since is None:
+            return []
+        listing = await self.fetch_json("GET", "/messages/batches", params={"limit": "100"})
+        found = []
+        for batch in listing.get("data") or []:
+            created = epoch_seconds(batch.get("created_at"))
+            state = self.state(batch)
+            if (
+                created is not None
+                and created >= since - CLOCK_SKEW
+                and state.total == requests
+                and not batch.get("cancel_initiated_at")
+            ):
+                found.append(state)
+        return found[::-1]
 
     async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
         body = b'{"requests": [' + b", ".join(lines) + b"]}"

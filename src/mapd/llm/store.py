@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS batch_items (
     attempt INTEGER NOT NULL,
     PRIMARY KEY (batch, custom_id)
 );
+-- a batch about to be created: kept until the batch is recorded, so that a run killed (or a
+-- create whose reply was lost) in between knows since when the provider may hold it
+CREATE TABLE IF NOT EXISTS batch_intents (
+    submission TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    started REAL NOT NULL
+);
 """
 # Columns added after the first release: added to an older database when it is opened.
 ADDED_COLUMNS = {

@@ -10,15 +10,16 @@
 Real HTTP on 127.0.0.1 (aiohttp in a thread) with the documented routes: `POST /v1/files`
 (multipart, purpose batch), `POST /v1/batches`, `GET /v1/batches` (list),
 `GET /v1/batches/ID`, `POST /v1/batches/ID/cancel`, `GET /v1/files/ID/content`;
-`POST /v1/messages/batches`, `GET /v1/messages/batches/ID`, `POST .../cancel`,
-`GET .../results`; and `GET /stats`.
+`POST /v1/messages/batches`, `GET /v1/messages/batches` (list, with `created_at` from the
+machine's clock), `GET /v1/messages/batches/ID`, `POST .../cancel`, `GET .../results`; and
+`GET /stats`.
 
 Time is the server's own clock, which moves by `tick` seconds after every status request (set
 `tick = 0` to hold every batch where it is, or call `advance`), so no test waits for real. A
 batch validates for `validating` seconds, its items finish evenly over `running` seconds,
 it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the next batches:
 "expire" (ends half done, the rest expired) or "cancel" (cancelled half done, as from the
-provider's console). `lost_replies = n`: the next n OpenAI batch creates succeed but the
+provider's console). `lost_replies = n`: the next n batch creates (either provider) succeed but the
 connection drops before the reply; `download_seconds`: how long a results file takes to
 arrive; `enqueued_tokens`: a batch that would take the unfinished ones past it fails with
 `token_limit_exceeded`. `fail(body, attempt)` returns an HTTP status for an item that fails
@@ -35,9 +36,11 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from aiohttp import web
@@ -62,6 +65,7 @@ class ServerBatch:
     outcome: dict[str, dict[str, Any] | int] = field(default_factory=dict)  # reply or status
     files: tuple[str | None, str | None] = (None, None)
     metadata: dict[str, str] = field(default_factory=dict)
+    wall: float = field(default_factory=time.time)  # when made, on the machine's clock
 
 
 class BatchServer:
@@ -91,7 +95,7 @@ class BatchServer:
         self.submissions: dict[str, int] = {}  # custom_id -> times submitted
         self.polls = 0
         self.http_requests = 0
-        self.lost_replies = 0  # the next N OpenAI creates make the batch, then drop the reply
+        self.lost_replies = 0  # the next N creates make the batch, then drop the reply
         self.download_seconds = 0.0  # how long a results file takes to arrive
         self.enqueued_tokens: int | None = None  # OpenAI's per-model limit of queued tokens
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
@@ -132,6 +136,7 @@ class BatchServer:
                 web.get("/v1/batches/{id}", self.get_batch),
                 web.post("/v1/batches/{id}/cancel", self.cancel),
                 web.post("/v1/messages/batches", self.create_anthropic),
+                web.get("/v1/messages/batches", self.list_anthropic),
                 web.get("/v1/messages/batches/{id}", self.get_batch),
                 web.post("/v1/messages/batches/{id}/cancel", self.cancel),
                 web.get("/v1/messages/batches/{id}/results", self.anthropic_results),
@@ -210,10 +215,14 @@ class BatchServer:
                 "enqueued tokens. Please try again once some in_progress batches have completed.",
             }
         self.add(batch)
-        if self.lost_replies:  # made, but the client never hears of it
+        self.lose_reply(request)
+        return web.json_response(self.openai_view(batch))
+
+    def lose_reply(self, request: web.Request) -> None:
+        """With `lost_replies` left: the batch is made, but the client never hears of it."""
+        if self.lost_replies:
             self.lost_replies -= 1
             request.transport.abort()  # type: ignore[union-attr]
-        return web.json_response(self.openai_view(batch))
 
     def read_lines(self, batch: ServerBatch, content: bytes) -> str | None:
         lines = [line for line in content.splitlines() if line.strip()]
@@ -308,7 +317,18 @@ class BatchServer:
                 return error(400, "messages: roles must be user or assistant (system is top-level)")
             batch.items.append((entry["custom_id"], params, 0))
         self.add(batch)
+        self.lose_reply(request)
         return web.json_response(self.anthropic_view(batch))
+
+    async def list_anthropic(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit", "20"))
+        newest = [b for b in reversed(self.batches.values()) if b.kind == "anthropic"][:limit]
+        data = [self.anthropic_view(b) for b in newest]
+        ids = [b["id"] for b in data]
+        first, last = (ids[0], ids[-1]) if ids else (None, None)
+        return web.json_response(
+            {"data": data, "has_more": False, "first_id": first, "last_id": last}
+        )
 
     def anthropic_view(self, batch: ServerBatch) -> dict[str, Any]:
         status, done = self.status(batch)
@@ -324,6 +344,8 @@ class BatchServer:
         return {
             "id": batch.id,
             "type": "message_batch",
+            "created_at": datetime.fromtimestamp(batch.wall, timezone.utc).isoformat(),
+            "cancel_initiated_at": None if batch.stopped_at is None else "yes",
             "processing_status": "ended"
             if ended
             else "canceling"

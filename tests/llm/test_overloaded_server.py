@@ -127,3 +127,40 @@ def test_a_connect_stalled_under_a_timeout_below_the_stall_timeout_is_a_stall(
     waited = time.monotonic() - started
     assert result.ok and (result.attempts, result.stalls, result.timeouts) == (2, 1, 0)
     assert waited < 1.5 * timeout  # a timeout and a held slot: about 2 timeouts
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+def test_request_bytes_unacknowledged_under_a_short_timeout_are_given_up_before_it(
+    store, monkeypatch
+):
+    """limits.timeout of 1 s: the connections' TCP_USER_TIMEOUT is half of it, not the 5 s
+    STALL_TIMEOUT, so a request the server's kernel never acknowledged is a stall, given up
+    before the attempt times out (as a dropped handshake is, above)."""
+    from mapd.llm import openai_backend
+    from mapd.testing.loopback import LoopbackServer
+
+    made, original = [], openai_backend.stall_limited_socket
+
+    def recorded(addr_info, stall):  # each connection's option as it is made
+        sock = original(addr_info, stall)
+        made.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        return sock
+
+    monkeypatch.setattr(openai_backend, "stall_limited_socket", recorded)
+    with LoopbackServer() as server:
+        for timeout, expected_ms in ((1.0, 500), (60.0, int(STALL_TIMEOUT * 1000))):
+            endpoint = ModelEndpoint(
+                name="t", model="m", base_url=server.base_url, limits=Limits(timeout=timeout)
+            )
+
+            async def ask(endpoint=endpoint, timeout=timeout):
+                client = client_for(endpoint, store=store, run=f"t{timeout}", stage="teach")
+                results = await client.complete_many(
+                    [Request.user(f"hi {timeout}")], progress=False
+                )
+                await client.aclose()
+                return results
+
+            made.clear()
+            (result,) = asyncio.run(ask())
+            assert result.ok and set(made) == {expected_ms}

@@ -22,8 +22,8 @@ balancer, the standard library's server with its backlog of 5) drops handshakes.
 kernel then sends the SYN again only after 1, 3, 7, 15 ... s, and a request sent on a
 connection the server never accepted is resent with doubling gaps, so one request could
 wait out the whole `timeout`. A new connection usually gets through at once: so a
-connection not made within `STALL_TIMEOUT` (half a shorter `timeout`: `connect_timeout`),
-or whose request bytes the server's kernel has not acknowledged within `STALL_TIMEOUT`
+connection not made within `STALL_TIMEOUT` (half a shorter `timeout`: `stall_timeout`),
+or whose request bytes the server's kernel has not acknowledged within that time
 (TCP_USER_TIMEOUT, Linux), is given up and the request retried: a BackendError with
 `stalled` set, counted per call (`CallResult.stalls`, the ledger).
 """
@@ -41,6 +41,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -100,20 +101,20 @@ def env_proxy(url: str) -> str | None:
     return urllib.request.getproxies().get(urlsplit(url).scheme)
 
 
-def connect_timeout(timeout: float) -> float:
-    """Seconds for a handshake: STALL_TIMEOUT, or half a `timeout` that is not longer. Kept
-    below the whole attempt's timeout so that a dropped handshake is given up as a stall,
-    not waited out as a timeout (which holds the request's slot for a request the server
-    never got)."""
+def stall_timeout(timeout: float) -> float:
+    """Seconds for a handshake, or for sent bytes to be acknowledged: STALL_TIMEOUT, or half
+    a `timeout` that is not longer. Kept below the whole attempt's timeout so that a dropped
+    handshake or request is given up as a stall, not waited out as a timeout (which holds
+    the request's slot for a request the server never got)."""
     return STALL_TIMEOUT if timeout > STALL_TIMEOUT else timeout / 2
 
 
-def stall_limited_socket(addr_info: tuple[Any, ...]) -> socket.socket:
-    """A TCP socket that fails once sent bytes stay unacknowledged for STALL_TIMEOUT (Linux)."""
+def stall_limited_socket(addr_info: tuple[Any, ...], stall: float) -> socket.socket:
+    """A TCP socket that fails once sent bytes stay unacknowledged for `stall` s (Linux)."""
     family, kind, proto, _, _ = addr_info
     sock = socket.socket(family, kind, proto)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL_TIMEOUT * 1000))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(stall * 1000)))
     return sock
 
 
@@ -366,11 +367,14 @@ class OpenAIBackend:
         self.model = endpoint.model
         self.timeout = endpoint.limits.timeout
         connections = endpoint.limits.concurrency  # one per request allowed in flight
+        stall = self.stall = stall_timeout(self.timeout)
         self.session = EndpointSession(
             endpoint,
             {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            aiohttp.ClientTimeout(total=self.timeout, sock_connect=connect_timeout(self.timeout)),
-            lambda: aiohttp.TCPConnector(limit=connections, socket_factory=stall_limited_socket),
+            aiohttp.ClientTimeout(total=self.timeout, sock_connect=stall),
+            lambda: aiohttp.TCPConnector(
+                limit=connections, socket_factory=partial(stall_limited_socket, stall=stall)
+            ),
         )
 
     def _body(self, request: Request) -> bytes:
@@ -383,8 +387,7 @@ class OpenAIBackend:
                 status, body = response.status, await response.read()
                 headers = response.headers
         except aiohttp.ConnectionTimeoutError:  # before TimeoutError: it is one too
-            waited = connect_timeout(self.timeout)
-            message = f"connect timed out after {waited:g} s (server not accepting)"
+            message = f"connect timed out after {self.stall:g} s (server not accepting)"
             raise BackendError(message, retryable=True, stalled=True) from None
         except (TimeoutError, asyncio.TimeoutError):
             raise BackendError(

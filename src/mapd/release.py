@@ -29,6 +29,7 @@ from mapd.records import AnswerType, Feedback, Mistake, Rationale, Review
 from mapd.rundir import (
     RELEASE_MARKER,
     load_manifest,
+    read_json,
     write_json,
     write_jsonl,
     write_text_atomic,
@@ -39,14 +40,7 @@ ANSWER_TYPES: dict[str, AnswerType] = {"svamp": "number", "gsm8k": "number", "st
 
 
 def _load(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MapdError(f"{path} not found", "pass the release's *_round0.json files") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MapdError(
-            f"{path} is not valid JSON: {exc}", "pass the release's *_round0.json files"
-        ) from None
+    data = read_json(path, fix="pass the release's *_round0.json files")
     if not isinstance(data, list) or not all(isinstance(x, dict) and "id" in x for x in data):
         raise MapdError(
             f"{path}: expected a list of objects with an `id`", "is this a release file?"

@@ -92,14 +92,16 @@ def write_jsonl(path: Path, records: Iterable[BaseModel | dict[str, Any]]) -> in
     return len(lines)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, fix: str | None = None) -> Any:
+    """The JSON in `path`; a missing or broken file is a MapdError whose fix is `fix` (by
+    default: a stage's output, written again by re-running the stage)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MapdError(f"{path} not found", "run the stage that writes it first") from None
+        raise MapdError(f"{path} not found", fix or "run the stage that writes it first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MapdError(
-            f"{path} is not valid JSON: {exc}", "delete it and re-run its stage"
+            f"{path} is not valid JSON: {exc}", fix or "delete it and re-run its stage"
         ) from None
 
 

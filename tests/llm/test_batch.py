@@ -498,3 +498,52 @@ def test_a_batch_reply_keeps_the_reasoning_apart_from_the_answer():
     }
     done = OpenAIBatches(endpoint("http://127.0.0.1:9/v1")).outcome(line, 0.0)
     assert (done.text, done.reasoning, done.reasoning_tokens) == ("The answer is 4.", "2+2", 22)
+
+
+def test_creates_refused_while_our_batches_fill_the_queue_wait_for_them(
+    batch_server, store, monkeypatch, sleeps
+):
+    """Azure's "fail fast" regions refuse the create itself (HTTP 400 token_limit_exceeded)
+    instead of failing the batch later: the refused requests wait until our batches finish,
+    and no refusal counts as an attempt."""
+    batch_server.enqueued_tokens = 3 * PER_REQUEST + 10
+    batch_server.refuse_when_full = True
+    monkeypatch.setattr(OpenAIBatches, "max_requests", 3)
+    results = complete(endpoint(batch_server.base_url), store, prompts(7))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3, 3, 1]
+    assert batch_server.creates == 6 and sleeps == []  # 3 refused, each tried after a batch
+
+
+def test_a_create_refused_with_none_of_ours_waiting_fails_saying_what_to_set(
+    batch_server, store, sleeps
+):
+    """Others' batches fill the queue: each refusal is an attempt after a pause, and the
+    requests fail at limits.max_attempts with the provider's message and the setting."""
+    batch_server.enqueued_tokens = 2 * PER_REQUEST
+    batch_server.refuse_when_full = True
+    results = complete(endpoint(batch_server.base_url, max_attempts=2), store, prompts(3))
+    assert not any(r.ok for r in results) and all(r.attempts == 2 for r in results)
+    assert "Enqueued token limit" in results[0].error and "limits.batch_tokens" in results[0].error
+    assert batch_server.batches == {} and batch_server.creates == 2 and len(sleeps) == 1
+
+
+class CapitalisedServer(BatchServer):
+    """Says "Validating", "Completed" as Azure's REST examples show."""
+
+    def openai_view(self, batch):
+        view = super().openai_view(batch)
+        return {**view, "status": view["status"].capitalize()}
+
+
+def test_a_batch_status_in_capitals_still_ends(store):
+    async def go(server):
+        client = client_for(endpoint(server.base_url), store=store, run="r")
+        try:
+            return await asyncio.wait_for(client.complete_many(prompts(2), progress=False), 20)
+        finally:
+            await client.aclose()
+
+    with CapitalisedServer() as server:
+        results = asyncio.run(go(server))
+    assert all(r.ok for r in results)

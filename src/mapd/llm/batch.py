@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from mapd.llm import limits
-from mapd.llm.batch_api import BatchState, ItemError, Outcome
+from mapd.llm.batch_api import QUEUE_FULL, QUEUE_FULL_HINT, BatchState, ItemError, Outcome
 from mapd.llm.cache import ResponseCache, cacheable
 from mapd.llm.client import BUDGET_REACHED, FINAL_EMPTY, estimate_tokens
 from mapd.llm.ledger import CallRecord, call_cost, call_row
@@ -103,6 +103,11 @@ def custom_id(key: str) -> str:
 def digest(lines: list[bytes]) -> str:
     """A submission's name: the same lines give the same name in every run."""
     return hashlib.sha256(b"".join(lines)).hexdigest()[:32]
+
+
+def queue_refused(exc: BackendError) -> bool:
+    """Whether a create was refused because the enqueued-token queue is full."""
+    return QUEUE_FULL in exc.message or "enqueued token limit" in exc.message.lower()
 
 
 def split_lines(lines: list[tuple[Item, bytes]], max_requests: int, max_bytes: int):
@@ -245,7 +250,10 @@ class BatchRun:
             except BackendError as exc:
                 for item, _ in chunk:
                     self.settle(item)
-                self.fail([item for item, _ in chunk], exc.message, skipped=True)
+                if queue_refused(exc):
+                    await self.refused([item for item, _ in chunk], exc.message)
+                else:
+                    self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
             b = Submitted(state.id, time.time(), submission=submission)
             for item, _ in chunk:
@@ -254,6 +262,22 @@ class BatchRun:
             await self.record(b, state)
             waiting[b.id] = b
         return waiting
+
+    async def refused(self, items: list[Item], message: str) -> None:
+        """A create refused because the provider's queue of enqueued tokens is full (Azure's
+        "fail fast" regions answer HTTP 400 instead of failing the batch later). While a
+        batch of ours waits, the items wait for a later round: the queue empties as ours
+        finish. With none of ours waiting, others fill the queue: each refusal is an attempt,
+        after a pause, and at `limits.max_attempts` the items fail, saying what to set."""
+        if any(i.batch is not None and not i.finished for i in self.items.values()):
+            return
+        attempt = max(item.attempts for item in items) + 1
+        for item in items:
+            item.attempts += 1
+        if attempt >= self.client.endpoint.limits.max_attempts:
+            self.fail(items, self.client.scrub(message) + QUEUE_FULL_HINT)
+            return
+        await limits.backoff_sleep(retry_delay(attempt, None))
 
     def within_queue(self, todo: list[Item]) -> list[Item]:
         """The first items that fit `limits.batch_tokens` beside those already waiting in

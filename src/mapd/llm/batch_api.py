@@ -55,6 +55,7 @@ RETRYABLE_STATUS = {408, 409, 429}
 RETRYABLE_CODES = {"batch_expired", "batch_cancelled", "request_timeout"}
 # A whole batch failed for this, not for its lines: it may pass once others have finished.
 QUEUE_FULL = "token_limit_exceeded"
+QUEUE_FULL_HINT = " (set limits.batch_tokens of this teacher below that limit)"
 RETRYABLE_ANTHROPIC = {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
 ANTHROPIC_FINISH = {
     "end_turn": "stop",
@@ -210,7 +211,8 @@ class OpenAIBatches(BatchAPI):
             self.state(batch)
             for batch in listing.get("data") or []
             if (batch.get("metadata") or {}).get("mapd_submission") == submission
-            and batch.get("status") not in ("failed", "expired", "cancelling", "cancelled")
+            and str(batch.get("status")).lower()
+            not in ("failed", "expired", "cancelling", "cancelled")
         ]
 
     async def submit(self, lines: list[bytes], tag: str, submission: str) -> BatchState:
@@ -246,9 +248,9 @@ class OpenAIBatches(BatchAPI):
         total, completed, failed = (counts.get(k) or 0 for k in ("total", "completed", "failed"))
         errors = (batch.get("errors") or {}).get("data") or []
         queue_full = any(e.get("code") == QUEUE_FULL for e in errors)
-        hint = " (set limits.batch_tokens of this teacher below that limit)" if queue_full else ""
+        hint = QUEUE_FULL_HINT if queue_full else ""
         files = tuple(f for f in (batch.get("output_file_id"), batch.get("error_file_id")) if f)
-        status = batch["status"]
+        status = str(batch["status"]).lower()  # Azure's examples show "Validating"
         return BatchState(
             id=batch["id"],
             status=status,

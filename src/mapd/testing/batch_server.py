@@ -22,7 +22,8 @@ it finalizes for `finalizing` seconds. `outcomes` is a queue of plans for the ne
 provider's console). `lost_replies = n`: the next n batch creates (either provider) succeed but the
 connection drops before the reply; `download_seconds`: how long a results file takes to
 arrive; `enqueued_tokens`: a batch that would take the unfinished ones past it fails with
-`token_limit_exceeded`. `fail(body, attempt)` returns an HTTP status for an item that fails
+`token_limit_exceeded` (with `refuse_when_full`, as Azure's "fail fast" regions do, its
+create is refused with HTTP 400 instead). `fail(body, attempt)` returns an HTTP status for an item that fails
 (attempt counts the submissions of its custom_id), or None. Batches over `max_requests` or
 `max_bytes` are refused the way the provider refuses them. It also runs as a process:
 
@@ -98,6 +99,8 @@ class BatchServer:
         self.lost_replies = 0  # the next N creates make the batch, then drop the reply
         self.download_seconds = 0.0  # how long a results file takes to arrive
         self.enqueued_tokens: int | None = None  # OpenAI's per-model limit of queued tokens
+        self.refuse_when_full = False  # Azure's "fail fast": the create is refused (HTTP 400)
+        self.creates = 0  # batch creates asked for, refused ones included
         self.serial = secrets.token_hex(4)  # ids of two servers never collide, as a provider's
         self.headers: list[dict[str, str]] = []
         self.loop = asyncio.new_event_loop()
@@ -195,6 +198,7 @@ class BatchServer:
 
     async def create_openai(self, request: web.Request) -> web.Response:
         self.headers.append(dict(request.headers))
+        self.creates += 1
         args = await request.json()
         if args.get("completion_window") != "24h" or args.get("endpoint") != "/v1/chat/completions":
             return error(400, "completion_window must be 24h, endpoint /v1/chat/completions")
@@ -207,13 +211,12 @@ class BatchServer:
         problem = self.read_lines(batch, content)
         if problem:
             batch.plan, batch.outcome["_error"] = "failed", {"message": problem}
+        elif self.over_queue(batch) and self.refuse_when_full:
+            body = {"error": {"code": QUEUE_FULL, "message": QUEUE_FULL_MESSAGE}}
+            return web.json_response(body, status=400)
         elif self.over_queue(batch):
             batch.plan = "failed"
-            batch.outcome["_error"] = {
-                "code": "token_limit_exceeded",
-                "message": f"Enqueued token limit reached. Limit: {self.enqueued_tokens} "
-                "enqueued tokens. Please try again once some in_progress batches have completed.",
-            }
+            batch.outcome["_error"] = {"code": QUEUE_FULL, "message": QUEUE_FULL_MESSAGE}
         self.add(batch)
         self.lose_reply(request)
         return web.json_response(self.openai_view(batch))
@@ -520,6 +523,12 @@ def anthropic_line(
 
 def jsonl(lines: Any) -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+QUEUE_FULL = "token_limit_exceeded"
+QUEUE_FULL_MESSAGE = (
+    "Enqueued token limit reached. Please try again once some in_progress batches have completed."
+)
 
 
 def error(status: int, message: str) -> web.Response:

@@ -306,7 +306,7 @@ def test_mapd_ledger_counts_the_batch_calls(batch_server, store, tmp_path):
     assert total.split()[1:5] == ["6", "3", "0", "3"]  # calls, cached, failed, batch
 
 
-@pytest.mark.parametrize("kind", [True, "anthropic"])
+@pytest.mark.parametrize("kind", [True, "anthropic"], ids=["openai", "anthropic"])
 def test_a_batch_created_but_not_yet_recorded_is_found_again(
     kind, batch_server, store, monkeypatch
 ):
@@ -344,74 +344,123 @@ def test_a_fresh_anthropic_submission_takes_no_batch_of_the_same_size(batch_serv
     assert len(batch_server.batches) == 2
 
 
+def killed_before_recording(monkeypatch, run):
+    """Run `run` with every batch made but killed before the database records it."""
+    from mapd.llm.batch import BatchRun
+
+    async def killed(self, b, state):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchRun, "record", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
 def test_an_anthropic_batch_wrongly_taken_for_ours_costs_a_wait_not_a_wrong_answer(
     batch_server, store, monkeypatch
 ):
     """Killed before recording; the provider then lost that batch, and another database's
     batch of the same size is the one found: its results answer none of our requests, so
-    they go into a new batch and every reply is our own."""
-    from mapd.llm.batch import BatchRun
-
-    async def killed_before_recording(self, b, state):
-        raise KeyboardInterrupt
-
+    nothing of it enters our ledger, the guess is no attempt, and every reply is our own."""
     ep = endpoint(batch_server.base_url, "anthropic")
-    with monkeypatch.context() as patch:
-        patch.setattr(BatchRun, "record", killed_before_recording)
-        with pytest.raises(KeyboardInterrupt):
-            complete(ep, store, prompts(3))
+    killed_before_recording(monkeypatch, lambda: complete(ep, store, prompts(3)))
     batch_server.batches.clear()
     with open_store(store.path.with_name("other.sqlite")) as other:
         complete(ep, other, prompts(6)[3:])
     results = complete(ep, store, prompts(3))
     assert [r.text for r in results] == [f"[fake-model] reply to: question {i}" for i in range(3)]
-    assert all(r.ok and r.attempts == 2 for r in results)
+    assert all(r.ok and r.attempts == 1 for r in results)
     assert len(batch_server.batches) == 2  # the other database's, then ours
+    (other_id,) = [i for i, b in batch_server.batches.items() if b.items[0][0] not in ours(store)]
+    assert store.db.execute(
+        "SELECT COUNT(*) FROM calls WHERE batch = ?", (other_id,)
+    ).fetchone() == (0,)
+    assert store.db.execute("SELECT status FROM batches WHERE id = ?", (other_id,)).fetchone() == (
+        "not ours",
+    )
 
 
-def test_a_recorded_batch_the_provider_no_longer_knows_is_submitted_again(store, tmp_path):
-    with BatchServer(tick=0) as first:
+def ours(store) -> set[str]:
+    return {row[0] for row in store.db.execute("SELECT custom_id FROM batch_items")}
 
-        async def wait_a_little():
-            client = client_for(endpoint(first.base_url), store=store, run="r")
+
+def test_two_anthropic_teachers_killed_while_submitting_the_same_questions_never_swap(
+    batch_server, store, monkeypatch
+):
+    """Two teachers' batches of the same size, both unrecorded: which is whose cannot be
+    told, so each teacher makes a new batch (paid again) rather than take the other's."""
+
+    def both(names):
+        async def go():
+            clients = [
+                client_for(
+                    endpoint(batch_server.base_url, "anthropic").model_copy(
+                        update={"name": name, "model": name}
+                    ),
+                    store=store,
+                    run="run-1",
+                    stage="teach",
+                )
+                for name in names
+            ]
             try:
-                await asyncio.wait_for(client.complete_many(prompts(3), progress=False), 0.3)
+                asks = (c.complete_many(prompts(3), progress=False) for c in clients)
+                return await asyncio.gather(*asks, return_exceptions=True)
             finally:
-                await client.aclose()
+                for c in clients:
+                    await c.aclose()
 
-        with pytest.raises(asyncio.TimeoutError):
-            asyncio.run(wait_a_little())
-        port = first.port
-    with BatchServer(port=port) as second:  # the same URL, none of the first one's batches
-        results = complete(endpoint(second.base_url), store, prompts(3))
-    assert all(r.ok for r in results) and len(second.batches) == 1
-    statuses = dict(store.db.execute("SELECT status, collected FROM batches").fetchall())
-    assert statuses == {"gone": 1, "completed": 1}
+        return asyncio.run(go())
 
+    from mapd.llm.batch import BatchRun
 
-class ForgetfulServer(BatchServer):
-    """Creates batches, then answers 404 for every one of them."""
+    async def killed(self, b, state):
+        raise RuntimeError("killed")
 
-    async def get_batch(self, request):
-        self.polls += 1
-        return web.json_response({"error": {"message": "no such batch"}}, status=404)
-
-
-def test_a_provider_that_forgets_every_batch_is_not_paid_for_new_batches_forever(store):
-    async def go(server):
-        client = client_for(endpoint(server.base_url, max_attempts=3), store=store, run="r")
-        try:
-            return await asyncio.wait_for(client.complete_many(prompts(2), progress=False), 20)
-        finally:
-            await client.aclose()
-
-    with ForgetfulServer() as server:
-        results = asyncio.run(go(server))
-    assert len(server.batches) == 3  # one submission per attempt, then the items fail
-    assert all(not r.ok and "404" in r.error and r.attempts == 3 for r in results)
+    with monkeypatch.context() as patch:
+        patch.setattr(BatchRun, "record", killed)
+        assert all(isinstance(r, RuntimeError) for r in both(("claude-a", "claude-b")))
+    assert len(batch_server.batches) == 2 and store.db.execute(
+        "SELECT COUNT(*) FROM batch_intents"
+    ).fetchone() == (2,)
+    again = ("claude-b", "claude-a")  # the other order: the older batch is claude-a's
+    for name, results in zip(again, both(again), strict=True):
+        assert all(r.ok and r.text.startswith(f"[{name}]") for r in results)
+    assert len(batch_server.batches) == 4
 
 
-@pytest.mark.parametrize("kind", [True, "anthropic"])
+def test_a_refused_create_leaves_no_note_to_guess_from(store):
+    """A create the provider refuses (HTTP 400) made no batch: its note is dropped, so a
+    later submission of the same lines does not look for a batch that cannot exist."""
+
+    class Refusing(BatchServer):
+        async def create_anthropic(self, request):
+            return web.json_response({"error": {"message": "no"}}, status=400)
+
+    with Refusing() as server:
+        results = complete(endpoint(server.base_url, "anthropic"), store, prompts(2))
+    assert not any(r.ok for r in results)
+    assert store.db.execute("SELECT COUNT(*) FROM batch_intents").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-08-20T18:37:24.100435Z",
+        "2024-08-20T18:37:24.1Z",
+        "2024-08-20T18:37:24.100435123Z",
+        "2024-08-20T18:37:24.100435+00:00",
+    ],
+)
+def test_anthropic_times_are_read_with_any_fraction_of_a_second(stamp):
+    from mapd.llm.batch_api import epoch_seconds
+
+    assert epoch_seconds(stamp) == pytest.approx(1724179044.1, abs=0.001)
+    assert epoch_seconds(None) is None and epoch_seconds("yesterday") is None
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"], ids=["openai", "anthropic"])
 def test_a_create_whose_reply_was_lost_is_found_not_made_again(kind, batch_server, store):
     batch_server.lost_replies = 1  # the batch is made; the client sees a dropped connection
     results = complete(endpoint(batch_server.base_url, kind), store, prompts(4))

@@ -14,10 +14,12 @@ submitting again. For the moment between the provider creating a batch and the d
 recording it (or a create whose reply was lost), the database notes each submission (a
 digest of its lines) before creating it. An OpenAI batch carries that digest in its metadata,
 and a submission first looks for one among the newest batches. Anthropic's batches carry no
-metadata: after a noted submission that was never recorded, a batch with as many requests
-created since the note is taken for it (a wrong guess costs a wait, not a wrong answer: the
-custom_ids are the requests' cache keys, so each item then finds no result and goes into a
-new batch). A batch's replies go into the response cache and the ledger (as batch calls, at
+metadata: after a noted submission that was never recorded, the one unrecorded batch with as
+many requests created since the note is taken for it, when no other noted submission has that
+size (else a new batch is made: two teachers' batches of the same questions cannot be told
+apart). A wrong guess costs a wait, not a wrong answer: the custom_ids are the requests'
+cache keys, so a batch whose results answer none of them is disowned (no ledger rows, no
+attempt counted) and its items go into a new batch. A batch's replies go into the response cache and the ledger (as batch calls, at
 `price.batch_discount` of the live price) in the same transaction that marks it collected,
 so a re-run, live or batch, sends nothing.
 
@@ -324,48 +326,74 @@ class BatchRun:
         item.held = (0.0, 0)
 
     async def submit_once(self, lines: list[bytes], submission: str) -> BatchState:
-        """Create a batch for `lines`, unless the provider already holds one for exactly
-        these lines that this database has not recorded (see `unrecorded`). The look comes
-        before every attempt: a create whose reply was lost may have made the batch."""
+        """Create a batch for `lines`, unless the provider already holds one made for them
+        that this database has not recorded (see `unrecorded`). The look comes before every
+        attempt: a create whose reply was lost may have made the batch. The submission is
+        noted before its first create and the note dropped when the batch is recorded or
+        the create refused (no batch was made)."""
         client = self.client
         tag = f"{client.stage or 'mapd'}-{client.name}"
-        since = await self.noted(submission, len(lines))
+        since = self.noted_at(submission)  # an earlier run's create may have made it
 
         async def find_or_create() -> BatchState:
             nonlocal since
             found = await self.unrecorded(submission, len(lines), since)
-            since = since or time.time()  # from now on a create may have made it
-            return found or await self.api.submit(lines, tag, submission)
+            if found is not None:
+                return found
+            if since is None:
+                since = time.time()
+                await self.write_note(submission, len(lines), since)
+            try:
+                return await self.api.submit(lines, tag, submission)
+            except BackendError as exc:
+                if not exc.retryable:  # refused: the provider made no batch
+                    await self.drop_note(submission)
+                raise
 
         return await self.retrying(find_or_create)
 
-    async def noted(self, submission: str, requests: int) -> float | None:
-        """Note in the database that `submission` is about to be created. Returns when an
-        earlier run noted it without recording its batch (the provider may hold one made
-        since then), else None."""
+    def noted_at(self, submission: str) -> float | None:
+        """When an earlier try noted `submission` without recording its batch, if it did."""
         store = self.client.store
         if store is None:
             return None
         sql = "SELECT started FROM batch_intents WHERE submission = ?"
-        earlier = store.db.execute(sql, (submission,)).fetchone()
-        if earlier is not None:
-            return earlier[0]
-        sql = "INSERT OR IGNORE INTO batch_intents VALUES (?, ?, ?, ?)"
-        await self.client._write((sql, (submission, self.client.name, requests, time.time())))
-        return None
+        row = store.db.execute(sql, (submission,)).fetchone()
+        return None if row is None else row[0]
+
+    async def write_note(self, submission: str, requests: int, started: float) -> None:
+        sql = "INSERT OR IGNORE INTO batch_intents VALUES (?, ?, ?, ?, ?)"
+        await self.client._write(
+            (sql, (submission, self.api.kind, self.api.base, requests, started))
+        )
+
+    async def drop_note(self, submission: str) -> None:
+        await self.client._write(("DELETE FROM batch_intents WHERE submission = ?", (submission,)))
 
     async def unrecorded(
         self, submission: str, requests: int, since: float | None
     ) -> BatchState | None:
-        """The provider's batch for these lines that the database does not know, if any."""
+        """The provider's batch for these lines that the database does not know, if any.
+        OpenAI's is found by its metadata. Anthropic's is a guess by size and time, taken
+        only when it cannot be another's: exactly one such batch, and exactly one noted,
+        unrecorded submission of that size for this provider (two teachers killed while
+        submitting the same questions would otherwise swap batches); else a new batch."""
         store = self.client.store
         if store is None:
             return None
-        for found in await self.api.find(submission, requests, since):
-            known = store.db.execute("SELECT 1 FROM batches WHERE id = ?", (found.id,))
-            if known.fetchone() is None:
-                return found
-        return None
+        found = [
+            state
+            for state in await self.api.find(submission, requests, since)
+            if store.db.execute("SELECT 1 FROM batches WHERE id = ?", (state.id,)).fetchone()
+            is None
+        ]
+        if self.api.finds_exactly:
+            return found[0] if found else None
+        notes = store.db.execute(
+            "SELECT COUNT(*) FROM batch_intents WHERE kind = ? AND base_url = ? AND requests = ?",
+            (self.api.kind, self.api.base, requests),
+        ).fetchone()[0]
+        return found[0] if len(found) == 1 and notes == 1 else None
 
     async def record(self, b: Submitted, state: BatchState) -> None:
         """Write the batch and its custom_id -> cache key map before it is first polled."""
@@ -395,7 +423,8 @@ class BatchRun:
             ("INSERT OR REPLACE INTO batch_items VALUES (?, ?, ?, ?, ?)", (b.id, cid, *entry))
             for cid, entry in b.items.items()
         ]
-        rows.append(("DELETE FROM batch_intents WHERE submission = ?", (b.submission,)))
+        if b.submission:
+            rows.append(("DELETE FROM batch_intents WHERE submission = ?", (b.submission,)))
         await client._write(*rows)
         if client.run_dir is not None:
             write_json(
@@ -437,7 +466,21 @@ class BatchRun:
             except BackendError as exc:
                 self.fail(self.waiting_in(b), exc.message)
                 return
+        if outcomes and not outcomes.keys() & b.items.keys():
+            await self.disown(b)
+            return
         await self.collect(b, state, outcomes)
+
+    async def disown(self, b: Submitted) -> None:
+        """A batch guessed to be ours (see `unrecorded`) whose results answer none of our
+        requests: another's. Nothing of it goes into the ledger; its items go into a new
+        batch, the guess not counted as an attempt."""
+        for item in self.waiting_in(b):
+            self.settle(item)
+            item.batch, item.attempts = None, item.attempts - 1
+        await self.client._write(
+            ("UPDATE batches SET status = 'not ours', collected = 1 WHERE id = ?", (b.id,))
+        )
 
     @staticmethod
     def note(state: BatchState, b: Submitted) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -124,8 +125,10 @@ def epoch_seconds(timestamp: object) -> float | None:
     """An RFC 3339 time ("2024-08-20T18:37:24.100435Z") in epoch seconds; None if it is none."""
     if not isinstance(timestamp, str):
         return None
+    # Python 3.10 reads only 3 or 6 digits of a second's fraction, and no "Z"
+    text = re.sub(r"\.(\d+)", lambda m: "." + m.group(1)[:6].ljust(6, "0"), timestamp)
     try:
-        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
 
@@ -142,6 +145,7 @@ class BatchAPI:
     """The HTTP side shared by both providers: one aiohttp session, JSON in and out."""
 
     kind = ""
+    finds_exactly = True  # `find` names this submission's batches, not guesses at them
     max_requests = 0
     max_bytes = 0
 
@@ -305,6 +309,7 @@ class OpenAIBatches(BatchAPI):
 
 class AnthropicBatches(BatchAPI):
     kind = "anthropic"
+    finds_exactly = False
     max_requests = 100_000
     max_bytes = 256_000_000
 

@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS batch_items (
 -- create whose reply was lost) in between knows since when the provider may hold it
 CREATE TABLE IF NOT EXISTS batch_intents (
     submission TEXT PRIMARY KEY,
-    endpoint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    base_url TEXT NOT NULL,
     requests INTEGER NOT NULL,
     started REAL NOT NULL
 );

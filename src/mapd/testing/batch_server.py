@@ -347,7 +347,9 @@ class BatchServer:
         return {
             "id": batch.id,
             "type": "message_batch",
-            "created_at": datetime.fromtimestamp(batch.wall, timezone.utc).isoformat(),
+            "created_at": datetime.fromtimestamp(batch.wall, timezone.utc)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
             "cancel_initiated_at": None if batch.stopped_at is None else "yes",
             "processing_status": "ended"
             if ended

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,48 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
     assert run_main(monkeypatch, ["run", DEMO]) == 130
     err = capsys.readouterr().err
     assert err.startswith("interrupted; `mapd ") and "resumes from here" in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        # a demo teacher pointed at an API keeps the demo's in-process backend: not ignored
+        (
+            ["validate", DEMO, "teachers.0.base_url=https://api.openai.com/v1"],
+            "set `backend: openai`",
+        ),
+        # a key pasted where its variable's name goes is never printed back
+        (["validate", DEMO, "teachers.0.api_key_env=sk-abc123"], "not the key itself"),
+        (["validate", DEMO, "review.threshold=11"], "threshold 11 must lie in [scale_min"),
+        # `mapd ablate`'s rows and variants are checked by `mapd validate` too
+        (["validate", DEMO, "ablation.variants={a: [dataset.pik=all]}"], "did you mean `pick`"),
+        (["validate", DEMO, "ablation.variants={a: [task.name=svamp]}"], "cannot change between"),
+        (["validate", DEMO, "ablation.rows=[nosuch]"], "unknown ablation row 'nosuch'"),
+        (["ledger", DEMO], "is a file; give a run folder"),
+        (["report", "no/such/run"], "does not exist; give a run folder"),
+    ],
+)
+def test_first_mistakes_get_one_line_and_exit_2(argv, needle, tmp_path):
+    env = {**os.environ, "MAPD_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [str(MAPD_SCRIPT), *argv], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and needle in result.stderr, result.stderr
+    assert "sk-abc123" not in result.stderr
+
+
+def test_an_unusable_mapd_home_is_one_line(tmp_path):
+    home = tmp_path / "a-file"
+    home.write_text("")
+    env = {**os.environ, "MAPD_HOME": str(home)}
+    result = subprocess.run(
+        [str(MAPD_SCRIPT), "cache", "stats"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot use" in result.stderr and "set MAPD_HOME" in result.stderr
+
+
+def test_h_is_help():
+    result = subprocess.run([str(MAPD_SCRIPT), "validate", "-h"], capture_output=True, text=True)
+    assert result.returncode == 0 and "Check a run config" in result.stdout

@@ -357,6 +357,19 @@ def write_tables(cfg: RunConfig, root: Path) -> None:
     write_text_atomic(root / "ablation.csv", csv_text)
 
 
+def row_configs(cfg: RunConfig) -> dict[tuple[str, int], RunConfig]:
+    """The config of every selected trained row and seed, each checked (a MapdError names
+    the first wrong one): what `mapd validate` checks, and `mapd ablate` before any row."""
+    root = cfg.run_dir / "ablation"
+    chosen = selected_rows(cfg)
+    return {
+        (name, seed): variant_config(cfg, root, name, changes, seed)
+        for seed in seeds_of(cfg)
+        for name, _, changes in variants(cfg)
+        if name in chosen
+    }
+
+
 async def run_ablation(cfg: RunConfig) -> Path:
     """Run the selected rows for every seed, skipping finished ones; return the table's folder."""
     from mapd.stages.pipeline import run_pipeline
@@ -366,11 +379,7 @@ async def run_ablation(cfg: RunConfig) -> Path:
     trained = [v for v in variants(cfg) if v[0] in chosen]
     # every row's settings are checked before anything runs: a typo in a variant stops the
     # ablation now, not after hours of the rows before it
-    configs = {
-        (name, seed): variant_config(cfg, root, name, changes, seed)
-        for seed in seeds_of(cfg)
-        for name, _, changes in trained
-    }
+    configs = row_configs(cfg)
     if UNTRAINED in chosen:
         console.print("[bold]ablation row untrained[/]: the student before training")
         await evaluate_untrained(untrained_config(cfg, root))

@@ -26,6 +26,7 @@ app = typer.Typer(
     "committee of teacher LLMs.\n\nExample: mapd run configs/demo.yaml",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -34,6 +35,20 @@ out = Console(soft_wrap=True)
 
 CONFIG_ARG = typer.Argument(..., help="Run config (YAML).", show_default=False)
 OVERRIDES_ARG = typer.Argument(None, help="KEY=VALUE overrides with dotted keys.")
+
+
+def _run_folder(path: Path) -> Path:
+    if not path.is_dir():
+        what = "is a file" if path.exists() else "does not exist"
+        raise typer.BadParameter(
+            f"{path} {what}; give a run folder (its output_dir, e.g. runs/demo)"
+        )
+    return path
+
+
+RUN_DIR_ARG = typer.Argument(
+    ..., help="The run folder (a run's output_dir).", show_default=False, callback=_run_folder
+)
 
 
 def _version(value: bool) -> None:
@@ -65,10 +80,12 @@ def validate(
 
     Example: mapd validate configs/paper/gsm8k.yaml train.lr=2e-5 teachers.0.model=gpt-4o-mini --check
     """
+    from mapd.ablation import row_configs
     from mapd.config import load_config
     from mapd.preflight import check_endpoints, require_endpoints
 
     cfg = load_config(config, overrides or [])
+    rows = row_configs(cfg)  # `mapd ablate`'s rows and variants, checked now
     teachers = ", ".join(
         f"{t.name} ({t.backend}{f', {t.batch_kind} batch' if t.batch_kind else ''})"
         for t in cfg.teachers
@@ -78,6 +95,11 @@ def validate(
         f"teachers {teachers}, output {cfg.run_dir}",
         highlight=False,
     )
+    if cfg.ablation.model_fields_set:
+        names, seeds = {name for name, _ in rows}, {seed for _, seed in rows}
+        out.print(
+            f"ablation: {len(names)} trained rows × {len(seeds)} seed(s) checked", highlight=False
+        )
     if not check:
         out.print("(`--check` also checks keys, servers and models)", highlight=False)
         return
@@ -279,7 +301,7 @@ def ablate(
     """
     import asyncio
 
-    from mapd.ablation import run_ablation
+    from mapd.ablation import row_configs, run_ablation
     from mapd.config import load_config
 
     overrides = list(overrides or [])
@@ -291,6 +313,11 @@ def ablate(
     if rows is not None:
         overrides.append(f"ablation.rows={[r.strip() for r in rows.split(',')]}")
     cfg = load_config(config, overrides)
+    trained_rows = row_configs(cfg)  # every row's settings, before any endpoint is asked
+    # the shared exam, teaching and reviews, and the student; each row is evaluated
+    # in-process from its own student folder, so no served student is needed
+    unserved = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"trained": None})})
+    _check_endpoints(unserved, None if trained_rows else "eval", "eval")
     root = asyncio.run(run_ablation(cfg))
     out.print((root / "ablation.md").read_text(encoding="utf-8"))
     out.print(f"written: {root / 'ablation.md'}, {root / 'ablation.csv'}")
@@ -393,9 +420,7 @@ def score(
 
 @app.command("report")
 def report_command(
-    run_dir: Path = typer.Argument(
-        ..., help="The run folder (a run's output_dir).", show_default=False
-    ),
+    run_dir: Path = RUN_DIR_ARG,
     format: str = typer.Option(
         "html", "--format", help="html: write RUN_DIR/report.html; md: print Markdown."
     ),
@@ -470,7 +495,7 @@ def cache_clear_command(
 
 @app.command()
 def ledger(
-    run_dir: Path = typer.Argument(..., help="The run folder.", show_default=False),
+    run_dir: Path = RUN_DIR_ARG,
 ) -> None:
     """Print LLM calls, tokens, cache hits and cost per stage and endpoint of a run, with the
     reasoning tokens, the replies cut off at max_tokens, the attempts that timed out and
@@ -521,7 +546,7 @@ def ledger(
 
 @app.command()
 def batches(
-    run_dir: Path = typer.Argument(..., help="The run folder.", show_default=False),
+    run_dir: Path = RUN_DIR_ARG,
     cancel: bool = typer.Option(
         False, "--cancel", help="Cancel the batches that have not ended (finished items are kept)."
     ),
@@ -628,6 +653,13 @@ def main() -> None:
                 MapdError(
                     f"cannot write {exc.filename or ''}: {exc.strerror}",
                     "choose a writable output_dir=...",
+                )
+            )
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+            _fail(
+                MapdError(
+                    f"{exc.strerror}: {exc.filename or ''}",
+                    "check the path given (a run folder, a config file or an output file)",
                 )
             )
         raise

@@ -9,6 +9,7 @@ each with its dotted path, and names the closest valid key for a misspelt one.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -119,6 +120,9 @@ class Sampling(Strict):
     )
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def http_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -173,7 +177,23 @@ class ModelEndpoint(Strict):
     @model_validator(mode="after")
     def _check_backend(self) -> ModelEndpoint:
         if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend openai needs `base_url`, e.g. https://api.openai.com/v1")
+            raise ValueError(
+                "backend openai needs `base_url`, e.g. https://api.openai.com/v1 (or "
+                "`backend: transformers` to run a hub model or local folder in this process)"
+            )
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+            raise ValueError(  # never repeat the value: it may be a key pasted by mistake
+                "api_key_env names the environment variable that holds the key (e.g. "
+                "OPENAI_API_KEY), not the key itself; export the key and give its variable"
+            )
+        if self.backend == "transformers":
+            http_only = [k for k in ("base_url", "api_key_env", "batch") if getattr(self, k)]
+            if http_only:
+                raise ValueError(
+                    f"{', '.join(http_only)} set, but backend transformers runs the model in "
+                    "this process and ignores it: set `backend: openai` to call an API, or "
+                    "remove it"
+                )
         for url in self.base_urls if self.backend == "openai" else []:
             if not http_url(url):
                 raise ValueError(
@@ -231,6 +251,11 @@ class ReviewConfig(Strict):
     def _check_scale(self) -> ReviewConfig:
         if self.scale_min >= self.scale_max:
             raise ValueError("scale_min must be below scale_max")
+        if not self.scale_min <= self.threshold < self.scale_max:
+            raise ValueError(
+                f"threshold {self.threshold:g} must lie in [scale_min, scale_max) = "
+                f"[{self.scale_min}, {self.scale_max}): a score is accepted when above it"
+            )
         return self
 
 
@@ -334,6 +359,9 @@ class EvalConfig(Strict):
         return self
 
 
+VARIANT_SECTIONS = ("review.", "dataset.", "train.")
+
+
 class AblationConfig(Strict):
     seeds: list[int] | None = Field(
         None,
@@ -367,6 +395,14 @@ class AblationConfig(Strict):
             if not settings or any("=" not in item for item in settings):
                 raise ValueError(
                     f"variants.{name}: a list of KEY=VALUE settings, e.g. [dataset.pick=all]"
+                )
+            # a row is compared with MAPD question by question: it may change how the data
+            # is reviewed, built and trained, not the task, teachers, student or evaluation
+            other = [i.split("=", 1)[0] for i in settings if not i.startswith(VARIANT_SECTIONS)]
+            if other:
+                raise ValueError(
+                    f"variants.{name}: {other[0]} cannot change between rows; a variant sets "
+                    f"keys under {', '.join(s.rstrip('.') for s in VARIANT_SECTIONS)}"
                 )
         return self
 

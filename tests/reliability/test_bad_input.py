@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.stages.scripted_classroom import _sum_in, reply, write_config
+from tests.stages.scripted_classroom import IN_PROCESS, _sum_in, reply, write_config
 
 from mapd.config import load_config
 from mapd.errors import MapdError
@@ -169,7 +169,7 @@ def test_a_teacher_whose_provider_refuses_the_body(config, examined, server):
 
 def test_a_model_that_does_not_exist(config, tmp_path):
     for spec in (tmp_path / "no-such-model", "no-such-org/no-such-model"):
-        result = mapd("run", config, "student.backend=transformers", f"student.model={spec}")
+        result = mapd("run", config, *IN_PROCESS, f"student.model={spec}")
         assert_clear_error(result, "cannot load model", str(spec))
 
 

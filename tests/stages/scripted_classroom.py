@@ -52,6 +52,10 @@ def reply(request: dict[str, Any]) -> str:
     return f"Add the two numbers: {total}.\nThe answer is {total}."
 
 
+# the written config's student is served over HTTP; these make it the in-process one
+IN_PROCESS = ["student.backend=transformers", "student.base_url=null"]
+
+
 def write_config(tmp: Path, base_url: str, **extra: Any) -> Path:
     data: dict[str, Any] = {
         "name": "scripted",

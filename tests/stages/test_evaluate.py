@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.stages.scripted_classroom import reply, write_config
+from tests.stages.scripted_classroom import IN_PROCESS, reply, write_config
 
 from mapd.config import load_config
 from mapd.prompts import Prompts
@@ -34,7 +34,7 @@ def test_plain_trained_student_is_asked_in_the_plain_format(tmp_path):
     (student_dir / "manifest.json").write_text(json.dumps({"model_dir": "adapter"}))
     q = Question(id="q", question="What is 2 + 3?", answer="5", answer_type="number")
 
-    plain_cfg = load_config(config, ["train.prompt_format=plain", "student.backend=transformers"])
+    plain_cfg = load_config(config, ["train.prompt_format=plain", *IN_PROCESS])
     endpoint = trained_student(plain_cfg, plain_cfg.run_dir)
     assert endpoint.chat_template is False and endpoint.model.endswith("adapter")
     request = rationale_request(Prompts(), q, plain=not endpoint.chat_template)
@@ -42,7 +42,7 @@ def test_plain_trained_student_is_asked_in_the_plain_format(tmp_path):
     assert content.startswith("### Instruction:") and content.endswith("### Response:\n")
     assert "What is 2 + 3?" in content
 
-    chat_cfg = load_config(config, ["student.backend=transformers"])
+    chat_cfg = load_config(config, IN_PROCESS)
     assert trained_student(chat_cfg, chat_cfg.run_dir).chat_template is True
 
 
@@ -181,7 +181,7 @@ def test_an_http_students_eval_from_before_is_run_again(tmp_path):
     config = write_config(tmp_path, "http://127.0.0.1:1/v1")
     assert evaluate.settings(load_config(config))["trained_in_process"] is True
     served = "eval.trained={model: student, base_url: http://127.0.0.1:2/v1}"
-    for overrides in (["student.backend=transformers"], [served]):
+    for overrides in (IN_PROCESS, [served]):
         assert set(evaluate.settings(load_config(config, overrides))) == {"exam", "eval"}
 
 
@@ -192,7 +192,7 @@ def test_in_process_answers_cut_off_at_eval_max_tokens_are_counted(tmp_path, tin
     from mapd.stages.evaluate import eval_questions, evaluate
 
     student = [
-        "student.backend=transformers",
+        *IN_PROCESS,
         f"student.model={tiny_base}",
         "student.device=cpu",
         f"student.batching={batching}",

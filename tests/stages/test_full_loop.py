@@ -26,6 +26,7 @@ def in_process(student: str, max_steps: int, *extra: str) -> list[str]:
     """Overrides that make the tiny model the in-process student, trained for a few steps."""
     return [
         "student.backend=transformers",
+        "student.base_url=null",
         f"student.model={student}",
         "student.device=cpu",
         "student.sampling.max_tokens=8",
@@ -118,7 +119,7 @@ def test_an_http_student_is_trained_then_examined_and_evaluated_in_process(tmp_p
         overrides = [
             o
             for o in in_process(tiny_student, 1, "rounds=2")
-            if o != "student.backend=transformers"
+            if o not in ("student.backend=transformers", "student.base_url=null")
         ]
         cfg = load_config(config, overrides)
         assert cfg.student.backend == "openai"

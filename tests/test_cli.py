@@ -31,6 +31,7 @@ def run_main(monkeypatch, argv: list[str]) -> int:
             "disk full",
         ),
         (OSError(errno.EACCES, "Permission denied", "runs/x/report.html"), "cannot write"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "out/x.jsonl"), "out/x"),
         (MapdError("model said [bold]hi[/bold]", "a hint"), "[bold]hi[/bold]"),
     ],
 )
@@ -104,6 +105,18 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
         (["validate", DEMO, "ablation.variants={a: [task.name=svamp]}"], "cannot change between"),
         (["validate", DEMO, "ablation.rows=[nosuch]"], "unknown ablation row 'nosuch'"),
         (["ledger", DEMO], "is a file; give a run folder"),
+        (
+            ["score", "--task", "jsonl", "--input", "x.jsonl", "--answer-type", "bogus"],
+            "use number",
+        ),
+        (
+            ["score", "--task", "gsm8k", "--input", "x.jsonl", "--source", "nosuch"],
+            "'hub', 'local'",
+        ),
+        (
+            ["validate", DEMO, "teachers.0.batch=maybe"],
+            "valid boolean, unable to interpret input; or",
+        ),
         (["report", "no/such/run"], "does not exist; give a run folder"),
     ],
 )

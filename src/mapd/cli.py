@@ -386,9 +386,15 @@ def score(
 
     Example: mapd score --task gsm8k --input outputs.jsonl --path data/gsm8k --output scored.jsonl
     """
-    from mapd.config import TaskConfig, load_config
+    from pydantic import ValidationError
+
+    from mapd.config import TaskConfig, format_errors, load_config
     from mapd.scoring import score_file
 
+    if answer_type not in (None, "number", "yesno", "choice", "text"):
+        raise MapdError(
+            f"--answer-type {answer_type!r} is not known", "use number, yesno, choice or text"
+        )
     seed = 731
     task_cfg = None
     if config is not None:
@@ -402,8 +408,9 @@ def score(
                 path=str(path) if path else None,
                 answer_type=answer_type,
             )
-        except ValueError as exc:
-            raise MapdError(f"--task/--source/--path: {exc}", "see `mapd tasks`") from None
+        except ValidationError as exc:
+            problems = "; ".join(format_errors(exc))
+            raise MapdError(f"--task/--source/--path: {problems}", "see `mapd tasks`") from None
     report = score_file(task, input, output, task_cfg, answer_type, seed)  # type: ignore[arg-type]
     line = f"{input}: {report.correct}/{report.total} correct ({report.accuracy:.1%})"
     if report.no_answer:

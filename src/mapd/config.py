@@ -199,8 +199,6 @@ class ModelEndpoint(Strict):
                 raise ValueError(
                     f"base_url {url!r} is not an http(s) URL, e.g. http://localhost:8000/v1"
                 )
-        if self.batch and self.backend != "openai":
-            raise ValueError("batch needs backend openai (a provider's HTTP API)")
         if self.batch and len(self.base_urls) > 1:
             raise ValueError("batch needs one base_url (a provider's batch API), not a list")
         if not self.name:
@@ -299,7 +297,7 @@ class LoraConfig(Strict):
 
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = "lora"
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(2.0, gt=0, description="Passes over the data; a fraction (1.5) ends mid-pass.")
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     lr: float = Field(2e-4, gt=0)
     lr_scheduler: str = "cosine"
@@ -547,22 +545,39 @@ def _suggest_key(section: Any, key: str) -> str:
 
 
 def format_errors(err: ValidationError) -> list[str]:
-    lines = []
+    """One line per wrong setting, in the config's words, not pydantic's."""
+    found: dict[str, list[str]] = {}
+    got: dict[str, str] = {}
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = ".".join(str(p) for p in loc) or "(top)"
-        if e["type"] == "extra_forbidden":
+        kind = e["type"]
+        if kind not in ("extra_forbidden", "missing") and _union_member(loc):
+            loc = loc[:-1]  # `batch: maybe` fails as a bool and as a literal: one line
+        path = ".".join(str(p) for p in loc) or "config"
+        if kind == "extra_forbidden":
             section = _section_at(RunConfig, loc)
             hint = _suggest_key(section, str(loc[-1])) if section is not None else "not a setting"
-            lines.append(f"{path}: unknown key; {hint}")
-        elif e["type"] == "missing":
-            lines.append(f"{path}: required key is missing")
+            found.setdefault(path, []).append(f"unknown key; {hint}")
+        elif kind == "missing":
+            found.setdefault(path, []).append("required key is missing")
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            found.setdefault(path, []).append("expected a section of KEY: VALUE settings")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
+            msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
+            found.setdefault(path, []).append(msg)
             # a whole section as the value says nothing the message does not: it names the field
-            got = "" if isinstance(e["input"], dict | list) else f" (got {e['input']!r})"
-            lines.append(f"{path}: {msg}{got}")
-    return lines
+            if not isinstance(e["input"], dict | list):
+                got[path] = f" (got {e['input']!r})"
+    return [f"{path}: {'; or '.join(msgs)}{got.get(path, '')}" for path, msgs in found.items()]
+
+
+def _union_member(loc: tuple[Any, ...]) -> bool:
+    """Whether the last part of `loc` names a member of a union type (`bool`,
+    `literal['openai','anthropic']`) rather than a setting."""
+    if len(loc) < 2 or not isinstance(loc[-1], str):
+        return False
+    section = _section_at(RunConfig, loc)
+    return section is None or loc[-1] not in section.model_fields
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -573,6 +588,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise MapdError(f"config file {path} not found", "check the path") from None
     except UnicodeDecodeError:
         raise MapdError(f"config file {path} is not UTF-8 text", "save it as UTF-8") from None
+    except IsADirectoryError:
+        raise MapdError(
+            f"{path} is a folder, not a config file",
+            "give the YAML file, e.g. configs/demo.yaml or a run's RUN_DIR/config.yaml",
+        ) from None
     except OSError as exc:
         raise MapdError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
@@ -587,7 +607,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise MapdError(f"{path}: expected a mapping of settings at the top level")
+        raise MapdError(
+            f"{path}: expected a mapping of settings at the top level",
+            "a config is KEY: VALUE lines (name:, task:, student:, teachers: ...), "
+            "e.g. configs/demo.yaml",
+        )
     return data
 
 

@@ -274,7 +274,7 @@ def test_progress_shows_each_batch_status_counts_and_time_since_submission(
 
 
 def test_batch_is_a_setting_of_http_endpoints_only():
-    with pytest.raises(ValueError, match="batch needs backend openai"):
+    with pytest.raises(ValueError, match="batch set, but backend transformers"):
         ModelEndpoint(model="m", backend="transformers", batch="anthropic")
     with pytest.raises(ValueError):
         ModelEndpoint(model="m", base_url="http://127.0.0.1:1/v1", batch="gemini")

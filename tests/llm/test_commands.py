@@ -57,8 +57,10 @@ def test_ledger_shows_reasoning_tokens_cut_off_replies_and_estimated_usage(
 def test_ledger_of_an_unknown_run_is_a_user_error(tmp_path):
     from mapd.errors import MapdError
 
-    result = runner.invoke(app, ["ledger", str(tmp_path / "nothing")])
+    result = runner.invoke(app, ["ledger", str(tmp_path)])  # a folder, but of no run
     assert isinstance(result.exception, MapdError)
+    result = runner.invoke(app, ["ledger", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "does not exist; give a run folder" in result.output
 
 
 def test_cache_stats_and_clear(make_teacher, tmp_path):

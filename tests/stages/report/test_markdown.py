@@ -36,5 +36,5 @@ def test_bad_format_and_folder_are_clear_errors(release_run: Path, tmp_path: Pat
     result = mapd("report", str(release_run), "--format", "pdf")
     assert result.returncode == 2 and "--format html or --format md" in result.stderr
     result = mapd("report", str(tmp_path / "nowhere"))
-    assert result.returncode == 2 and "not found" in result.stderr
+    assert result.returncode == 2 and "does not exist; give a run folder" in result.stderr
     assert "Traceback" not in result.stderr

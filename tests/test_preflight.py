@@ -58,8 +58,14 @@ def test_a_closed_port_names_the_endpoint_and_the_fix():
     [found] = check_endpoint("teacher t", teacher(url), 5)
     assert found.problem is not None and "not reachable" in found.problem
     assert found.line().startswith(f"teacher t ({url}): not reachable")
+    assert "start the server" in found.line()  # on this machine: a server that is not up
     with pytest.raises(MapdError, match="1 of 1 endpoint"):
         require_endpoints([found])
+
+
+def test_an_unreachable_hosted_api_points_at_the_network_not_a_server_to_start():
+    [found] = check_endpoint("teacher t", teacher("https://api.example.invalid/v1"), 5)
+    assert "not reachable" in (found.problem or "") and "check the network" in found.line()
 
 
 def test_an_unset_key_variable_fails_without_a_request(server, monkeypatch):

@@ -183,8 +183,12 @@ def _yaml_value(value: object) -> str:
 def run(
     config: Path = CONFIG_ARG,
     overrides: list[str] = OVERRIDES_ARG,
-    start: str = typer.Option(None, "--from", help="Re-run from this stage on."),
-    until: str = typer.Option(None, "--until", help="Stop after this stage."),
+    start: str = typer.Option(
+        None,
+        "--from",
+        help="Re-run from this stage on: exam, teach, review, build, train, eval, report.",
+    ),
+    until: str = typer.Option(None, "--until", help="Stop after this stage (as for --from)."),
 ) -> None:
     """Run the whole MAPD loop: exam, teach, review, build (and the later stages).
 
@@ -326,7 +330,7 @@ def ablate(
 @app.command("import-release")
 def import_release(
     files: list[Path] = typer.Argument(..., help="The release's *_round0.json files."),
-    task: str = typer.Option(..., "--task", help="svamp or strategyqa."),
+    task: str = typer.Option(..., "--task", help="svamp, gsm8k or strategyqa."),
     output: Path = typer.Option(..., "--output", help="Run folder to create."),
 ) -> None:
     """Import the paper's released mistakes, feedback, rationales and review scores into a run folder.

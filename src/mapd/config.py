@@ -297,7 +297,9 @@ class LoraConfig(Strict):
 
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = "lora"
-    epochs: float = Field(2.0, gt=0, description="Passes over the data; a fraction (1.5) ends mid-pass.")
+    epochs: float = Field(
+        2.0, gt=0, description="Passes over the data; a fraction (1.5) ends mid-pass."
+    )
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     lr: float = Field(2e-4, gt=0)
     lr_scheduler: str = "cosine"

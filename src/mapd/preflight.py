@@ -19,9 +19,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.errors import MapdError
+from mapd.llm.openai_backend import on_this_machine
 
 TIMEOUT = 5.0  # seconds for GET /models: a live server answers it in milliseconds
 
@@ -87,7 +89,9 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
             url,
             "",
             f"not reachable ({reason})",
-            "start the server, or correct base_url (it ends in /v1 for most servers)",
+            "start the server, or correct base_url (it ends in /v1 for most servers)"
+            if on_this_machine(urlsplit(url).hostname or "")
+            else "check the network (and HTTPS_PROXY, if a proxy is needed) and base_url",
         )
     if others := unlisted(endpoint.model, body):
         found = f"reachable, but {endpoint.model} is not among its models ({others})"

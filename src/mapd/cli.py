@@ -497,8 +497,15 @@ def cache_clear_command(
     from mapd.llm import clear_cache, open_store
 
     what = f"cached replies of {model}" if model else "all cached replies"
-    if not yes and not typer.confirm(f"Delete {what}? Re-running will pay for them again"):
-        raise typer.Abort()
+    try:
+        sure = yes or typer.confirm(f"Delete {what}? Re-running will pay for them again")
+    except typer.Abort:  # no terminal to answer from
+        raise MapdError(
+            "nothing deleted: no answer to the confirmation", "pass --yes to delete without asking"
+        ) from None
+    if not sure:
+        console.print("nothing deleted", highlight=False)
+        raise typer.Exit(1)
     with open_store() as store:
         removed = clear_cache(store, model)
     out.print(f"deleted {removed} cached replies")

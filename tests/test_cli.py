@@ -105,6 +105,9 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
         (["validate", DEMO, "ablation.variants={a: [task.name=svamp]}"], "cannot change between"),
         (["validate", DEMO, "ablation.rows=[nosuch]"], "unknown ablation row 'nosuch'"),
         (["ledger", DEMO], "is a file; give a run folder"),
+        # the task section as far as it can be known before a question is read
+        (["validate", DEMO, "task.name=strategyqa", "task.source=reasoning_gym"], "cannot use"),
+        (["validate", DEMO, "task.source=local", "task.path=no/such.jsonl"], "no such file"),
         (
             ["score", "--task", "jsonl", "--input", "x.jsonl", "--answer-type", "bogus"],
             "use number",

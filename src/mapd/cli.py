@@ -83,8 +83,10 @@ def validate(
     from mapd.ablation import row_configs
     from mapd.config import load_config
     from mapd.preflight import check_endpoints, require_endpoints
+    from mapd.tasks import check_task
 
     cfg = load_config(config, overrides or [])
+    check_task(cfg.task)
     rows = row_configs(cfg)  # `mapd ablate`'s rows and variants, checked now
     teachers = ", ".join(
         f"{t.name} ({t.backend}{f', {t.batch_kind} batch' if t.batch_kind else ''})"

@@ -40,8 +40,11 @@ def test_basic_arithmetic_is_numeric() -> None:
 
 
 def test_unknown_generator() -> None:
-    with pytest.raises(MapdError, match="reasoning-gym cannot create"):
+    with pytest.raises(MapdError, match="'no_such_thing' is not a reasoning-gym dataset"):
         load_questions(_cfg(generator="no_such_thing"), "train", seed=1)
+    with pytest.raises(MapdError) as near:
+        load_questions(_cfg(generator="gsm_symbolc"), "train", seed=1)
+    assert near.value.hint == "did you mean gsm_symbolic?"
 
 
 def test_source_not_supported_by_task() -> None:

@@ -10,6 +10,7 @@ native format), `reasoning_gym` (generated offline). Splits are "train" and "tes
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,34 @@ def get_task(name: str) -> Task:
         raise MapdError(f"unknown task {name!r}", f"choose one of: {', '.join(TASKS)}") from None
 
 
-def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:
-    """The questions of one split ("train" or "test") from the configured source, limit applied."""
+def check_task(cfg: TaskConfig) -> None:
+    """What `mapd validate` can tell of the task section before any question is read: the
+    source is one the task has, a local path exists, a generator is one reasoning-gym has."""
     task = get_task(cfg.name)
-    if split not in SPLITS:
-        raise MapdError(f"unknown split {split!r}", "use train or test")
     if cfg.source not in task.sources:
         raise MapdError(
             f"task {task.name} cannot use source {cfg.source!r}",
             f"set task.source to one of: {', '.join(task.sources)}",
         )
+    if cfg.source == "local" and not Path(cfg.path or "").exists():
+        raise MapdError(f"task.path {cfg.path}: no such file or folder", "check task.path")
+    if cfg.source == "reasoning_gym":
+        from reasoning_gym.factory import DATASETS
+
+        if cfg.generator not in DATASETS:
+            close = difflib.get_close_matches(cfg.generator, DATASETS, n=1)
+            raise MapdError(
+                f"task.generator {cfg.generator!r} is not a reasoning-gym dataset",
+                f"did you mean {close[0]}?" if close else "e.g. gsm_symbolic or basic_arithmetic",
+            )
+
+
+def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:
+    """The questions of one split ("train" or "test") from the configured source, limit applied."""
+    if split not in SPLITS:
+        raise MapdError(f"unknown split {split!r}", "use train or test")
+    check_task(cfg)
+    task = get_task(cfg.name)
     if cfg.source == "reasoning_gym":
         questions = generate_questions(cfg.generator, cfg.sizes[split], cfg.seeds[split])
         return LoadedSplit(take_limit(questions, cfg.limit, seed))

@@ -260,19 +260,3 @@ def test_every_row_is_evaluated_from_its_own_student_not_one_served_adapter(tmp_
     )
     row = variant_config(cfg, tmp_path / "ablation", "mapd-alpha0", [(["train", "alpha"], 0.0)], 1)
     assert row.eval.trained is None and row.train.alpha == 0.0
-
-
-@pytest.mark.parametrize("rows", ["untrained", "mapd"])
-def test_ablate_checks_its_endpoints_before_any_row(tmp_path, rows):
-    """A student server that is down stops `mapd ablate` at once, in one clear error, as it
-    stops `mapd run` (it used to meet it only while evaluating, after the retries)."""
-    config = write_config(tmp_path, "http://127.0.0.1:9/v1")
-    result = subprocess.run(
-        [sys.executable, "-m", "mapd", "ablate", str(config), "--rows", rows],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert "cannot be used" in result.stderr and "not reachable" in result.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("ablation.md"))

@@ -31,7 +31,9 @@ def run_main(monkeypatch, argv: list[str]) -> int:
             "disk full",
         ),
         (OSError(errno.EACCES, "Permission denied", "runs/x/report.html"), "cannot write"),
-        (FileNotFoundError(errno.ENOENT, "No such file or directory", "out/x.jsonl"), "out/x"),
+        # a path given on the command line (or inside one) that is missing: the user's mistake
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", DEMO), "demo.yaml"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", f"{DEMO}/x"), "Not a directory"),
         (MapdError("model said [bold]hi[/bold]", "a hint"), "[bold]hi[/bold]"),
     ],
 )
@@ -46,9 +48,19 @@ def test_errors_become_one_clear_message(monkeypatch, capsys, error, needle):
     assert "hint:" in err
 
 
-def test_other_os_errors_are_not_hidden(monkeypatch):
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EIO, "I/O error"),
+        # a file of mapd's own making that is missing is a bug: its traceback is kept
+        FileNotFoundError(
+            errno.ENOENT, "No such file or directory", "runs/x/student/manifest.json"
+        ),
+    ],
+)
+def test_other_os_errors_are_not_hidden(monkeypatch, error):
     def fail(*args, **kwargs):
-        raise OSError(errno.EIO, "I/O error")
+        raise error
 
     monkeypatch.setattr(cli, "_run_stages", fail)
     monkeypatch.setattr(sys, "argv", ["mapd", "run", DEMO])

@@ -31,9 +31,73 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_shipped_config_validates(path):
+    from mapd.ablation import row_configs
+
     cfg = load_config(path)
     assert cfg.teachers
     assert cfg.run_dir == Path(f"runs/{cfg.name}")
+    assert row_configs(cfg)  # and every row `mapd ablate` would train from it
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("teachers.0.batch=maybe", "teachers.0.batch: Input should be a valid boolean"),
+        ("prompts={rationale: 5}", "prompts.rationale: Input should be a valid string (got 5)"),
+        ("teachers.0.headers={X: 5}", "teachers.0.headers.X: Input should be a valid string"),
+        ("task.sizes={train: abc}", "task.sizes.train: Input should be a valid integer"),
+        ("ablation.variants={a: 5}", "ablation.variants.a: Input should be a valid list"),
+        ("teachers.0.limits.rpm=abc", "teachers.0.limits.rpm: Input should be a valid number"),
+        ("ablation.seeds=[a]", "ablation.seeds.0: Input should be a valid integer"),
+        ("student=foo", "student: expected a section of KEY: VALUE settings"),
+        ("teachers=[]", "teachers: List should have at least 1 item, not 0"),
+    ],
+)
+def test_a_wrong_value_is_named_by_its_setting_once(override, line):
+    with pytest.raises(MapdError) as err:
+        load_config(ROOT / "configs/paper/svamp.yaml", [override])
+    problems = err.value.message.splitlines()[1:]
+    assert len(problems) == 1 and problems[0].strip().startswith(line), problems
+
+
+@pytest.mark.parametrize("threshold, ok", [(1, True), (4.9, True), (5, False), (0.5, False)])
+def test_the_review_threshold_lies_on_the_scale(threshold, ok):
+    settings = [f"review.threshold={threshold}"]
+    if ok:
+        assert (
+            load_config(ROOT / "configs/paper/svamp.yaml", settings).review.threshold == threshold
+        )
+    else:
+        with pytest.raises(MapdError, match="must lie in"):
+            load_config(ROOT / "configs/paper/svamp.yaml", settings)
+
+
+@pytest.mark.parametrize(
+    "value", ["sk-proj-abc", "gsk_4fQzAbc123", "hf_abcDEF", "a1b2c3d4e5f6g7h8i9j0k1l2m3"]
+)
+def test_an_api_key_in_place_of_its_variable_is_refused_unrepeated(value):
+    with pytest.raises(MapdError) as err:
+        load_config(ROOT / "configs/paper/svamp.yaml", [f"teachers.0.api_key_env={value}"])
+    assert "not the key itself" in err.value.message and value not in err.value.message
+
+
+def test_variable_names_are_not_taken_for_keys():
+    for name in ("OPENAI_API_KEY", "together_key", "MY_KEY_2"):
+        cfg = load_config(ROOT / "configs/paper/svamp.yaml", [f"teachers.0.api_key_env={name}"])
+        assert cfg.teachers[0].api_key_env == name
+
+
+def test_a_variant_may_change_prompts_and_sampling_but_not_the_questions():
+    from mapd.ablation import row_configs
+
+    cfg = load_config(
+        ROOT / "configs/paper/svamp.yaml",
+        ["ablation.variants={hot: [teachers.0.sampling.temperature=1.0, prompts.rationale=x]}"],
+    )
+    assert row_configs(cfg)[("hot", cfg.seed)].teachers[0].sampling.temperature == 1.0
+    for fixed in ("task.limit=3", "eval.limit=3", "student.model=other"):
+        with pytest.raises(MapdError, match="cannot change between rows"):
+            load_config(ROOT / "configs/paper/svamp.yaml", [f"ablation.variants={{a: [{fixed}]}}"])
 
 
 def test_paper_preset_carries_the_paper_settings():

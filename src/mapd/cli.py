@@ -319,11 +319,7 @@ def ablate(
     if rows is not None:
         overrides.append(f"ablation.rows={[r.strip() for r in rows.split(',')]}")
     cfg = load_config(config, overrides)
-    trained_rows = row_configs(cfg)  # every row's settings, before any endpoint is asked
-    # the shared exam, teaching and reviews, and the student; each row is evaluated
-    # in-process from its own student folder, so no served student is needed
-    unserved = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"trained": None})})
-    _check_endpoints(unserved, None if trained_rows else "eval", "eval")
+    row_configs(cfg)  # every row's settings, before any row runs
     root = asyncio.run(run_ablation(cfg))
     out.print((root / "ablation.md").read_text(encoding="utf-8"))
     out.print(f"written: {root / 'ablation.md'}, {root / 'ablation.csv'}")
@@ -415,8 +411,12 @@ def score(
                 answer_type=answer_type,
             )
         except ValidationError as exc:
-            problems = "; ".join(format_errors(exc))
-            raise MapdError(f"--task/--source/--path: {problems}", "see `mapd tasks`") from None
+            flags = {"name": "--task", "source": "--source", "path": "--path", "config": "--task"}
+            problems = "; ".join(
+                f"{flags.get(p.split(':', 1)[0], p.split(':', 1)[0])}:{p.split(':', 1)[1]}"
+                for p in format_errors(exc)
+            )
+            raise MapdError(problems, "see `mapd tasks` and `mapd score --help`") from None
     report = score_file(task, input, output, task_cfg, answer_type, seed)  # type: ignore[arg-type]
     line = f"{input}: {report.correct}/{report.total} correct ({report.accuracy:.1%})"
     if report.no_answer:
@@ -499,12 +499,11 @@ def cache_clear_command(
     from mapd.llm import clear_cache, open_store
 
     what = f"cached replies of {model}" if model else "all cached replies"
-    try:
-        sure = yes or typer.confirm(f"Delete {what}? Re-running will pay for them again")
-    except typer.Abort:  # no terminal to answer from
+    if not yes and not sys.stdin.isatty():
         raise MapdError(
-            "nothing deleted: no answer to the confirmation", "pass --yes to delete without asking"
-        ) from None
+            "nothing deleted: no terminal to confirm at", "pass --yes to delete without asking"
+        )
+    sure = yes or typer.confirm(f"Delete {what}? Re-running will pay for them again")
     if not sure:
         console.print("nothing deleted", highlight=False)
         raise typer.Exit(1)
@@ -643,6 +642,19 @@ def _usage_error(exc: Exception) -> NoReturn:
     sys.exit(getattr(exc, "exit_code", 2))
 
 
+def _given_path(filename: object) -> bool:
+    """Whether `filename` is a path given on the command line, inside one or holding one: a
+    user's mistake. A missing file of mapd's own making is a bug and keeps its traceback."""
+    if not isinstance(filename, str | Path):
+        return False
+    failed = Path(filename).absolute()
+    for arg in sys.argv[1:]:
+        given = Path(arg.split("=", 1)[-1]).absolute()
+        if failed == given or given in failed.parents or failed in given.parents:
+            return True
+    return False
+
+
 def _interrupted() -> NoReturn:
     import shlex
 
@@ -675,13 +687,9 @@ def main() -> None:
                     "choose a writable output_dir=...",
                 )
             )
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
-            _fail(
-                MapdError(
-                    f"{exc.strerror}: {exc.filename or ''}",
-                    "check the path given (a run folder, a config file or an output file)",
-                )
-            )
+        missing = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+        if exc.errno in missing and _given_path(exc.filename):
+            _fail(MapdError(f"{exc.strerror}: {exc.filename}", "check the path given"))
         raise
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

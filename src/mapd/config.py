@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -121,6 +122,16 @@ class Sampling(Strict):
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_PREFIXES = ("sk-", "sk_", "gsk_", "hf_", "AIza", "xai-", "pk-", "r8_")
+
+
+def looks_like_a_key(value: str) -> bool:
+    """Whether an `api_key_env` value is an API key pasted in place of its variable's name:
+    not a name, a provider's key prefix, or a long token of lower case and digits."""
+    long_token = (
+        len(value) >= 24 and any(c.islower() for c in value) and any(c.isdigit() for c in value)
+    )
+    return not ENV_NAME.fullmatch(value) or value.startswith(KEY_PREFIXES) or long_token
 
 
 def http_url(url: str) -> bool:
@@ -181,7 +192,7 @@ class ModelEndpoint(Strict):
                 "backend openai needs `base_url`, e.g. https://api.openai.com/v1 (or "
                 "`backend: transformers` to run a hub model or local folder in this process)"
             )
-        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+        if self.api_key_env and looks_like_a_key(self.api_key_env):
             raise ValueError(  # never repeat the value: it may be a key pasted by mistake
                 "api_key_env names the environment variable that holds the key (e.g. "
                 "OPENAI_API_KEY), not the key itself; export the key and give its variable"
@@ -359,7 +370,16 @@ class EvalConfig(Strict):
         return self
 
 
-VARIANT_SECTIONS = ("review.", "dataset.", "train.")
+FIXED_IN_ROWS = (
+    "task.",
+    "eval.",
+    "ablation.",
+    "student.model=",
+    "name=",
+    "output_dir=",
+    "seed=",
+    "rounds=",
+)
 
 
 class AblationConfig(Strict):
@@ -396,13 +416,13 @@ class AblationConfig(Strict):
                 raise ValueError(
                     f"variants.{name}: a list of KEY=VALUE settings, e.g. [dataset.pick=all]"
                 )
-            # a row is compared with MAPD question by question: it may change how the data
-            # is reviewed, built and trained, not the task, teachers, student or evaluation
-            other = [i.split("=", 1)[0] for i in settings if not i.startswith(VARIANT_SECTIONS)]
-            if other:
+            # a row is compared with MAPD question by question, on the same student
+            fixed = [i.split("=", 1)[0] for i in settings if i.startswith(FIXED_IN_ROWS)]
+            if fixed:
                 raise ValueError(
-                    f"variants.{name}: {other[0]} cannot change between rows; a variant sets "
-                    f"keys under {', '.join(s.rstrip('.') for s in VARIANT_SECTIONS)}"
+                    f"variants.{name}: {fixed[0]} cannot change between rows (each row is "
+                    "compared with MAPD on the same questions and student); a variant changes "
+                    "how the data is made, reviewed, built or trained"
                 )
         return self
 
@@ -551,35 +571,69 @@ def format_errors(err: ValidationError) -> list[str]:
     found: dict[str, list[str]] = {}
     got: dict[str, str] = {}
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        kind = e["type"]
-        if kind not in ("extra_forbidden", "missing") and _union_member(loc):
-            loc = loc[:-1]  # `batch: maybe` fails as a bool and as a literal: one line
+        loc = _setting_path(e["loc"])
         path = ".".join(str(p) for p in loc) or "config"
+        kind = e["type"]
         if kind == "extra_forbidden":
             section = _section_at(RunConfig, loc)
             hint = _suggest_key(section, str(loc[-1])) if section is not None else "not a setting"
-            found.setdefault(path, []).append(f"unknown key; {hint}")
+            msg = f"unknown key; {hint}"
         elif kind == "missing":
-            found.setdefault(path, []).append("required key is missing")
+            msg = "required key is missing"
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            found.setdefault(path, []).append("expected a section of KEY: VALUE settings")
+            msg = "expected a section of KEY: VALUE settings"
         else:
             msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
-            found.setdefault(path, []).append(msg)
             # a whole section as the value says nothing the message does not: it names the field
             if not isinstance(e["input"], dict | list):
                 got[path] = f" (got {e['input']!r})"
+        if msg not in found.setdefault(path, []):
+            found[path].append(msg)
     return [f"{path}: {'; or '.join(msgs)}{got.get(path, '')}" for path, msgs in found.items()]
 
 
-def _union_member(loc: tuple[Any, ...]) -> bool:
-    """Whether the last part of `loc` names a member of a union type (`bool`,
-    `literal['openai','anthropic']`) rather than a setting."""
-    if len(loc) < 2 or not isinstance(loc[-1], str):
-        return False
-    section = _section_at(RunConfig, loc)
-    return section is None or loc[-1] not in section.model_fields
+def _setting_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`loc` as the setting's path: pydantic's validator names dropped, and a value of a
+    union type (`batch: maybe` tried as `bool` and as `literal[...]`) reported at the
+    setting itself, not once per member tried."""
+    path: list[Any] = []
+    current: Any = RunConfig
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        path.append(part)
+        current = _inside(current, part)
+        if _is_union(current):
+            break
+    return tuple(path)
+
+
+def _inside(annotation: Any, part: Any) -> Any:
+    """The annotation of `part` inside `annotation` (a model's field, a list's item, a
+    dict's value), or None when unknown."""
+    annotation = _without_none(annotation)
+    if hasattr(annotation, "model_fields"):
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field is not None else None
+    args = get_args(annotation)
+    if get_origin(annotation) in (list, tuple) and isinstance(part, int) and args:
+        return args[0]
+    if get_origin(annotation) is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X | None` as X (pydantic reports no member for it)."""
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(_without_none(annotation)) in (Union, UnionType)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

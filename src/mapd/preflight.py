@@ -91,7 +91,8 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
             f"not reachable ({reason})",
             "start the server, or correct base_url (it ends in /v1 for most servers)"
             if on_this_machine(urlsplit(url).hostname or "")
-            else "check the network (and HTTPS_PROXY, if a proxy is needed) and base_url",
+            else "check the network (and HTTPS_PROXY or HTTP_PROXY, if a proxy is needed), "
+            "that the server is up, and base_url",
         )
     if others := unlisted(endpoint.model, body):
         found = f"reachable, but {endpoint.model} is not among its models ({others})"

@@ -89,3 +89,4 @@ def test_bad_release_files_are_clear_errors(tmp_path):
     assert (
         result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
     )
+    assert not (tmp_path / "r").exists()  # no half-made run folder left behind

@@ -335,11 +335,19 @@ def import_release(
 
     Example: mapd import-release --task svamp --output runs/svamp-release data/*_svamp_*_round0.json
     """
+    import shutil
+
     from mapd.release import import_release as do_import
     from mapd.rundir import run_lock
 
-    with run_lock(output):
-        counts = do_import(task, files, output)
+    made = not output.exists()
+    try:
+        with run_lock(output):
+            counts = do_import(task, files, output)
+    except MapdError:
+        if made:  # a failed import leaves no half-made run folder behind
+            shutil.rmtree(output, ignore_errors=True)
+        raise
     out.print(
         f"imported {counts['mistakes']} mistakes, {counts['feedback']} feedback, "
         f"{counts['rationales']} rationales, {counts['reviews']} reviews into {output}\n"

@@ -19,9 +19,9 @@ many requests created since the note is taken for it, when no other noted submis
 size (else a new batch is made: two teachers' batches of the same questions cannot be told
 apart). A wrong guess costs a wait, not a wrong answer: the custom_ids are the requests'
 cache keys, so a batch whose results answer none of them is disowned (no ledger rows, no
-attempt counted) and its items go into a new batch. A batch's replies go into the response cache and the ledger (as batch calls, at
-`price.batch_discount` of the live price) in the same transaction that marks it collected,
-so a re-run, live or batch, sends nothing.
+attempt counted) and its items go into a new batch. A batch's replies go into the response
+cache and the ledger (as batch calls, at `price.batch_discount` of the live price) in the
+same transaction that marks it collected, so a re-run, live or batch, sends nothing.
 
 Budget: a submitted batch is paid whatever happens, so only the items whose worst case
 (prompt estimate plus max_tokens of output, at the batch price) fits the budget go in, each

@@ -307,7 +307,7 @@ def ablate(
     """
     import asyncio
 
-    from mapd.ablation import row_configs, run_ablation
+    from mapd.ablation import run_ablation
     from mapd.config import load_config
 
     overrides = list(overrides or [])
@@ -319,7 +319,6 @@ def ablate(
     if rows is not None:
         overrides.append(f"ablation.rows={[r.strip() for r in rows.split(',')]}")
     cfg = load_config(config, overrides)
-    row_configs(cfg)  # every row's settings, before any row runs
     root = asyncio.run(run_ablation(cfg))
     out.print((root / "ablation.md").read_text(encoding="utf-8"))
     out.print(f"written: {root / 'ablation.md'}, {root / 'ablation.csv'}")
@@ -420,10 +419,8 @@ def score(
             )
         except ValidationError as exc:
             flags = {"name": "--task", "source": "--source", "path": "--path", "config": "--task"}
-            problems = "; ".join(
-                f"{flags.get(p.split(':', 1)[0], p.split(':', 1)[0])}:{p.split(':', 1)[1]}"
-                for p in format_errors(exc)
-            )
+            named = (line.partition(":") for line in format_errors(exc))
+            problems = "; ".join(f"{flags.get(k, k)}:{rest}" for k, _, rest in named)
             raise MapdError(problems, "see `mapd tasks` and `mapd score --help`") from None
     report = score_file(task, input, output, task_cfg, answer_type, seed)  # type: ignore[arg-type]
     line = f"{input}: {report.correct}/{report.total} correct ({report.accuracy:.1%})"

@@ -134,10 +134,14 @@ def hub_status(repo: str) -> str:
     """Whether a hub model is in the local cache; never a network request."""
     from huggingface_hub import try_to_load_from_cache
 
+    from mapd.hub_offline import unresolvable_hub_host
+
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return "in the local hub cache"
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return "not in the local hub cache and HF_HUB_OFFLINE is set: loading it will fail"
+    if host := unresolvable_hub_host():
+        return f"not in the local hub cache and {host} cannot be resolved: loading it will fail"
     return "not in the local hub cache: downloaded on first use (needs the network)"
 
 

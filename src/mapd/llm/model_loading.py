@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mapd.errors import MapdError
+from mapd.hub_offline import offline_unless_resolvable
 from mapd.llm.home import mapd_home
 
 SPEC_HINT = (
@@ -145,8 +146,9 @@ def _load(spec: str, device: str, dtype: Any) -> LoadedModel:
 
     source = model_source(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        with offline_unless_resolvable(source):
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MapdError(f"cannot load model {spec!r}: {first}", SPEC_HINT) from None

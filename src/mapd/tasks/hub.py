@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mapd.errors import MapdError
+from mapd.hub_offline import offline_unless_resolvable
 
 
 def read_hub_rows(
@@ -14,13 +15,16 @@ def read_hub_rows(
     """(location, row) per row of `hub_id` (config) split `split`, loaded with `datasets`."""
     import datasets
 
-    try:
-        dataset = datasets.load_dataset(hub_id, config, split=split)
-    except Exception as exc:  # datasets raises many types offline: ConnectionError, OSError, ...
-        raise MapdError(
-            f"could not load {hub_id} [{split}] from the Hugging Face hub "
-            f"(unreachable or offline?): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-            offline_hint,
-        ) from None
+    with offline_unless_resolvable(hub_id) as unresolvable:
+        try:
+            dataset = datasets.load_dataset(hub_id, config, split=split)
+        except Exception as exc:  # datasets raises many types offline: ConnectionError, OSError
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if unresolvable:
+                why = f"not in the local cache, and {unresolvable} cannot be resolved (offline?)"
+            raise MapdError(
+                f"could not load {hub_id} [{split}] from the Hugging Face hub: {why}",
+                offline_hint,
+            ) from None
     for index, row in enumerate(dataset):
         yield f"{hub_id} [{split}] row {index}", row

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mapd.config import LoraConfig, TrainConfig
 from mapd.errors import MapdError
+from mapd.hub_offline import offline_unless_resolvable
 from mapd.llm.model_loading import model_source
 
 
@@ -63,8 +64,9 @@ def load_student(spec: str, train: TrainConfig) -> tuple[PreTrainedModel, Any]:
     """The trainable model (a PEFT model for LoRA) and the tokenizer."""
     path = model_source(spec)
     try:
-        tokenizer = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with offline_unless_resolvable(path):
+            tokenizer = load_tokenizer(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except OSError as exc:
         hint = "check the folder" if Path(path).exists() else "give a local folder or a hub id"
         raise MapdError(f"cannot load the student model {spec}: {exc}", hint) from None
@@ -84,7 +86,8 @@ def merge_adapter(spec: str, adapter_dir: Path, out_dir: Path) -> None:
     from peft import PeftModel
 
     path = model_source(spec)
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with offline_unless_resolvable(path):
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     load_tokenizer(str(adapter_dir)).save_pretrained(out_dir)

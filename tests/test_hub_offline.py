@@ -1,0 +1,100 @@
+"""With no name server for the hub, hub loads go straight to the local cache: a cached model
+loads and a missing dataset fails in one line, neither after the hub client's minute of retries.
+Run in subprocesses (the offline switch is read from constants set at import), with the hub's
+address pointed at a name that cannot resolve (`.invalid` is reserved for that)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.reliability.test_bad_input import assert_clear_error
+from tests.stages.scripted_classroom import reply, write_config
+from tests.stages.train.toy_run import build_tiny_model
+
+from mapd.testing.loopback import LoopbackServer
+
+NO_HUB = "mapd-no-such-hub.invalid"
+REVISION = "0" * 40
+
+
+def no_network_env(tmp_path: Path) -> dict[str, str]:
+    """Offline mode not asked for, the hub unresolvable, an empty hub cache of our own."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    return {**env, "HF_ENDPOINT": f"https://{NO_HUB}", "HF_HOME": str(tmp_path / "hf")}
+
+
+def python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_a_cached_hub_model_loads_without_retries(tmp_path, tiny_folder):
+    env = no_network_env(tmp_path)
+    snapshot = Path(env["HF_HOME"]) / "hub" / "models--me--tiny" / "snapshots" / REVISION
+    shutil.copytree(tiny_folder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
+    code = "from mapd.llm.model_loading import load_model; print(load_model('me/tiny').device)"
+    result = python(code, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cpu"
+    assert "Retrying" not in result.stderr, result.stderr
+
+
+def test_a_missing_hub_model_fails_without_retries(tmp_path):
+    code = "from mapd.llm.model_loading import load_model; load_model('me/not-cached')"
+    result = python(code, no_network_env(tmp_path))
+    assert "cannot load model 'me/not-cached'" in result.stderr, result.stderr
+    assert "Retrying" not in result.stderr, result.stderr
+
+
+def test_a_hub_dataset_not_cached_is_one_clear_line(tmp_path):
+    with LoopbackServer(reply=reply) as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "mapd", "run", str(write_config(tmp_path, server.base_url))]
+            + ["task.name=gsm8k", "task.source=hub"],
+            capture_output=True,
+            text=True,
+            env=no_network_env(tmp_path),
+            timeout=120,
+        )
+    assert_clear_error(
+        result,
+        "could not load openai/gsm8k [train]",
+        f"not in the local cache, and {NO_HUB} cannot be resolved (offline?)",
+        "task.source=local",
+    )
+    assert "Retrying" not in result.stderr, result.stderr
+
+
+def test_a_local_folder_asks_no_name_server(tmp_path, monkeypatch):
+    import socket
+
+    from mapd.hub_offline import offline_unless_resolvable, unresolvable_hub_host
+
+    def no_lookups(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a name server was asked")
+
+    unresolvable_hub_host.cache_clear()
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookups)
+    with offline_unless_resolvable(str(tmp_path)) as unresolvable:
+        assert unresolvable is None
+
+
+def test_preflight_says_a_missing_hub_model_cannot_be_fetched(tmp_path):
+    code = "from mapd.preflight import hub_status; print(hub_status('me/not-cached'))"
+    result = python(code, no_network_env(tmp_path))
+    assert result.stdout.strip() == (
+        f"not in the local hub cache and {NO_HUB} cannot be resolved: loading it will fail"
+    ), result.stderr

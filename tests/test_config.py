@@ -81,6 +81,44 @@ def test_an_api_key_in_place_of_its_variable_is_refused_unrepeated(value):
     assert "not the key itself" in err.value.message and value not in err.value.message
 
 
+@pytest.mark.parametrize("value", ["$OPENAI_API_KEY", "${OPENAI_API_KEY}"])
+def test_a_shell_variable_is_named_without_its_dollar(value):
+    with pytest.raises(MapdError, match="without `\\$`: api_key_env: OPENAI_API_KEY "):
+        load_config(ROOT / "configs/paper/svamp.yaml", [f"teachers.0.api_key_env={value}"])
+
+
+def test_yaml_words_are_words_and_paths_start_at_home(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        (ROOT / "configs/paper/svamp.yaml").read_text() + "cache: off\noutput_dir: ~/runs/x\n"
+    )
+    cfg = load_config(tmp_path / "c.yaml", ["task.source=local", "task.path=~/svamp.json"])
+    assert cfg.cache == "off"  # YAML 1.1 would read False
+    assert cfg.run_dir == Path.home() / "runs/x"
+    assert cfg.task.path == str(Path.home() / "svamp.json")
+    assert load_config(tmp_path / "c.yaml", ["cache=off", "name=no"]).name == "no"
+    with pytest.raises(MapdError, match="name: String should have at least 1 character"):
+        load_config(tmp_path / "c.yaml", ["name="])
+
+
+@pytest.mark.parametrize(
+    "url, batch, ok",
+    [
+        ("https://api.anthropic.com/v1", "true", False),
+        ("https://api.anthropic.com/v1", "anthropic", True),
+        ("https://api.openai.com/v1", "anthropic", False),
+        ("https://api.openai.com/v1", "openai", True),
+        ("http://localhost:8000/v1", "anthropic", True),  # any other host: taken at its word
+    ],
+)
+def test_a_batch_kind_the_provider_does_not_have_is_refused(url, batch, ok):
+    settings = [f"teachers.0.base_url={url}", f"teachers.0.batch={batch}"]
+    if ok:
+        load_config(ROOT / "configs/paper/svamp.yaml", settings)
+    else:
+        with pytest.raises(MapdError, match="takes batches with `batch: "):
+            load_config(ROOT / "configs/paper/svamp.yaml", settings)
+
+
 def test_variable_names_are_not_taken_for_keys():
     for name in ("OPENAI_API_KEY", "together_key", "MY_KEY_2"):
         cfg = load_config(ROOT / "configs/paper/svamp.yaml", [f"teachers.0.api_key_env={name}"])
@@ -193,6 +231,11 @@ def test_validate_accepts_a_shipped_config():
         ("name: [unclosed\n", "malformed YAML at line"),
         ("- a\n- b\n", "mapping"),
         ("name: x\n", "task: required key is missing"),
+        (
+            "name: x\ntrain:\n  lr: 1.0e-4\nseed: 1\ntrain:\n  epochs: 1\n",
+            "line 5, column 1: `train` is given twice in one section (lines 2 and 5); keep one",
+        ),
+        ("name: x\nstudent: {model: a, model: b}\n", "`model` is given twice"),
     ],
 )
 def test_malformed_configs_exit_2_with_one_clear_message(tmp_path, text, needle):

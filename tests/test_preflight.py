@@ -8,6 +8,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,56 @@ def test_a_model_the_server_does_not_list_is_said_but_not_failed(server):
     endpoint = ModelEndpoint(name="t", model="typo-model", base_url=server.base_url)
     [found] = check_endpoint("teacher t", endpoint, 5)
     assert found.problem is None and found.worth_saying
-    assert "typo-model is not among its models (t-model, other)" in found.line()
+    assert "typo-model is not among its models (did you mean t-model?)" in found.line()
+    endpoint = ModelEndpoint(name="t", model="llama-3.3-70b", base_url=server.base_url)
+    [found] = check_endpoint("teacher t", endpoint, 5)
+    assert "llama-3.3-70b is not among its models (t-model, other)" in found.line()
+
+
+class StrictServer(BaseHTTPRequestHandler):
+    """A server as vLLM and the hosted APIs answer: the API under /v1 only, a key wanted."""
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != "Bearer sk-right":
+            status, body = 401, b'{"error": {"message": "invalid api key"}}'
+        elif self.path == "/v1/models":
+            status, body = 200, b'{"object": "list", "data": [{"id": "t-model"}]}'
+        else:
+            status, body = 404, b'{"detail": "Not Found"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def strict_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StrictServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path", ["", "/", "/v1/chat/completions"])
+def test_a_base_url_that_is_not_the_api_root_fails_with_the_fix(strict_server, path, monkeypatch):
+    monkeypatch.setenv("MAPD_TEST_KEY", "sk-right")
+    endpoint = teacher(strict_server + path, api_key_env="MAPD_TEST_KEY")
+    [found] = check_endpoint("teacher t", endpoint, 5)
+    assert found.problem == "no API here (GET /models: HTTP 404)"
+    assert "it ends in /v1 for most servers" in (found.fix or "")
+    [found] = check_endpoint(
+        "teacher t", teacher(strict_server + "/v1", api_key_env="MAPD_TEST_KEY"), 5
+    )
+    assert found.problem is None and found.found == "reachable"
+
+
+def test_a_server_that_wants_a_key_when_none_is_given_says_to_set_one(strict_server):
+    [found] = check_endpoint("teacher t", teacher(strict_server + "/v1"), 5)
+    assert found.problem == "the server wants an API key (HTTP 401)"
+    assert "None" not in found.line() and "api_key_env" in (found.fix or "")
 
 
 def test_a_closed_port_names_the_endpoint_and_the_fix():

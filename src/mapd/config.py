@@ -9,18 +9,30 @@ each with its dotted path, and names the closest valid key for a misspelt one.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from mapd.errors import MapdError
 
 TaskName = Literal["gsm8k", "svamp", "strategyqa", "logiqa", "jsonl"]
+
+
+# A path as the shell reads it: `~/data` is the home folder's data, not a folder named "~".
+UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
 
 
 class Strict(BaseModel):
@@ -34,7 +46,7 @@ class TaskConfig(Strict):
         description="Where questions come from: the hub id, a local file/folder, or a generator.",
     )
     hub_id: str | None = Field(None, description="Override the task's default hub dataset id.")
-    path: str | None = Field(
+    path: UserPath | None = Field(
         None, description="Local file or folder in the dataset's native format (source: local)."
     )
     files: dict[str, str] = Field(
@@ -122,7 +134,12 @@ class Sampling(Strict):
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SHELL_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")  # $NAME or ${NAME}
 KEY_PREFIXES = ("sk-", "sk_", "gsk_", "hf_", "AIza", "xai-", "pk-", "r8_")
+
+
+# Providers whose batch API is known by their host; any other host is taken at its word.
+BATCH_OF_HOST = {"api.openai.com": "openai", "api.anthropic.com": "anthropic"}
 
 
 def looks_like_a_key(value: str) -> bool:
@@ -192,6 +209,10 @@ class ModelEndpoint(Strict):
                 "backend openai needs `base_url`, e.g. https://api.openai.com/v1 (or "
                 "`backend: transformers` to run a hub model or local folder in this process)"
             )
+        if self.api_key_env and (named := SHELL_VARIABLE.fullmatch(self.api_key_env)):
+            raise ValueError(
+                f"api_key_env is the variable's name without `$`: api_key_env: {named[1]}"
+            )
         if self.api_key_env and looks_like_a_key(self.api_key_env):
             raise ValueError(  # never repeat the value: it may be a key pasted by mistake
                 "api_key_env names the environment variable that holds the key (e.g. "
@@ -212,6 +233,12 @@ class ModelEndpoint(Strict):
                 )
         if self.batch and len(self.base_urls) > 1:
             raise ValueError("batch needs one base_url (a provider's batch API), not a list")
+        host = urlsplit(self.base_urls[0]).hostname if self.base_urls else None
+        if self.batch and BATCH_OF_HOST.get(host, self.batch_kind) != self.batch_kind:
+            raise ValueError(
+                f"{host} takes batches with `batch: {BATCH_OF_HOST[host]}`, "
+                f"not `batch: {self.batch_kind}`"
+            )
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
         return self
@@ -433,8 +460,8 @@ class BudgetConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str
-    output_dir: str | None = Field(
+    name: str = Field(min_length=1, description="The run's name; its folder is runs/<name>.")
+    output_dir: UserPath | None = Field(
         None, description="Run folder; default runs/<name>; `.` is the folder holding the config."
     )
     seed: int = 731
@@ -488,6 +515,45 @@ class RunConfig(Strict):
 # --- loading -----------------------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as a config wants it: only true/false are booleans (YAML 1.2; `cache: off` is the
+    word "off", not False), and a key given twice in one section is an error, not a silent
+    replacement of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"`{key}` is given twice in one section (lines {lines[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader)
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     parsed = []
     for item in overrides:
@@ -495,7 +561,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if not sep or not key:
             raise MapdError(f"override {item!r} is not KEY=VALUE", "e.g. train.lr=2e-5")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         parsed.append((key.split("."), value))
@@ -652,7 +718,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise MapdError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -12,6 +12,7 @@ hub id is only looked up in the local hub cache, so an offline machine is told, 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import urllib.error
@@ -73,6 +74,14 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
         with opener.open(request, timeout=timeout) as reply:
             body = reply.read()
     except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403) and endpoint.api_key_env is None:
+            return EndpointCheck(
+                role,
+                url,
+                "",
+                f"the server wants an API key (HTTP {exc.code})",
+                "export the key and set the endpoint's api_key_env to its variable's name",
+            )
         if exc.code in (401, 403):
             return EndpointCheck(
                 role,
@@ -80,6 +89,18 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
                 "",
                 f"the server refused the key (HTTP {exc.code})",
                 f"check the key in {endpoint.api_key_env} and its access to {endpoint.model}",
+            )
+        path = urlsplit(url).path.rstrip("/")
+        if exc.code == 404 and (not path or path.endswith("completions")):
+            # a bare host, or the URL of one call: not an API root (some providers' roots,
+            # such as Vertex AI's, answer /models with 404 too, so only these are judged)
+            return EndpointCheck(
+                role,
+                url,
+                "",
+                "no API here (GET /models: HTTP 404)",
+                "set base_url to the API root, without /chat/completions (it ends in /v1 for "
+                "most servers, e.g. http://localhost:8000/v1)",
             )
         return EndpointCheck(role, url, f"reachable (GET /models: HTTP {exc.code})")
     except (urllib.error.URLError, OSError) as exc:
@@ -108,6 +129,8 @@ def unlisted(model: str, body: bytes) -> str | None:
         return None
     if not listed or any(m == model or m.endswith("/" + model) for m in listed):
         return None
+    if close := difflib.get_close_matches(model, listed, n=1, cutoff=0.5):
+        return f"did you mean {close[0]}?"
     return ", ".join(listed[:5]) + (", ..." if len(listed) > 5 else "")
 
 

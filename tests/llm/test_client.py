@@ -114,11 +114,16 @@ def test_an_endpoint_that_is_down_stops_after_bounded_retries(store, sleeps, mak
     assert sum(r.skipped for r in err.results) >= 50 - (2 * 3 + 1)
 
 
-def test_a_bad_key_fails_the_endpoint_fast(server, store, sleeps, make_teacher):
-    server.reply = lambda req: Fault.error(401)
-    with pytest.raises(EndpointUnavailable, match="HTTP 401"):
+@pytest.mark.parametrize(
+    "status, fix",
+    [(401, "check the key in the endpoint's api_key_env"), (404, "most servers' ends in /v1")],
+)
+def test_a_bad_key_or_url_fails_the_endpoint_fast(server, store, sleeps, make_teacher, status, fix):
+    server.reply = lambda req: Fault.error(status)
+    with pytest.raises(EndpointUnavailable, match=f"HTTP {status}") as info:
         run_batch(make_teacher(concurrency=1), store, [Request.user(str(i)) for i in range(20)])
     assert len(server.requests) == 1
+    assert fix in info.value.hint, info.value.hint
 
 
 def test_budget_stops_new_requests_and_cached_work_is_free(server, store, make_teacher, tmp_path):

@@ -320,6 +320,8 @@ class Client:
                 self.down = f"{self.name} ({backend.base_url or req.model}): {message}"
                 if failure.timed_out:
                     self.down_hint = TIMEOUT_HINT
+                elif failure.fix:
+                    self.down_hint = f"{failure.fix} (endpoint {self.name!r} in the config)"
             self._count_refusal(failure, message, req)
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt, timeouts, stalls

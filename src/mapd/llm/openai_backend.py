@@ -56,6 +56,12 @@ from mapd.llm.types import BackendError, Completion, Request
 RETRYABLE_STATUS = {408, 409, 429}
 RETRY_AFTER_STATUS = {429, 503}
 FATAL_STATUS = {401, 403, 404}  # bad key, no access, unknown model or URL: no request can work
+FATAL_FIXES = {
+    401: "check the key in the endpoint's api_key_env (a server that wants a key needs one)",
+    403: "check that the key in api_key_env has access to the model",
+    404: "check base_url (the API root: most servers' ends in /v1, without /chat/completions) "
+    "and the model name (`mapd validate CONFIG --check` lists the server's models)",
+}
 NO_KEY = "none"  # local servers want some key string; they ignore its value
 # OpenAI's reasoning models: max_completion_tokens, and temperature/top_p only at 1
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -174,6 +180,7 @@ def status_error(status: int, headers: Any, body: bytes) -> BackendError:
         retry_after=retry_after,
         throttled=status == 429,
         refusal_hint=refusal_hint(detail) if not (retryable or fatal) else None,
+        fix=FATAL_FIXES.get(status),
     )
 
 

@@ -130,6 +130,7 @@ class BackendError(Exception):
     refusal_hint: the server refused the request body (a 4xx other than the above); how to
     change the config so that it accepts it. The same refusal again and again stops the
     endpoint.
+    fix: for a fatal error, how to change the config (else the client's general hint).
     timed_out: the attempt timed out after the request was sent.
     stalled: the connection was given up before the server took the request (not made in
     time, or its bytes not acknowledged): an overloaded server's full listen queue.
@@ -144,6 +145,7 @@ class BackendError(Exception):
         retry_after: float | None = None,
         throttled: bool = False,
         refusal_hint: str | None = None,
+        fix: str | None = None,
         timed_out: bool = False,
         stalled: bool = False,
     ) -> None:
@@ -154,6 +156,7 @@ class BackendError(Exception):
         self.retry_after = retry_after
         self.throttled = throttled
         self.refusal_hint = refusal_hint
+        self.fix = fix
         self.timed_out = timed_out
         self.stalled = stalled
 

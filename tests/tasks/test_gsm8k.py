@@ -50,7 +50,9 @@ def test_malformed_row_names_file_and_line(fixtures, local_cfg) -> None:
     cfg = local_cfg("gsm8k", fixtures / "gsm8k_bad", files={"train": "train.jsonl"})
     with pytest.raises(MapdError) as err:
         load_questions(cfg, "train", seed=1)
-    assert err.value.message.endswith('train.jsonl line 2: missing field "answer"')
+    assert err.value.message.endswith(
+        'train.jsonl line 2: missing field "answer" (the row has question)'
+    )
     assert "on_bad_row=skip" in (err.value.hint or "")
 
 

@@ -83,7 +83,14 @@ def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:
         stem = path.stem.lower()
         loaded = _parse_rows(task, cfg, reader(path), f"{task.name}-{stem}", f"local:{path.name}")
         if single:
+            rows = len(loaded.questions)
             loaded.questions = split_by_hash(loaded.questions, split, seed, cfg.test_fraction)
+            if not loaded.questions:
+                raise MapdError(
+                    f"{path.name}: its {split} split is empty ({rows} questions, "
+                    f"task.test_fraction {cfg.test_fraction})",
+                    "add questions (a few dozen at least), or change task.test_fraction",
+                )
     _check_unique_ids(loaded.questions)
     loaded.questions = take_limit(loaded.questions, cfg.limit, seed)
     return loaded
@@ -135,7 +142,7 @@ def _parse_rows(
                 continue
             raise MapdError(
                 f"{location}: {exc}",
-                "fix the row, or set task.on_bad_row=skip to skip malformed rows",
+                exc.hint or "fix the row, or set task.on_bad_row=skip to skip malformed rows",
             ) from None
         questions.append(question.model_copy(update={"source": source}))
     if not questions:

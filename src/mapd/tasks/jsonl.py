@@ -26,7 +26,11 @@ def parse_row(row: Any, default_id: str, cfg: TaskConfig) -> Question:
     required = (cfg.question_field, cfg.answer_field)
     if cfg.options_field and answer_type == "choice":
         required += (cfg.options_field,)
-    row = require_fields(row, required)
+    try:
+        row = require_fields(row, required)
+    except RowError as exc:
+        hint = "name the row's fields with task.question_field and task.answer_field"
+        raise RowError(str(exc), hint if "(the row has" in str(exc) else None) from None
     options: list[str] = []
     if answer_type == "choice" and cfg.options_field:
         raw_options = row[cfg.options_field]

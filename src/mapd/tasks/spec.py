@@ -14,7 +14,12 @@ Source = str  # "hub", "local" or "reasoning_gym", as in TaskConfig.source
 
 
 class RowError(ValueError):
-    """One malformed row; the loader adds its file and line and applies `task.on_bad_row`."""
+    """One malformed row; the loader adds its file and line and applies `task.on_bad_row`.
+    `hint`: how to fix the config when every row would fail the same way."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 # parse_row(row, default_id, cfg) -> Question; raises RowError for a malformed row.
@@ -54,6 +59,9 @@ def require_fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise RowError(f"expected a JSON object, got {type(row).__name__}")
     for name in names:
-        if row.get(name) is None or row.get(name) == "":
+        if name not in row:
+            has = ", ".join(list(row)[:8]) or "no fields"
+            raise RowError(f'missing field "{name}" (the row has {has})')
+        if row[name] is None or row[name] == "":
             raise RowError(f'missing field "{name}"')
     return row

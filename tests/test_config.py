@@ -333,3 +333,25 @@ def test_the_paper_configs_are_the_presets_shipped_in_the_package():
     for name in shipped:  # configs/paper/* are links to src/mapd/presets/paper/*: one source
         preset = preset_path(f"paper/{name.removesuffix('.yaml')}").read_bytes()
         assert (ROOT / "configs" / "paper" / name).read_bytes() == preset
+
+
+def test_a_usd_budget_needs_a_price_for_every_hosted_endpoint():
+    hosted = ROOT / "configs/examples/hosted-teachers-vllm-student.yaml"
+    assert load_config(hosted).budget.usd  # every hosted teacher priced; the student is local
+    with pytest.raises(MapdError, match="but gemini-2.0-flash has none: set its price"):
+        load_config(hosted, ["teachers.1.price={}"])
+    free = load_config(hosted, ["teachers.1.price={input_per_mtok: 0}"])
+    assert free.teachers[1].price.input_per_mtok == 0
+    private = load_config(hosted, ["teachers.1.price={}", "teachers.1.base_url=http://10.0.0.7/v1"])
+    assert private.teachers[1].price.output_per_mtok == 0  # a server on the private network
+    assert load_config(hosted, ["teachers.1.price={}", "budget.usd=null", "budget.tokens=9"])
+
+
+def test_the_readme_config_validates(tmp_path):
+    import re
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        (tmp_path / f"readme-{i}.yaml").write_text(block)
+        assert load_config(tmp_path / f"readme-{i}.yaml").teachers

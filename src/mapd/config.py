@@ -9,6 +9,7 @@ each with its dotted path, and names the closest valid key for a misspelt one.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -149,6 +150,17 @@ def looks_like_a_key(value: str) -> bool:
         len(value) >= 24 and any(c.islower() for c in value) and any(c.isdigit() for c in value)
     )
     return not ENV_NAME.fullmatch(value) or value.startswith(KEY_PREFIXES) or long_token
+
+
+def private_host(host: str) -> bool:
+    """localhost or an address of this machine's own or private network (a free server)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_unspecified
 
 
 def http_url(url: str) -> bool:
@@ -496,11 +508,32 @@ class RunConfig(Strict):
             raise ValueError("peer review needs at least two teachers")
         if self.dataset.mode == "single_teacher" and self.dataset.teacher not in names:
             raise ValueError(f"dataset.teacher must name one of the teachers {names}")
+        if self.budget.usd is not None and (unpriced := self._unpriced_hosted()):
+            raise ValueError(
+                f"budget.usd counts spend by each endpoint's price, but {', '.join(unpriced)} "
+                "has none: set its price (a free one: price: {input_per_mtok: 0}), or use "
+                "budget.tokens"
+            )
         if self.output_dir is None:
             self.output_dir = f"runs/{self.name}"
         if self.rounds > 1 and self.train.method == "lora" and not self.train.merge:
             self.train.merge = True  # the next round's student is this round's merged model
         return self
+
+    def _unpriced_hosted(self) -> list[str]:
+        """Endpoints called over the network beyond this machine's network with no price set."""
+        endpoints = [
+            self.student,
+            *self.teachers,
+            *([self.eval.trained] if self.eval.trained else []),
+        ]
+        return [
+            e.name
+            for e in endpoints
+            if e.backend == "openai"
+            and not e.price.model_fields_set
+            and not all(private_host(urlsplit(url).hostname or "") for url in e.base_urls)
+        ]
 
     @property
     def run_dir(self) -> Path:

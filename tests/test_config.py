@@ -51,6 +51,10 @@ def test_every_shipped_config_validates(path):
         ("ablation.seeds=[a]", "ablation.seeds.0: Input should be a valid integer"),
         ("student=foo", "student: expected a section of KEY: VALUE settings"),
         ("teachers=[]", "teachers: List should have at least 1 item, not 0"),
+        ("teachers={a: {model: x}}", "teachers: expected a list: start each teacher with `- `"),
+        ("review=false", "review: expected a section of KEY: VALUE settings (to train on every"),
+        ("train.learning_rate=1e-4", "train.learning_rate: unknown key; did you mean `lr`?"),
+        ("review.reviewers=3", "config: review.reviewers is 3, but each rationale has only 2"),
     ],
 )
 def test_a_wrong_value_is_named_by_its_setting_once(override, line):

@@ -506,6 +506,13 @@ class RunConfig(Strict):
             raise ValueError(f"teacher names must be distinct, got {names}")
         if self.dataset.mode == "mapd" and len(self.teachers) < 2:
             raise ValueError("peer review needs at least two teachers")
+        others = len(self.teachers) - 1
+        if self.dataset.mode == "mapd" and (self.review.reviewers or 0) > others:
+            raise ValueError(
+                f"review.reviewers is {self.review.reviewers}, but each rationale has only "
+                f"{others} other teacher(s) to review it: set review.reviewers to at most "
+                f"{others} (or leave it out: every other teacher)"
+            )
         if self.dataset.mode == "single_teacher" and self.dataset.teacher not in names:
             raise ValueError(f"dataset.teacher must name one of the teachers {names}")
         if self.budget.usd is not None and (unpriced := self._unpriced_hosted()):
@@ -651,6 +658,10 @@ def _section_type(annotation: Any) -> Any:
     )
 
 
+# Other tools' names for a setting (transformers, TRL, LLaMA-Factory).
+KEY_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "lora_rank": "r"}
+
+
 def _suggest_key(section: Any, key: str) -> str:
     """The closest valid key, looking one section deeper too: `temprature` in a teacher is
     `sampling.temperature`, not the top-level `system_prompt` that merely looks alike."""
@@ -659,10 +670,17 @@ def _suggest_key(section: Any, key: str) -> str:
         inner = _section_type(field.annotation)
         for leaf in getattr(inner, "model_fields", {}) if inner is not None else {}:
             candidates.setdefault(leaf, f"{name}.{leaf}")
-    guess = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    guess = difflib.get_close_matches(KEY_ALIASES.get(key, key), list(candidates), n=1, cutoff=0.6)
     if guess:
         return f"did you mean `{candidates[guess[0]]}`?"
     return f"valid keys: {', '.join(section.model_fields)}"
+
+
+# What a section given as a plain value was most likely meant to say.
+SECTION_HINTS = {
+    "review": " (to train on every rationale without review: dataset.mode: committee_no_review)",
+    "budget": " (e.g. budget: {usd: 20} or budget: {tokens: 5000000})",
+}
 
 
 def format_errors(err: ValidationError) -> list[str]:
@@ -680,7 +698,9 @@ def format_errors(err: ValidationError) -> list[str]:
         elif kind == "missing":
             msg = "required key is missing"
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            msg = "expected a section of KEY: VALUE settings"
+            msg = "expected a section of KEY: VALUE settings" + SECTION_HINTS.get(path, "")
+        elif kind == "list_type" and path == "teachers":
+            msg = "expected a list: start each teacher with `- ` (e.g. `  - name: gpt-4o-mini`)"
         else:
             msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
             # a whole section as the value says nothing the message does not: it names the field

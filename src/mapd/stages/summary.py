@@ -47,7 +47,8 @@ def print_summary(
 
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
-    lines = [f"[bold]mapd run {cfg.name}[/] finished in {time.time() - started:.0f} s"]
+    done = ", ".join(summaries) or "nothing"
+    lines = [f"[bold]{cfg.name}[/]: {done} finished in {time.time() - started:.0f} s"]
     if review and build:
         examples = build["feedback_examples"] + build["rationale_examples"]
         lines.append(

@@ -359,3 +359,13 @@ def test_the_readme_config_validates(tmp_path):
     for i, block in enumerate(blocks):
         (tmp_path / f"readme-{i}.yaml").write_text(block)
         assert load_config(tmp_path / f"readme-{i}.yaml").teachers
+
+
+def test_the_own_data_example_reads_its_questions():
+    from mapd.tasks import load_questions
+
+    cfg = load_config(ROOT / "configs/examples/own-data.yaml")
+    cfg.task.path = str(ROOT / cfg.task.path)  # the example's path is from the repository root
+    train, test = (load_questions(cfg.task, s, cfg.seed).questions for s in ("train", "test"))
+    assert len(train) + len(test) == 40 and train and test
+    assert train[0].id.startswith("shop-") and train[0].answer.isdigit()

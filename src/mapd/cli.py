@@ -332,6 +332,10 @@ def import_release(
 ) -> None:
     """Import the paper's released mistakes, feedback, rationales and review scores into a run folder.
 
+    The files are in the data/ folder of the authors' repository (MIT licence),
+    github.com/zhuochunli/Learn-from-Committee: SVAMP (false, feedback, rationale) and
+    StrategyQA (false).
+
     Example: mapd import-release --task svamp --output runs/svamp-release data/*_svamp_*_round0.json
     """
     import shutil

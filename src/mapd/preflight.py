@@ -157,7 +157,7 @@ def hub_status(repo: str) -> str:
     """Whether a hub model is in the local cache; never a network request."""
     from huggingface_hub import try_to_load_from_cache
 
-    from mapd.hub_offline import unresolvable_hub_host
+    from mapd.llm.hub_offline import unresolvable_hub_host
 
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return "in the local hub cache"

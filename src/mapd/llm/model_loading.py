@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mapd.errors import MapdError
-from mapd.hub_offline import offline_unless_resolvable
 from mapd.llm.home import mapd_home
+from mapd.llm.hub_offline import offline_unless_resolvable
 
 SPEC_HINT = (
     "give a hub id, a local model folder, a .gguf file or package:PKG/FILE.gguf "

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mapd.errors import MapdError
-from mapd.hub_offline import offline_unless_resolvable
+from mapd.llm.hub_offline import offline_unless_resolvable
 
 
 def read_hub_rows(

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from mapd.config import LoraConfig, TrainConfig
 from mapd.errors import MapdError
-from mapd.hub_offline import offline_unless_resolvable
+from mapd.llm.hub_offline import offline_unless_resolvable
 from mapd.llm.model_loading import model_source
 
 

@@ -81,7 +81,7 @@ def test_a_hub_dataset_not_cached_is_one_clear_line(tmp_path):
 def test_a_local_folder_asks_no_name_server(tmp_path, monkeypatch):
     import socket
 
-    from mapd.hub_offline import offline_unless_resolvable, unresolvable_hub_host
+    from mapd.llm.hub_offline import offline_unless_resolvable, unresolvable_hub_host
 
     def no_lookups(*args: object, **kwargs: object) -> None:
         raise AssertionError("a name server was asked")

@@ -85,16 +85,29 @@ def strict_server():
     server.shutdown()
 
 
-@pytest.mark.parametrize("path", ["", "/", "/v1/chat/completions"])
-def test_a_base_url_that_is_not_the_api_root_fails_with_the_fix(strict_server, path, monkeypatch):
+@pytest.mark.parametrize(
+    "path, problem, fix",
+    [
+        ("", "no API at the root (GET /models: HTTP 404), but one under /v1", "{root}/v1"),
+        ("/", "no API at the root (GET /models: HTTP 404), but one under /v1", "{root}/v1"),
+        ("/v1/chat/completions", "the URL of one call, not the API root", "without /chat/"),
+        ("/api", None, None),  # some other root: the server may serve calls without /models
+    ],
+)
+def test_a_base_url_that_is_not_the_api_root_fails_with_the_fix(
+    strict_server, path, problem, fix, monkeypatch
+):
     monkeypatch.setenv("MAPD_TEST_KEY", "sk-right")
     endpoint = teacher(strict_server + path, api_key_env="MAPD_TEST_KEY")
     [found] = check_endpoint("teacher t", endpoint, 5)
-    assert found.problem == "no API here (GET /models: HTTP 404)"
-    assert "it ends in /v1 for most servers" in (found.fix or "")
-    [found] = check_endpoint(
-        "teacher t", teacher(strict_server + "/v1", api_key_env="MAPD_TEST_KEY"), 5
-    )
+    if problem is None:
+        assert found.problem is None and found.worth_saying
+        assert found.found == "reachable (GET /models: HTTP 404)"
+    else:
+        assert (found.problem or "").startswith(problem)
+        assert fix.format(root=strict_server) in (found.fix or "")
+    root = teacher(strict_server + "/v1", api_key_env="MAPD_TEST_KEY")
+    [found] = check_endpoint("teacher t", root, 5)
     assert found.problem is None and found.found == "reachable"
 
 

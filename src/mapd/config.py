@@ -21,6 +21,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -141,6 +142,7 @@ KEY_PREFIXES = ("sk-", "sk_", "gsk_", "hf_", "AIza", "xai-", "pk-", "r8_")
 
 # Providers whose batch API is known by their host; any other host is taken at its word.
 BATCH_OF_HOST = {"api.openai.com": "openai", "api.anthropic.com": "anthropic"}
+BATCH_API_NAMES = {"openai": "OpenAI's Batch API", "anthropic": "Anthropic's Message Batches"}
 
 
 def looks_like_a_key(value: str) -> bool:
@@ -153,14 +155,12 @@ def looks_like_a_key(value: str) -> bool:
 
 
 def private_host(host: str) -> bool:
-    """localhost or an address of this machine's own or private network (a free server)."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+    """A server of this machine or its own network, free of charge: localhost, a name with no
+    dot (`gpu-box`, a Docker service) or under .local/.internal/.lan, a non-global address."""
     try:
-        address = ipaddress.ip_address(host)
+        return not ipaddress.ip_address(host).is_global
     except ValueError:
-        return False
-    return address.is_loopback or address.is_private or address.is_unspecified
+        return "." not in host or host.endswith((".localhost", ".local", ".internal", ".lan"))
 
 
 def http_url(url: str) -> bool:
@@ -248,8 +248,8 @@ class ModelEndpoint(Strict):
         host = urlsplit(self.base_urls[0]).hostname if self.base_urls else None
         if self.batch and BATCH_OF_HOST.get(host, self.batch_kind) != self.batch_kind:
             raise ValueError(
-                f"{host} takes batches with `batch: {BATCH_OF_HOST[host]}`, "
-                f"not `batch: {self.batch_kind}`"
+                f"batch: {str(self.batch).lower()} is {BATCH_API_NAMES[self.batch_kind]}, but "
+                f"{host} needs `batch: {BATCH_OF_HOST[host]}`"
             )
         if not self.name:
             self.name = self.model.rsplit("/", 1)[-1]
@@ -492,7 +492,10 @@ class RunConfig(Strict):
     )
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    cache: Literal["use", "refresh", "off"] = "use"
+    # YAML reads a bare `off` as false: that is the word meant
+    cache: Annotated[
+        Literal["use", "refresh", "off"], BeforeValidator(lambda v: "off" if v is False else v)
+    ] = "use"
     prompts: dict[str, str] = Field(
         default_factory=dict,
         description="Template overrides by prompt name: rationale, feedback, review or "
@@ -538,7 +541,7 @@ class RunConfig(Strict):
             e.name
             for e in endpoints
             if e.backend == "openai"
-            and not e.price.model_fields_set
+            and not {"input_per_mtok", "output_per_mtok"} & e.price.model_fields_set
             and not all(private_host(urlsplit(url).hostname or "") for url in e.base_urls)
         ]
 
@@ -556,38 +559,26 @@ class RunConfig(Strict):
 
 
 class ConfigLoader(yaml.SafeLoader):
-    """YAML as a config wants it: only true/false are booleans (YAML 1.2; `cache: off` is the
-    word "off", not False), and a key given twice in one section is an error, not a silent
-    replacement of the first."""
+    """YAML as a config wants it: a key given twice in one section is an error, not a silent
+    replacement of the first. Checked as each section is read, before `<<` merges apply."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        lines: dict[str, int] = {}
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
                 continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in lines:
-                raise yaml.constructor.ConstructorError(
+            line = key_node.start_mark.line + 1
+            if key_node.value in lines:
+                raise yaml.composer.ComposerError(
                     None,
                     None,
-                    f"`{key}` is given twice in one section (lines {lines[key]} and "
-                    f"{key_node.start_mark.line + 1}); keep one",
+                    f"`{key_node.value}` is given twice in one section (lines "
+                    f"{lines[key_node.value]} and {line}); keep one",
                     key_node.start_mark,
                 )
-            if isinstance(key, str):
-                lines[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool",
-    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
+            lines[key_node.value] = line
+        return node
 
 
 def load_yaml(text: str) -> Any:

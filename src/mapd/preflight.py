@@ -91,18 +91,25 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
                 f"check the key in {endpoint.api_key_env} and its access to {endpoint.model}",
             )
         path = urlsplit(url).path.rstrip("/")
-        if exc.code == 404 and (not path or path.endswith("completions")):
-            # a bare host, or the URL of one call: not an API root (some providers' roots,
-            # such as Vertex AI's, answer /models with 404 too, so only these are judged)
+        if exc.code == 404 and path.endswith("completions"):
             return EndpointCheck(
                 role,
                 url,
                 "",
-                "no API here (GET /models: HTTP 404)",
-                "set base_url to the API root, without /chat/completions (it ends in /v1 for "
-                "most servers, e.g. http://localhost:8000/v1)",
+                "the URL of one call, not the API root (GET /models: HTTP 404)",
+                "set base_url to the API root, without /chat/completions",
             )
-        return EndpointCheck(role, url, f"reachable (GET /models: HTTP {exc.code})")
+        if exc.code == 404 and not path and answers(opener, url.rstrip("/") + "/v1", headers):
+            return EndpointCheck(
+                role,
+                url,
+                "",
+                "no API at the root (GET /models: HTTP 404), but one under /v1",
+                f"set base_url to {url.rstrip('/')}/v1",
+            )
+        return EndpointCheck(
+            role, url, f"reachable (GET /models: HTTP {exc.code})", worth_saying=exc.code == 404
+        )
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return EndpointCheck(
@@ -119,6 +126,15 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
         found = f"reachable, but {endpoint.model} is not among its models ({others})"
         return EndpointCheck(role, url, found, worth_saying=True)
     return EndpointCheck(role, url, "reachable")
+
+
+def answers(opener: urllib.request.OpenerDirector, url: str, headers: dict[str, str]) -> bool:
+    """Whether `GET {url}/models` is answered with 200."""
+    try:
+        with opener.open(urllib.request.Request(url + "/models", headers=headers), timeout=TIMEOUT):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def unlisted(model: str, body: bytes) -> str | None:
@@ -154,7 +170,7 @@ def check_local(role: str, endpoint: ModelEndpoint) -> EndpointCheck:
 
 
 def hub_status(repo: str) -> str:
-    """Whether a hub model is in the local cache; never a network request."""
+    """Whether a hub model is in the local cache; no HTTP request (at most one name lookup)."""
     from huggingface_hub import try_to_load_from_cache
 
     from mapd.llm.hub_offline import unresolvable_hub_host

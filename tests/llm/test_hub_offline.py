@@ -23,8 +23,8 @@ REVISION = "0" * 40
 
 
 def no_network_env(tmp_path: Path) -> dict[str, str]:
-    """Offline mode not asked for, the hub unresolvable, an empty hub cache of our own."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    """Offline mode not asked for, no proxy, the hub unresolvable, an empty hub cache."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith(("_OFFLINE", "_PROXY"))}
     return {**env, "HF_ENDPOINT": f"https://{NO_HUB}", "HF_HOME": str(tmp_path / "hf")}
 
 
@@ -98,3 +98,14 @@ def test_preflight_says_a_missing_hub_model_cannot_be_fetched(tmp_path):
     assert result.stdout.strip() == (
         f"not in the local hub cache and {NO_HUB} cannot be resolved: loading it will fail"
     ), result.stderr
+
+
+def test_behind_a_proxy_the_hub_is_not_taken_for_offline(tmp_path):
+    """A proxy resolves the hub's name itself; the local resolver not knowing it means nothing."""
+    code = "from mapd.llm.hub_offline import unresolvable_hub_host as u; print(u())"
+    env = no_network_env(tmp_path)
+    assert python(code, env).stdout.strip() == NO_HUB
+    proxied = {**env, "HTTPS_PROXY": "http://127.0.0.1:3128", "NO_PROXY": ""}
+    assert python(code, proxied).stdout.strip() == "None"
+    bypassed = {**proxied, "NO_PROXY": NO_HUB}
+    assert python(code, bypassed).stdout.strip() == NO_HUB

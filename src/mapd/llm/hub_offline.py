@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import socket
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,14 @@ from urllib.parse import urlparse
 
 @functools.cache
 def unresolvable_hub_host() -> str | None:
-    """The hub's host name (HF_ENDPOINT's) when it cannot be resolved, else None."""
+    """The hub's host name (HF_ENDPOINT's) when it cannot be resolved and no proxy is set for
+    it, else None."""
     from huggingface_hub import constants
 
     host = urlparse(constants.ENDPOINT).hostname or ""
+    scheme = urlparse(constants.ENDPOINT).scheme
+    if urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(host):
+        return None  # the proxy resolves the name: a local resolver may well not know it
     try:
         socket.getaddrinfo(host, 443)
     except socket.gaierror:

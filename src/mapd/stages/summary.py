@@ -47,8 +47,7 @@ def print_summary(
 
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
-    done = ", ".join(summaries) or "nothing"
-    lines = [f"[bold]{cfg.name}[/]: {done} finished in {time.time() - started:.0f} s"]
+    lines = [f"[bold]{cfg.name}[/] finished in {time.time() - started:.0f} s"]
     if review and build:
         examples = build["feedback_examples"] + build["rationale_examples"]
         lines.append(

@@ -29,8 +29,14 @@ def parse_row(row: Any, default_id: str, cfg: TaskConfig) -> Question:
     try:
         row = require_fields(row, required)
     except RowError as exc:
-        hint = "name the row's fields with task.question_field and task.answer_field"
-        raise RowError(str(exc), hint if "(the row has" in str(exc) else None) from None
+        settings = ("question_field", "answer_field", "options_field")
+        absent = [
+            f"task.{name}"
+            for name in settings
+            if isinstance(row, dict) and getattr(cfg, name) in set(required) - set(row)
+        ]
+        hint = f"name the row's fields with {' and '.join(absent)}" if absent else None
+        raise RowError(str(exc), hint) from None
     options: list[str] = []
     if answer_type == "choice" and cfg.options_field:
         raw_options = row[cfg.options_field]

@@ -376,3 +376,11 @@ def test_the_own_data_example_reads_its_questions():
     train, test = (load_questions(cfg.task, s, cfg.seed).questions for s in ("train", "test"))
     assert len(train) + len(test) == 40 and train and test
     assert train[0].id.startswith("shop-") and train[0].answer.isdigit()
+
+
+def test_a_preset_is_named_without_the_repository(tmp_path):
+    found = mapd("validate", "paper/svamp", cwd=tmp_path)  # no configs/ folder here
+    assert found.returncode == 0 and "task svamp" in found.stdout, found.stderr
+    missing = mapd("validate", "paper/nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "presets in the package: paper/gsm8k, paper/logiqa" in missing.stderr

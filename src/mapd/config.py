@@ -747,11 +747,19 @@ def _is_union(annotation: Any) -> bool:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's settings; a name such as `paper/svamp` that is no file is the preset
+    of that name shipped in the package (for an installed mapd without the repository)."""
     path = Path(path)
+    preset = PRESETS / path.with_suffix(".yaml")
+    if not path.exists() and not path.is_absolute() and preset.is_file():
+        path = preset
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise MapdError(f"config file {path} not found", "check the path") from None
+        raise MapdError(
+            f"config file {path} not found",
+            f"check the path (presets in the package: {', '.join(preset_names())})",
+        ) from None
     except UnicodeDecodeError:
         raise MapdError(f"config file {path} is not UTF-8 text", "save it as UTF-8") from None
     except IsADirectoryError:
@@ -840,14 +848,20 @@ def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         ) from None
 
 
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml")
+    )
+
+
 def preset_path(name: str) -> Path:
     """A config shipped inside the package, e.g. `paper/svamp`."""
-    path = Path(__file__).parent / "presets" / f"{name}.yaml"
+    path = PRESETS / f"{name}.yaml"
     if not path.exists():
-        raise MapdError(
-            f"no preset {name!r}",
-            "presets: paper/gsm8k, paper/svamp, paper/strategyqa, paper/logiqa",
-        )
+        raise MapdError(f"no preset {name!r}", f"presets: {', '.join(preset_names())}")
     return path
 
 

@@ -359,6 +359,34 @@ def import_release(
 
 
 @app.command()
+def settings(
+    prefix: str = typer.Argument("", help="Only the settings under this key, e.g. train."),
+    markdown: bool = typer.Option(False, "--markdown", help="As docs/config.md's table."),
+) -> None:
+    """List every config setting with its type, default and what it does.
+
+    Example: mapd settings train.lora
+    """
+    from rich.table import Table
+
+    from mapd.settings_doc import all_settings, settings_markdown
+
+    if markdown:
+        out.print(settings_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    chosen = [s for s in all_settings() if s.path.startswith(prefix) and s.default]
+    if not chosen:
+        raise MapdError(f"no setting starts with {prefix!r}", "e.g. mapd settings train")
+    table = Table()
+    table.add_column("setting", no_wrap=True)  # the name to type: never cut
+    for name in ("type", "default", "what it does"):
+        table.add_column(name)
+    for s in chosen:
+        table.add_row(*map(escape, (s.path, s.kind, s.default, s.help)))
+    out.print(table)
+
+
+@app.command()
 def tasks() -> None:
     """List the tasks, their answer types, sources and default hub datasets.
 

@@ -122,12 +122,12 @@ class Sampling(Strict):
     when set; OpenAI's reasoning models (o1, o3, o4, gpt-5...) get no temperature or top_p
     unless set here explicitly, and `max_completion_tokens` in place of `max_tokens`."""
 
-    temperature: float = Field(0.8, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; sent when not 1.")
     max_tokens: int = Field(
         512, ge=1, description="Most tokens of a reply (a reasoning model's thinking included)."
     )
-    seed: int | None = None
+    seed: int | None = Field(None, description="Sent as the request's seed when set.")
     reasoning_effort: str | None = Field(
         None,
         description="Sent as `reasoning_effort` (OpenAI reasoning models, Gemini, vLLM): "
@@ -174,9 +174,15 @@ def http_url(url: str) -> bool:
 class ModelEndpoint(Strict):
     """A model reached through one backend: a teacher, or the student for inference."""
 
-    name: str = Field("", description="Short label used in records and reports.")
+    name: str = Field(
+        "", description="Short label in records and reports; default: the model's last part."
+    )
     model: str = Field(description="Model id, local folder, GGUF path or package:pkg/file.gguf.")
-    backend: Literal["openai", "transformers"] = "openai"
+    backend: Literal["openai", "transformers"] = Field(
+        "openai",
+        description="openai: HTTP to an OpenAI-compatible server; transformers: the model in "
+        "this process.",
+    )
     base_url: str | list[str] | None = Field(
         None,
         description="OpenAI-compatible base URL (.../v1), or a list of replicas serving the same "
@@ -284,10 +290,12 @@ class ReviewConfig(Strict):
         ge=1,
         description="Reviewers per rationale drawn with the seed; none = every other teacher.",
     )
-    scale_min: int = 1
-    scale_max: int = 5
+    scale_min: int = Field(1, description="Lowest review score (the paper's scale: 1 to 5).")
+    scale_max: int = Field(5, description="Highest review score.")
     threshold: float = Field(3.0, description="Accept when the aggregated score is above this.")
-    aggregate: Literal["mean", "median", "min"] = "mean"
+    aggregate: Literal["mean", "median", "min"] = Field(
+        "mean", description="How a rationale's reviewers' scores are combined."
+    )
     require_correct_answer: bool = Field(
         True, description="The rationale's own final answer must also match the gold answer."
     )
@@ -329,9 +337,9 @@ class DatasetConfig(Strict):
 
 
 class LoraConfig(Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r multiplies the update).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: list[str] | str = Field(
         default_factory=lambda: [
             "q_proj",
@@ -341,19 +349,24 @@ class LoraConfig(Strict):
             "gate_proj",
             "up_proj",
             "down_proj",
-        ]
+        ],
+        description="Modules that get an adapter (names in the model), or all-linear.",
     )
 
 
 class TrainConfig(Strict):
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: train an adapter; full: train every weight."
+    )
     epochs: float = Field(
         2.0, gt=0, description="Passes over the data; a fraction (1.5) ends mid-pass."
     )
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
-    lr: float = Field(2e-4, gt=0)
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field(
+        "cosine", description="A transformers scheduler: cosine, linear, constant, ..."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps warming up.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the feedback task in the loss.")
     task_mean: Literal["dataset", "step"] = Field(
         "dataset",
@@ -361,15 +374,23 @@ class TrainConfig(Strict):
         "tokens per step on average over the dataset (every token of a task weighs the same), "
         "or by its tokens in this step (a task with few tokens in a step weighs as much).",
     )
-    max_length: int = Field(512, ge=8)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(2, ge=1)
-    prompt_format: Literal["chat", "plain"] = "chat"
-    on_overlong: Literal["error", "drop"] = "error"
+    max_length: int = Field(512, ge=8, description="Most tokens of one example (prompt + target).")
+    batch_size: int = Field(4, ge=1, description="Examples per step on each device.")
+    grad_accum: int = Field(
+        2, ge=1, description="Steps per optimizer update (effective batch: batch_size x this)."
+    )
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the student's chat template; plain: the paper's format."
+    )
+    on_overlong: Literal["error", "drop"] = Field(
+        "error", description="An example over max_length stops the run, or is dropped and counted."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="auto: bf16 mixed precision where the hardware has bf16 arithmetic "
@@ -385,11 +406,11 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    split: str = "test"
-    limit: int | None = Field(None, ge=1)
+    split: str = Field("test", description="The split evaluated.")
+    limit: int | None = Field(None, ge=1, description="At most this many questions evaluated.")
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
-    max_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(512, ge=1, description="Most tokens of an answer.")
     base: bool = Field(
         True, description="Also measure the untrained student, for the before/after."
     )
@@ -476,7 +497,9 @@ class RunConfig(Strict):
     output_dir: UserPath | None = Field(
         None, description="Run folder; default runs/<name>; `.` is the folder holding the config."
     )
-    seed: int = 731
+    seed: int = Field(
+        731, description="Seed of the question pick, the review draws and the training."
+    )
     task: TaskConfig
     student: StudentConfig
     teachers: list[ModelEndpoint] = Field(min_length=1)
@@ -495,7 +518,11 @@ class RunConfig(Strict):
     # YAML reads a bare `off` as false: that is the word meant
     cache: Annotated[
         Literal["use", "refresh", "off"], BeforeValidator(lambda v: "off" if v is False else v)
-    ] = "use"
+    ] = Field(
+        "use",
+        description="use: a call made before is answered from the cache; refresh: made again "
+        "and stored; off: no cache.",
+    )
     prompts: dict[str, str] = Field(
         default_factory=dict,
         description="Template overrides by prompt name: rationale, feedback, review or "
@@ -636,11 +663,11 @@ def _section_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
         field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
         if field is None:
             return None
-        current = _section_type(field.annotation) or field.annotation
+        current = section_type(field.annotation) or field.annotation
     return current if hasattr(current, "model_fields") else None
 
 
-def _section_type(annotation: Any) -> Any:
+def section_type(annotation: Any) -> Any:
     """The model class of a field that is a section (also inside `X | None`, `list[X]`)."""
     if hasattr(annotation, "model_fields"):
         return annotation
@@ -658,7 +685,7 @@ def _suggest_key(section: Any, key: str) -> str:
     `sampling.temperature`, not the top-level `system_prompt` that merely looks alike."""
     candidates = {name: name for name in section.model_fields}
     for name, field in section.model_fields.items():
-        inner = _section_type(field.annotation)
+        inner = section_type(field.annotation)
         for leaf in getattr(inner, "model_fields", {}) if inner is not None else {}:
             candidates.setdefault(leaf, f"{name}.{leaf}")
     guess = difflib.get_close_matches(KEY_ALIASES.get(key, key), list(candidates), n=1, cutoff=0.6)

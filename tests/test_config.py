@@ -240,6 +240,9 @@ def test_validate_accepts_a_shipped_config():
             "line 5, column 1: `train` is given twice in one section (lines 2 and 5); keep one",
         ),
         ("name: x\nstudent: {model: a, model: b}\n", "`model` is given twice"),
+        ("name: x\ntask:\n  name: gsm8k\n   source: hub\n", "indent the line to its section"),
+        ("name: x\nteachers:\n  - name: a\n    model: b\n   base_url: c\n", "keys of one"),
+        ("name: x\n\tseed: 1\n", "indent with spaces, not tabs"),
         (  # merges are not duplicates; a second key beside a merge still is
             "a: &t {limits: {rpm: 1}}\nstudent: {<<: *t, limits: {rpm: 2}}\n"
             "teacher: {<<: *t, model: x, model: y}\n",

@@ -773,6 +773,16 @@ def _is_union(annotation: Any) -> bool:
     return get_origin(_without_none(annotation)) in (Union, UnionType)
 
 
+# What PyYAML's words for the usual slips mean.
+YAML_HINTS = {
+    "mapping values are not allowed here": "indent the line to its section's keys, or put a "
+    "section's keys on their own lines (`task: name: gsm8k` is two levels on one line)",
+    "expected <block end>, but found '<block mapping start>'": "indent the keys of one section "
+    "alike (two spaces deeper than the section's name; in a list, under the first key after `- `)",
+    "found character '\\t' that cannot start any token": "indent with spaces, not tabs",
+}
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's settings; a name such as `paper/svamp` that is no file is the preset
     of that name shipped in the package (for an installed mapd without the repository)."""
@@ -803,7 +813,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise MapdError(
-            f"{path}: malformed YAML{where}: {problem}", "fix the YAML syntax"
+            f"{path}: malformed YAML{where}: {problem}",
+            YAML_HINTS.get(problem, "fix the YAML syntax"),
         ) from None
     if data is None:
         data = {}

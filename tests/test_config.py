@@ -384,6 +384,13 @@ def test_the_own_data_example_reads_its_questions():
 def test_a_preset_is_named_without_the_repository(tmp_path):
     found = mapd("validate", "paper/svamp", cwd=tmp_path)  # no configs/ folder here
     assert found.returncode == 0 and "task svamp" in found.stdout, found.stderr
+    assert "note: paper/svamp is the preset shipped in the package" in found.stderr
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper/svamp.yaml").write_text((ROOT / "configs/demo.yaml").read_text())
+    own = mapd("validate", "paper/svamp", cwd=tmp_path)  # a file of that name is the user's
+    assert own.returncode == 0 and "task gsm8k" in own.stdout and "preset" not in own.stderr
+    folder = mapd("validate", ".", cwd=tmp_path)
+    assert folder.returncode == 2 and "is a folder, not a config file" in folder.stderr
     missing = mapd("validate", "paper/nope", cwd=tmp_path)
     assert missing.returncode == 2
     assert "presets in the package: paper/gsm8k, paper/logiqa" in missing.stderr

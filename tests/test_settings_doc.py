@@ -26,6 +26,10 @@ def test_every_setting_is_listed_with_its_default():
     assert found["task.name"].default == "required"
     assert found["teachers.N.batch"].kind == "bool | openai | anthropic"
     assert set(RunConfig.model_fields) <= set(found)
+    # a section's own default, not its class's: the student samples cooler than a teacher
+    assert found["student.sampling.temperature"].default == "0.3"
+    assert found["teachers.N.sampling.temperature"].default == "0.8"
+    assert found["eval.trained"].default == "-" and "vLLM" in found["eval.trained"].help
 
 
 def test_the_command_lists_a_section_and_refuses_an_unknown_prefix():
@@ -34,7 +38,13 @@ def test_the_command_lists_a_section_and_refuses_an_unknown_prefix():
     )
     assert listed.returncode == 0 and "train.lora.dropout" in listed.stdout
     assert "train.lr" not in listed.stdout
-    unknown = subprocess.run(
-        [sys.executable, "-m", "mapd", "settings", "trian"], capture_output=True, text=True
+    indexed = subprocess.run(
+        [sys.executable, "-m", "mapd", "settings", "teachers.0.limits"],
+        capture_output=True,
+        text=True,
     )
-    assert unknown.returncode == 2 and "no setting starts with 'trian'" in unknown.stderr
+    assert indexed.returncode == 0 and "teachers.N.limits.rpm" in indexed.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "mapd", "settings", "trai"], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "no setting 'trai' and none under it" in unknown.stderr

@@ -6,6 +6,7 @@ Errors meant for users (MapdError) are printed in one or two lines with exit cod
 from __future__ import annotations
 
 import errno
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -374,9 +375,10 @@ def settings(
     if markdown:
         out.print(settings_markdown(), end="", markup=False, highlight=False, soft_wrap=True)
         return
-    chosen = [s for s in all_settings() if s.path.startswith(prefix) and s.default]
+    key = re.sub(r"\.\d+(?=\.|$)", ".N", prefix)  # teachers.0.limits: teachers.N.limits
+    chosen = [s for s in all_settings() if s.path == key or s.path.startswith(key + ".") or not key]
     if not chosen:
-        raise MapdError(f"no setting starts with {prefix!r}", "e.g. mapd settings train")
+        raise MapdError(f"no setting {prefix!r} and none under it", "e.g. mapd settings train")
     table = Table()
     table.add_column("setting", no_wrap=True)  # the name to type: never cut
     for name in ("type", "default", "what it does"):

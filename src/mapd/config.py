@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import sys
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -127,7 +128,11 @@ class Sampling(Strict):
     max_tokens: int = Field(
         512, ge=1, description="Most tokens of a reply (a reasoning model's thinking included)."
     )
-    seed: int | None = Field(None, description="Sent as the request's seed when set.")
+    seed: int | None = Field(
+        None,
+        description="Seed of sampling (over HTTP sent as `seed`, plus the sample's index); "
+        "the evaluation uses the run's seed instead.",
+    )
     reasoning_effort: str | None = Field(
         None,
         description="Sent as `reasoning_effort` (OpenAI reasoning models, Gemini, vLLM): "
@@ -277,9 +282,14 @@ class ModelEndpoint(Strict):
 
 
 class StudentConfig(ModelEndpoint):
-    backend: Literal["openai", "transformers"] = "transformers"
+    backend: Literal["openai", "transformers"] = Field(
+        "transformers",
+        description="transformers: the model in this process; openai: a server (vLLM, ...) "
+        "that serves it over HTTP.",
+    )
     sampling: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=0.3, top_p=0.9, max_tokens=512)
+        default_factory=lambda: Sampling(temperature=0.3, top_p=0.9, max_tokens=512),
+        description="The exam's sampling (the evaluation has its own, under eval).",
     )
     chat_template: bool = Field(True, description="Use the tokenizer's chat template for prompts.")
 
@@ -375,15 +385,20 @@ class TrainConfig(Strict):
         "or by its tokens in this step (a task with few tokens in a step weighs as much).",
     )
     max_length: int = Field(512, ge=8, description="Most tokens of one example (prompt + target).")
-    batch_size: int = Field(4, ge=1, description="Examples per step on each device.")
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch on each device.")
     grad_accum: int = Field(
-        2, ge=1, description="Steps per optimizer update (effective batch: batch_size x this)."
+        2,
+        ge=1,
+        description="Micro-batches per optimizer step (examples per step: batch_size x "
+        "grad_accum x devices).",
     )
     prompt_format: Literal["chat", "plain"] = Field(
         "chat", description="chat: the student's chat template; plain: the paper's format."
     )
     on_overlong: Literal["error", "drop"] = Field(
-        "error", description="An example over max_length stops the run, or is dropped and counted."
+        "error",
+        description="An example whose prompt alone fills max_length stops the run, or is "
+        "dropped and counted (a long target is cut at max_length and still trained).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
@@ -406,7 +421,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    split: str = Field("test", description="The split evaluated.")
+    split: str = Field("test", description="The split evaluated: test (or train).")
     limit: int | None = Field(None, ge=1, description="At most this many questions evaluated.")
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")
@@ -498,7 +513,9 @@ class RunConfig(Strict):
         None, description="Run folder; default runs/<name>; `.` is the folder holding the config."
     )
     seed: int = Field(
-        731, description="Seed of the question pick, the review draws and the training."
+        731,
+        description="Seed of the split of a single file, task.limit's pick, the review "
+        "draws, the evaluation's sampling, and (unless train.seed) dataset.pick and training.",
     )
     task: TaskConfig
     student: StudentConfig
@@ -775,21 +792,33 @@ def _is_union(annotation: Any) -> bool:
 
 # What PyYAML's words for the usual slips mean.
 YAML_HINTS = {
-    "mapping values are not allowed here": "indent the line to its section's keys, or put a "
-    "section's keys on their own lines (`task: name: gsm8k` is two levels on one line)",
+    "mapping values are not allowed here": "indent the line to its section's keys, put a "
+    "section's keys on their own lines (`task: name: gsm8k` is two levels on one line), or "
+    "quote a value that holds `: `",
     "expected <block end>, but found '<block mapping start>'": "indent the keys of one section "
     "alike (two spaces deeper than the section's name; in a list, under the first key after `- `)",
     "found character '\\t' that cannot start any token": "indent with spaces, not tabs",
 }
 
 
+def preset_or_path(path: Path) -> Path:
+    """`path`, or the preset it names: a relative name with no suffix that is no file here,
+    such as `paper/svamp` (said on stderr, so a preset is never taken for a file silently)."""
+    if path.exists() or path.is_absolute() or path.suffix or not path.name:
+        return path
+    if path.with_suffix(".yaml").exists():
+        return path.with_suffix(".yaml")
+    preset = PRESETS / path.with_suffix(".yaml")
+    if not preset.is_file():
+        return path
+    print(f"note: {path} is the preset shipped in the package ({preset})", file=sys.stderr)
+    return preset
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's settings; a name such as `paper/svamp` that is no file is the preset
     of that name shipped in the package (for an installed mapd without the repository)."""
-    path = Path(path)
-    preset = PRESETS / path.with_suffix(".yaml")
-    if not path.exists() and not path.is_absolute() and preset.is_file():
-        path = preset
+    path = preset_or_path(Path(path))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

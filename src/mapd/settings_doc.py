@@ -25,20 +25,35 @@ class Setting:
     help: str
 
 
-def all_settings(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[Setting]:
-    """The settings of `model`, sections expanded in place (a list of sections as `N`)."""
+def all_settings(
+    model: type[BaseModel] = RunConfig, prefix: str = "", defaults: BaseModel | None = None
+) -> list[Setting]:
+    """The settings of `model`, sections expanded in place (a list of sections as `N`);
+    `defaults`: the section's own default (the student's sampling is not `Sampling()`)."""
     found = []
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         section = section_type(field.annotation)
         if section is not None:
             many = get_origin(field.annotation) is list
-            inner = f"{path}.N." if many else f"{path}."
-            found.append(Setting(path, "list of sections" if many else "section", "", ""))
-            found += all_settings(section, inner)
+            kind = "list of sections" if many else "section"
+            optional = "-" if not field.is_required() and field.default is None else ""
+            found.append(Setting(path, kind, optional, help_of(field)))
+            own = None if many or optional else section_default(field, defaults, name)
+            found += all_settings(section, f"{path}.N." if many else f"{path}.", own)
             continue
-        found.append(Setting(path, kind_of(field.annotation), default_of(field), help_of(field)))
+        default = default_of(field, getattr(defaults, name, PydanticUndefined))
+        found.append(Setting(path, kind_of(field.annotation), default, help_of(field)))
     return found
+
+
+def section_default(field: Any, outer: BaseModel | None, name: str) -> BaseModel | None:
+    """The instance a section gets when it is left out: the outer default's, else its own."""
+    if outer is not None:
+        return getattr(outer, name)
+    if field.default_factory is not None:
+        return field.default_factory()
+    return field.default if isinstance(field.default, BaseModel) else None
 
 
 def kind_of(annotation: Any) -> str:
@@ -54,10 +69,12 @@ def kind_of(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def default_of(field: Any) -> str:
-    if field.is_required():
-        return "required"
-    value = field.default_factory() if field.default_factory else field.default
+def default_of(field: Any, value: Any = PydanticUndefined) -> str:
+    """`value` (the enclosing default's) or the field's own default, as YAML would say it."""
+    if value is PydanticUndefined:
+        if field.is_required():
+            return "required"
+        value = field.default_factory() if field.default_factory else field.default
     if value is None or value is PydanticUndefined:
         return "-"
     if isinstance(value, BaseModel):
@@ -82,9 +99,10 @@ def settings_markdown() -> str:
         "|---|---|---|---|",
     ]
     for s in all_settings():
+        help_text = s.help.replace("<", "&lt;")
         if s.kind in ("section", "list of sections"):
-            lines.append(f"| **{s.path}** | {s.kind} | | |")
+            cells = (f"**{s.path}**", s.kind, f"`{s.default}`" if s.default else "", help_text)
         else:
-            cells = (f"`{s.path}`", s.kind, f"`{s.default}`", s.help)
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            cells = (f"`{s.path}`", s.kind, f"`{s.default}`", help_text)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -54,6 +54,10 @@ def test_every_shipped_config_validates(path):
         ("teachers={a: {model: x}}", "teachers: expected a list: start each teacher with `- `"),
         ("review=false", "review: expected a section of KEY: VALUE settings (to train on every"),
         ("train.learning_rate=1e-4", "train.learning_rate: unknown key; did you mean `lr`?"),
+        ("eval.split=validation", "eval.split: Input should be 'test' or 'train'"),
+        ("student.dtype=fp16", "student.dtype: Input should be 'auto', 'float32', 'bfloat16'"),
+        ("student.device=gpu", "student.device: String should match pattern"),
+        ("train.lr_scheduler=cosin", "train.lr_scheduler: Input should be 'linear', 'cosine'"),
         ("review.reviewers=3", "config: review.reviewers is 3, but each rationale has only 2"),
     ],
 )
@@ -394,3 +398,11 @@ def test_a_preset_is_named_without_the_repository(tmp_path):
     missing = mapd("validate", "paper/nope", cwd=tmp_path)
     assert missing.returncode == 2
     assert "presets in the package: paper/gsm8k, paper/logiqa" in missing.stderr
+
+
+def test_the_schedulers_are_transformers_own():
+    from transformers import SchedulerType
+
+    from mapd.config import SCHEDULERS
+
+    assert set(SCHEDULERS) <= {s.value for s in SchedulerType}

@@ -37,6 +37,15 @@ def test_import_then_build_with_the_paper_preset(tmp_path):
     invalid = [r for r in reviews if r.rationale_id == "svamp-release-3|mixtral-8x7b"]
     assert [r.score for r in invalid] == [None, None]  # 83 and 0 are outside 1..5
 
+    # a second import into the folder would mix two runs' files: refused, nothing touched
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = mapd("import-release", "--task", "svamp", "--output", str(out), str(FIXTURES[0]))
+    assert again.returncode == 2 and "already holds files" in again.stderr, again.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a fresh import has no review stage's counts yet: the report leaves them out
+    report = mapd("report", str(out), "--format", "md")
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+
     result = mapd("build", str(out / "config.yaml"))
     assert result.returncode == 0, result.stderr
     examples = read_jsonl(out / "dataset" / "train.jsonl", Example)

@@ -345,6 +345,12 @@ def import_release(
     from mapd.rundir import run_lock
 
     made = not output.exists()
+    if output.is_dir() and any(output.iterdir()):
+        raise MapdError(
+            f"{output} already holds files: an import would replace its mistakes, feedback "
+            "and config and leave the rest mixed in",
+            "give --output a new folder (or delete this one first)",
+        )
     try:
         with run_lock(output):
             counts = do_import(task, files, output)

@@ -222,8 +222,14 @@ class ModelEndpoint(Strict):
         description="transformers: refill = a row whose reply ended takes the next prompt at "
         "once; padded = each batch runs until its longest reply ends (the fallback).",
     )
-    device: str = Field("auto", description="transformers: cpu, cuda, mps or auto.")
-    dtype: str = Field("auto", description="transformers: float32, bfloat16, float16 or auto.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="transformers: cpu, cuda (or cuda:N), mps or auto.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="transformers: the weights' type; auto: bfloat16 on a GPU with it."
+    )
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelEndpoint:
@@ -364,6 +370,23 @@ class LoraConfig(Strict):
     )
 
 
+# transformers.SchedulerType's values (a test keeps them in step; importing transformers here
+# would slow every command)
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+
+
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = Field(
         "lora", description="lora: train an adapter; full: train every weight."
@@ -373,8 +396,8 @@ class TrainConfig(Strict):
     )
     max_steps: int | None = Field(None, ge=1, description="Overrides epochs when set.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: str = Field(
-        "cosine", description="A transformers scheduler: cosine, linear, constant, ..."
+    lr_scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+        "cosine", description="A transformers scheduler (transformers.SchedulerType)."
     )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps warming up.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the feedback task in the loss.")
@@ -421,7 +444,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    split: str = Field("test", description="The split evaluated: test (or train).")
+    split: Literal["test", "train"] = Field("test", description="The split evaluated.")
     limit: int | None = Field(None, ge=1, description="At most this many questions evaluated.")
     samples: int = Field(1, ge=1, description="k samples per question for majority vote.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy.")

@@ -493,7 +493,10 @@ def funnel_steps(report: RunReport) -> list[tuple[str, int, str]]:
         n = c.get(key)
         add(key, n, f"{n / mistakes:.1f} per mistake" if n is not None and mistakes else "")
     accepted, rationales = c.get("accepted"), c.get("rationales")
-    add("accepted", accepted, f"{accepted / rationales:.0%} of rationales" if rationales else "")
+    share = (
+        f"{accepted / rationales:.0%} of rationales" if accepted is not None and rationales else ""
+    )
+    add("accepted", accepted, share)
     used = c.get("mistakes_used")
     note = ""
     if used is not None and mistakes:

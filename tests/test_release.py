@@ -99,3 +99,26 @@ def test_bad_release_files_are_clear_errors(tmp_path):
         result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
     )
     assert not (tmp_path / "r").exists()  # no half-made run folder left behind
+
+
+@pytest.mark.parametrize(
+    "change, task, needle",
+    [
+        ({"gpt_rationale": "The answer is 5."}, "svamp", "gpt_rationale is not a list"),
+        ({"gpt_rationale": []}, "svamp", "gpt_rationale is not a list"),
+        ({"gold_answer": "many"}, "svamp", "(task svamp)"),
+        ({"question": None}, "svamp", "(task svamp)"),
+        ({}, "strategyqa", "(task strategyqa)"),  # SVAMP's files named as StrategyQA's
+    ],
+)
+def test_a_damaged_release_item_is_one_line_and_leaves_no_folder(tmp_path, change, task, needle):
+    rationale = next(p for p in FIXTURES if "_rationale_" in p.name)
+    items = json.loads(rationale.read_text())
+    items[0].update(change)
+    damaged = tmp_path / rationale.name
+    damaged.write_text(json.dumps(items))
+    out = tmp_path / "rel"
+    result = mapd("import-release", "--task", task, "--output", str(out), str(damaged))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "error: release item" in result.stderr and needle in result.stderr, result.stderr
+    assert not out.exists()

@@ -83,46 +83,18 @@ def import_release(task: str, files: list[Path], out: Path) -> dict[str, Any]:
         raise MapdError("the release files hold no items", "pass non-empty *_round0.json files")
 
     mistakes, feedback, rationales, reviews = [], [], [], []
-    order = list(TEACHERS)
     for item in items.values():
-        m = _mistake(task, item, answer_type)
+        try:
+            m, its_feedback, its_rationales, its_reviews = _records(task, item, answer_type)
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise MapdError(
+                f"release item {item.get('id')} (task {task}): {str(exc).splitlines()[0]}",
+                "pass the release's *_round0.json files of this task, unchanged",
+            ) from None
         mistakes.append(m)
-        for key, teacher in TEACHERS.items():
-            if f"{key}_feedback" in item:
-                feedback.append(
-                    Feedback(
-                        id=f"{m.question_id}|{teacher}",
-                        question_id=m.question_id,
-                        teacher=teacher,
-                        text=item[f"{key}_feedback"] or "",
-                    )
-                )
-            if f"{key}_rationale" in item:
-                text, *scores = item[f"{key}_rationale"]
-                pred = extract_answer(text or "", answer_type)
-                r = Rationale(
-                    id=f"{m.question_id}|{teacher}",
-                    question_id=m.question_id,
-                    teacher=teacher,
-                    text=text or "",
-                    extracted=pred,
-                    correct=answers_match(pred, m.answer, answer_type),
-                )
-                rationales.append(r)
-                reviewers = [TEACHERS[k] for k in order if k != key]
-                for reviewer, score in zip(reviewers, scores, strict=False):
-                    valid = isinstance(score, int | float) and 1 <= score <= 5
-                    reviews.append(
-                        Review(
-                            id=f"{r.id}|{reviewer}",
-                            rationale_id=r.id,
-                            question_id=m.question_id,
-                            author=teacher,
-                            reviewer=reviewer,
-                            score=float(score) if valid else None,
-                            raw=json.dumps(score),
-                        )
-                    )
+        feedback += its_feedback
+        rationales += its_rationales
+        reviews += its_reviews
 
     cfg = load_config(preset_path(f"paper/{task}"), [f"output_dir={out}"])
     write_release_run(cfg, out, mistakes, feedback, rationales, reviews, [p.name for p in files])
@@ -132,6 +104,56 @@ def import_release(task: str, files: list[Path], out: Path) -> dict[str, Any]:
         "rationales": len(rationales),
         "reviews": len(reviews),
     }
+
+
+def _records(
+    task: str, item: dict[str, Any], answer_type: AnswerType
+) -> tuple[Mistake, list[Feedback], list[Rationale], list[Review]]:
+    """One release item's mistake, and each teacher's feedback, rationale and reviews of it."""
+    m = _mistake(task, item, answer_type)
+    feedback, rationales, reviews = [], [], []
+    order = list(TEACHERS)
+    for key, teacher in TEACHERS.items():
+        if f"{key}_feedback" in item:
+            feedback.append(
+                Feedback(
+                    id=f"{m.question_id}|{teacher}",
+                    question_id=m.question_id,
+                    teacher=teacher,
+                    text=item[f"{key}_feedback"] or "",
+                )
+            )
+        if f"{key}_rationale" not in item:
+            continue
+        entry = item[f"{key}_rationale"]
+        if not isinstance(entry, list) or not entry:
+            raise ValueError(f"{key}_rationale is not a list [text, score, score]")
+        text, *scores = entry
+        pred = extract_answer(text or "", answer_type)
+        r = Rationale(
+            id=f"{m.question_id}|{teacher}",
+            question_id=m.question_id,
+            teacher=teacher,
+            text=text or "",
+            extracted=pred,
+            correct=answers_match(pred, m.answer, answer_type),
+        )
+        rationales.append(r)
+        reviewers = [TEACHERS[k] for k in order if k != key]
+        for reviewer, score in zip(reviewers, scores, strict=False):
+            valid = isinstance(score, int | float) and 1 <= score <= 5
+            reviews.append(
+                Review(
+                    id=f"{r.id}|{reviewer}",
+                    rationale_id=r.id,
+                    question_id=m.question_id,
+                    author=teacher,
+                    reviewer=reviewer,
+                    score=float(score) if valid else None,
+                    raw=json.dumps(score),
+                )
+            )
+    return m, feedback, rationales, reviews
 
 
 def write_release_run(

@@ -120,3 +120,18 @@ def test_cli_error_exit_code_2(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert "line 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_output_that_is_a_folder_is_refused_before_scoring(tmp_path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"output": "The answer is 4.", "answer": "4"}\n', encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mapd", "score", "--task", "gsm8k", "--input", str(path)]
+        + ["--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--output {tmp_path} is a folder" in proc.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # nothing half-written

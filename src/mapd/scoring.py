@@ -12,8 +12,6 @@ lm-evaluation-harness's strict-match and flexible-extract filters is reported to
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from mapd.answers import (
 from mapd.config import TaskConfig
 from mapd.errors import MapdError
 from mapd.records import AnswerType, Question
+from mapd.rundir import write_jsonl
 from mapd.tasks import SPLITS, get_task, load_questions
 from mapd.tasks.files import read_jsonl_rows
 
@@ -68,6 +67,10 @@ def score_file(
         )
     if not input_path.is_file():
         raise MapdError(f"{input_path}: file not found", "give --input a JSONL file of outputs")
+    if output is not None and output.is_dir():
+        raise MapdError(
+            f"--output {output} is a folder", f"give a file name, e.g. {output / 'scored.jsonl'}"
+        )
     rows = [_check_line(location, row) for location, row in read_jsonl_rows(input_path)]
     golds: dict[str, Question] | None = None
     if any("answer" not in row for _, row in rows):
@@ -91,7 +94,7 @@ def score_file(
     if spec.extra_metrics and report.total:
         report = replace(report, **spec.extra_metrics(firsts))
     if output is not None:
-        _write_jsonl(output, scored)
+        write_jsonl(output, scored)
     return report
 
 
@@ -125,12 +128,3 @@ def _gold(
             "check --path / --config, or give the gold answer in an `answer` field",
         )
     return question.answer, options or question.options or None
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

@@ -155,6 +155,17 @@ def test_mapd_batches_of_a_run_without_batches_is_a_user_error(tmp_path, mapd_ho
     assert "no batches recorded" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("text", ["{not json", '{"id": "batch_7"}', "[]"])
+def test_a_damaged_batch_record_is_one_line_naming_the_batch(tmp_path, mapd_home, text):
+    (tmp_path / "batches").mkdir()
+    (tmp_path / "batches" / "batch_7.json").write_text(text)
+    result = mapd(mapd_home, "batches", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "batch_7.json" in result.stderr and "the batch batch_7 is at the provider" in (
+        " ".join(result.stderr.split())
+    )
+
+
 def test_ctrl_c_while_polling_keeps_the_batch_and_says_how_to_resume(tmp_path, mapd_home):
     with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
         config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})

@@ -11,7 +11,6 @@ cancelled batch finished are kept, and the next run resubmits only the rest.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from mapd.errors import MapdError
 from mapd.llm.store import CallStore
 from mapd.llm.types import BackendError
+from mapd.rundir import read_json
 
 ENDED = {"completed", "failed", "expired", "cancelled", "ended"}
 
@@ -42,6 +42,13 @@ class BatchRow:
         return self.collected or self.status in ENDED
 
 
+RECORD_KEYS = {"id", "endpoint", "kind", "stage", "requests", "submitted"}
+DAMAGED = (
+    "mapd writes these records itself and a damaged one cannot be read: the batch {id} is at "
+    "the provider (look it up there); move the file out of batches/ to list the others"
+)
+
+
 def list_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
     """Every batch the run submitted, oldest first."""
     folder = Path(run_dir) / "batches"
@@ -53,7 +60,9 @@ def list_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
         )
     rows = []
     for path in files:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = read_json(path, fix=DAMAGED.format(id=path.stem))
+        if not isinstance(saved, dict) or not saved.keys() >= RECORD_KEYS:
+            raise MapdError(f"{path} is not a batch record", DAMAGED.format(id=path.stem))
         found = store.db.execute(
             "SELECT status, done, failed, collected FROM batches WHERE id = ?", (saved["id"],)
         ).fetchone()

@@ -325,6 +325,12 @@ def test_cli_says_when_an_override_is_kept_in_the_run_folder(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "eval.limit=7 is saved into it" in err
     assert f"(undo with eval.limit={cli._yaml_value(load_config(path).eval.limit)})" in err
+    # a wrong --from stops before anything is said to be kept
+    monkeypatch.setattr(sys, "argv", ["mapd", "run", str(path), "eval.limit=7", "--from", "x"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    err = capsys.readouterr().err
+    assert "unknown stage 'x'" in err and "saved into it" not in err
 
 
 def test_train_seed_changes_only_what_training_draws():

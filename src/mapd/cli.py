@@ -140,10 +140,11 @@ def _run_stages(
     import time
 
     from mapd.config import load_config, saved_overrides
-    from mapd.stages.pipeline import run_pipeline
+    from mapd.stages.pipeline import run_pipeline, select_stages
     from mapd.stages.summary import print_summary
 
     cfg = load_config(config, overrides or [])
+    select_stages(start, until)  # a wrong --from/--until before the note that settings are kept
     for key, before, after in saved_overrides(config, overrides or []):
         note = (
             f"note: {config} is this run folder's record of its settings, so "

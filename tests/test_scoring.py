@@ -42,6 +42,15 @@ def test_score_inline_answers(tmp_path) -> None:
     assert lines[1]["output"] == "He has 72.0 apples"
 
 
+def test_score_reads_mapds_own_predictions(tmp_path) -> None:
+    rows = [  # as eval/*/predictions.jsonl writes them
+        {"question_id": "a", "gold": "51", "extracted": "3.6", "correct": False, "output": "3.6"},
+        {"question_id": "b", "gold": "7", "extracted": "7", "correct": True, "output": "So 7."},
+    ]
+    report = score_file("svamp", _write(tmp_path / "predictions.jsonl", rows))
+    assert (report.total, report.correct) == (2, 1)
+
+
 def test_score_by_id_from_local_source(tmp_path) -> None:
     rows = [
         {"id": "gsm8k-test-00001", "output": "60 * 3 = 180 miles."},

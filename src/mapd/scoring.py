@@ -5,7 +5,8 @@
 
 Each input line is a JSON object with `output` (the model's text) and either `answer` (the
 gold answer) or `id` (a question id, whose gold answer is looked up in the task's source:
-`path` for a local copy, or the task section of a run config). The scored file repeats
+`path` for a local copy, or the task section of a run config); `gold` and `question_id`,
+as in a run's eval/*/predictions.jsonl, are read as the same. The scored file repeats
 every input line with `extracted` and `correct` added. For GSM8K, accuracy under
 lm-evaluation-harness's strict-match and flexible-extract filters is reported too.
 """
@@ -106,6 +107,10 @@ def _check_line(location: str, row: Any) -> tuple[str, dict[str, Any]]:
         raise MapdError(f"{location}: expected a JSON object", hint)
     if not isinstance(row.get("output"), str):
         raise MapdError(f'{location}: missing field "output" (the model\'s text)', hint)
+    # mapd's own predictions.jsonl names them `gold` and `question_id`
+    for name, alias in (("answer", "gold"), ("id", "question_id")):
+        if name not in row and alias in row:
+            row = {**row, name: row[alias]}
     if "answer" not in row and "id" not in row:
         raise MapdError(f'{location}: needs "answer" or "id"', hint)
     return location, row

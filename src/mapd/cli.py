@@ -641,6 +641,7 @@ def batches(
     for r in rows:
         age = time.time() - r.submitted
         ago = f"{age / 60:.0f} min ago" if age < 7200 else f"{age / 3600:.1f} h ago"
+        ago = ago if age < 3 * 86400 else f"{age / 86400:.0f} days ago"
         out.print(
             f"{r.id:<32} {r.endpoint:<16} {r.kind:<9} {r.stage:<7} {r.status:<11} "
             f"{f'{r.done}/{r.requests}':>13} {r.failed:>6} {ago:>10} {r.cost:>9.4f}",

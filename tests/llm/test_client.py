@@ -164,8 +164,9 @@ def test_ledger_totals_per_stage_and_endpoint(server, store, make_teacher, tmp_p
     assert teach.prompt_tokens == 3 + 3 + 1  # cached calls count their tokens too
     # paid: "one two three" (3 prompt, 6 reply words) and "four" (1 prompt, 4 reply words)
     assert teach.cost == pytest.approx(((3 + 1) * 2.0 + (6 + 4) * 4.0) / 1e6)
-    with pytest.raises(MapdError, match="no calls recorded"):
+    with pytest.raises(MapdError, match="no calls recorded") as err:
         ledger_totals(store, tmp_path / "other")
+    assert str(store.path) in err.value.message and "MAPD_HOME" in err.value.hint
 
 
 def test_a_run_keeps_its_ledger_when_moved_and_a_new_run_at_an_old_path_starts_afresh(

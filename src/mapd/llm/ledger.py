@@ -128,8 +128,9 @@ def ledger_totals(store: CallStore, run_dir: str | Path) -> list[LedgerRow]:
     ).fetchall()
     if not rows:
         raise MapdError(
-            f"no calls recorded for run folder {run_dir}",
-            "give the run folder of a run that made LLM calls, e.g. runs/demo",
+            f"no calls recorded for run folder {run_dir} in {store.path}",
+            "give the run folder of a run that made LLM calls, e.g. runs/demo, with the "
+            "MAPD_HOME it ran with (calls are recorded in MAPD_HOME's calls.sqlite)",
         )
     return [LedgerRow(*row) for row in rows]
 

@@ -10,7 +10,7 @@ import pytest
 from mapd.errors import MapdError
 from mapd.records import Decision, Example
 from mapd.rundir import read_jsonl
-from mapd.stages.report.collect import ablation_rows, collect_run, funnel_steps
+from mapd.stages.report.collect import ablation_rows, collect_run, epochs_text, funnel_steps
 
 
 def test_release_run_counts_and_items(release_run: Path):
@@ -129,3 +129,13 @@ def test_the_settings_section_shows_the_config_defaults_for_keys_left_out():
     assert f"feedback from {DatasetConfig().feedback_from} teachers" in summary["dataset"]
     assert f"> {ReviewConfig().threshold:g} on" in summary["review"]
     assert f"alpha {TrainConfig().alpha}," in summary["train"]
+
+
+def test_epochs_read_as_words():
+    assert [epochs_text(x) for x in (1, 1.0, 2.0, 1.5, "?")] == [
+        "1 epoch",
+        "1 epoch",
+        "2 epochs",
+        "1.5 epochs",
+        "? epochs",
+    ]

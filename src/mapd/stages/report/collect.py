@@ -468,12 +468,19 @@ def config_summary(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "train",
-            f"{t['method']}, {t['epochs']} epochs, lr {t['lr']}, "
+            f"{t['method']}, {epochs_text(t['epochs'])}, lr {t['lr']}, "
             f"alpha {t['alpha']}, batch {t['batch_size']}×{t['grad_accum']}, "
             f"{t['prompt_format']} prompts",
         ),
         ("seed", str(cfg.get("seed", RunConfig.model_fields["seed"].default))),
     ]
+
+
+def epochs_text(epochs: Any) -> str:
+    """`2.0` -> "2 epochs", `1` -> "1 epoch", `1.5` -> "1.5 epochs"."""
+    if not isinstance(epochs, int | float):
+        return f"{epochs} epochs"
+    return f"{epochs:g} epoch{'' if epochs == 1 else 's'}"
 
 
 def funnel_steps(report: RunReport) -> list[tuple[str, int, str]]:

@@ -24,6 +24,7 @@ from mapd.stages.report.collect import (
     RunReport,
     config_summary,
     cut_off_line,
+    epochs_text,
     funnel_steps,
     score_labels,
     section,
@@ -183,7 +184,7 @@ def training_html(report: RunReport) -> str:
         ("method", f"{m.get('method', '?')} on {m.get('base_model', '?')}"),
         (
             "steps",
-            f"{m.get('steps', '?')} ({m.get('epochs', '?')} epochs, {m.get('seconds', '?')} s)",
+            f"{m.get('steps', '?')} ({epochs_text(m.get('epochs', '?'))}, {m.get('seconds', '?')} s)",
         ),
         ("final losses", losses or "–"),
     ]

@@ -542,7 +542,7 @@ def cache_clear_command(
 
     Example: mapd cache clear --model gpt-4o-mini --yes
     """
-    from mapd.llm import clear_cache, open_store
+    from mapd.llm import cache_stats, clear_cache, open_store
 
     what = f"cached replies of {model}" if model else "all cached replies"
     if not yes and not sys.stdin.isatty():
@@ -555,6 +555,12 @@ def cache_clear_command(
         raise typer.Exit(1)
     with open_store() as store:
         removed = clear_cache(store, model)
+        held = sorted({m.model for m in cache_stats(store).by_model})
+    if model and not removed:
+        raise MapdError(
+            f"no cached replies of model {model!r}",
+            f"models in the cache: {', '.join(held) or 'none'} (mapd cache stats)",
+        )
     out.print(f"deleted {removed} cached replies")
 
 

@@ -70,6 +70,9 @@ def test_cache_stats_and_clear(make_teacher, tmp_path):
     assert "fake-model" in stats.output
     unasked = runner.invoke(app, ["cache", "clear"], input="y\n")  # no terminal to confirm at
     assert "pass --yes" in unasked.exception.hint
+    typo = runner.invoke(app, ["cache", "clear", "--model", "fake-modle", "--yes"])
+    assert "no cached replies of model 'fake-modle'" in typo.exception.message
+    assert "models in the cache: fake-model" in typo.exception.hint
     cleared = runner.invoke(app, ["cache", "clear", "--yes"])
     assert "deleted 4 cached replies" in cleared.output
     assert "0 cached replies" in runner.invoke(app, ["cache", "stats"]).output

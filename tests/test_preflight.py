@@ -19,6 +19,7 @@ from mapd.config import ModelEndpoint, load_config
 from mapd.errors import MapdError
 from mapd.preflight import check_before_run, check_endpoint, require_endpoints
 from mapd.stages.pipeline import run_pipeline, select_stages
+from mapd.testing.batch_server import BatchServer
 from mapd.testing.loopback import LoopbackServer
 
 MAPD_SCRIPT = Path(sys.executable).with_name("mapd")
@@ -115,6 +116,20 @@ def test_a_server_that_wants_a_key_when_none_is_given_says_to_set_one(strict_ser
     [found] = check_endpoint("teacher t", teacher(strict_server + "/v1"), 5)
     assert found.problem == "the server wants an API key (HTTP 401)"
     assert "None" not in found.line() and "api_key_env" in (found.fix or "")
+
+
+@pytest.mark.parametrize("kind, route", [(True, "/batches"), ("anthropic", "/messages/batches")])
+def test_batch_on_a_server_without_a_batch_api_fails_with_the_fix(
+    strict_server, kind, route, monkeypatch
+):
+    monkeypatch.setenv("MAPD_TEST_KEY", "sk-right")  # as Ollama or vLLM serve: no batches
+    endpoint = teacher(strict_server + "/v1", api_key_env="MAPD_TEST_KEY", batch=kind)
+    [found] = check_endpoint("teacher t", endpoint, 5)
+    assert found.problem is not None and f"(GET {route}: HTTP 404)" in found.problem
+    assert "remove `batch:`" in (found.fix or "")
+    with BatchServer() as batches:  # the documented routes: reachable, no complaint
+        [found] = check_endpoint("teacher t", teacher(batches.base_url, batch=kind), 5)
+    assert found.problem is None, found.line()
 
 
 def test_a_closed_port_names_the_endpoint_and_the_fix():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mapd.config import ModelEndpoint, RunConfig
+from mapd.config import BATCH_API_NAMES, BATCH_OF_HOST, ModelEndpoint, RunConfig
 from mapd.errors import MapdError
 from mapd.llm.openai_backend import on_this_machine
 
@@ -184,12 +184,52 @@ def hub_status(repo: str) -> str:
     return "not in the local hub cache: downloaded on first use (needs the network)"
 
 
+def check_batch_api(
+    role: str, endpoint: ModelEndpoint, url: str, timeout: float
+) -> EndpointCheck | None:
+    """A failed check when `GET {url}/batches` (or `/messages/batches`) is 404: the server
+    has no batch API and every request would fail at submission (Ollama, vLLM serve)."""
+    from mapd.llm.batch_api import ANTHROPIC_VERSION
+    from mapd.llm.openai_backend import api_key, env_proxy
+
+    proxy = env_proxy(url)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
+    )
+    key = api_key(endpoint)
+    headers = {**endpoint.headers, "Authorization": f"Bearer {key}", "x-api-key": key}
+    headers["anthropic-version"] = ANTHROPIC_VERSION
+    route = "/messages/batches" if endpoint.batch_kind == "anthropic" else "/batches"
+    request = urllib.request.Request(url.rstrip("/") + route + "?limit=1", headers=headers)
+    try:
+        with opener.open(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 405):
+            return EndpointCheck(
+                role,
+                url,
+                "",
+                f"no {BATCH_API_NAMES[endpoint.batch_kind or 'openai']} here "
+                f"(GET {route}: HTTP {exc.code})",
+                "remove `batch:` from this endpoint to call it live",
+            )
+    except (urllib.error.URLError, OSError):
+        pass  # not reachable: check_http has said so
+    return None
+
+
 def check_endpoint(role: str, endpoint: ModelEndpoint, timeout: float) -> list[EndpointCheck]:
     if endpoint.backend != "openai":
         return [check_local(role, endpoint)]
     if missing := check_key(role, endpoint):
         return [missing]
-    return [check_http(role, endpoint, url, timeout) for url in endpoint.base_urls]
+    checks = [check_http(role, endpoint, url, timeout) for url in endpoint.base_urls]
+    [url] = endpoint.base_urls[:1] or [""]
+    known = urlsplit(url).hostname in BATCH_OF_HOST
+    if endpoint.batch_kind and not known and checks[0].problem is None:
+        checks[0] = check_batch_api(role, endpoint, url, timeout) or checks[0]
+    return checks
 
 
 def trained_student_served(cfg: RunConfig) -> bool:

@@ -35,6 +35,7 @@ def in_process(student: Path) -> list[str]:
     return [
         "student.backend=transformers",
         "student.base_url=null",
+        "student.weights=null",
         f"student.model={student}",
         "student.device=cpu",
         "student.sampling.max_tokens=8",

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from tests.stages.scripted_classroom import reply, write_config
+from tests.stages.scripted_classroom import SERVED_WEIGHTS, reply, write_config
 
 from mapd.config import ModelEndpoint, load_config
 from mapd.errors import MapdError
@@ -180,11 +180,40 @@ def test_finished_stages_need_no_endpoint(tmp_path, server):
     assert check_before_run(moved, select_stages(None, "review")) == []
     assert check_before_run(moved, select_stages(None, "build")) == []  # no model needed
     # train and eval are still to run: the student is checked, the teachers are not; the
-    # served student's weights are what training loads (a hub id, offline here: only said)
+    # served student's weights are what training loads (student.weights: a package file)
     student, weights = check_before_run(moved, select_stages(None, None))
     assert student.role == "student" and "not reachable" in (student.problem or "")
     assert weights.role == "student weights for training" and weights.problem is None
-    assert weights.worth_saying and "HF_HUB_OFFLINE" in weights.found
+    assert weights.where == SERVED_WEIGHTS and weights.found.startswith("present")
+
+
+@pytest.mark.parametrize(
+    "weights, problem",
+    [
+        ("null", "HF_HUB_OFFLINE is set: loading it will fail"),  # student-model: a hub id
+        ("qwen2.5:1.5b", "a server's model name, not weights to train"),  # an Ollama tag
+        ("no-org/not-cached", "HF_HUB_OFFLINE is set: loading it will fail"),
+    ],
+)
+def test_weights_that_training_cannot_load_stop_the_run_before_any_call(
+    tmp_path, server, weights, problem
+):
+    config = write_config(tmp_path, server.base_url)
+    result = mapd("run", config, f"student.weights={weights}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "student weights for training" in result.stderr and problem in result.stderr
+    assert "set student.weights" in result.stderr
+    assert not (tmp_path / "run" / "attempts.jsonl").exists()  # no exam, no teacher paid
+    # a run that stops before training needs no weights
+    assert mapd("validate", config, f"student.weights={weights}", "--check").returncode == 2
+    assert mapd("run", config, f"student.weights={weights}", "--until", "build").returncode == 0
+
+
+def test_weights_are_only_for_a_served_student(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    result = mapd("validate", config, "student.backend=transformers", "student.base_url=null")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "weights is for a student served over HTTP" in result.stderr
 
 
 def test_the_trained_students_server_is_checked_once_the_student_is_trained(tmp_path, server):

@@ -298,6 +298,26 @@ class StudentConfig(ModelEndpoint):
         description="The exam's sampling (the evaluation has its own, under eval).",
     )
     chat_template: bool = Field(True, description="Use the tokenizer's chat template for prompts.")
+    weights: str | None = Field(
+        None,
+        description="openai: the weights that training loads, when the server's model name is "
+        "not one (vLLM's --served-model-name, an Ollama tag): a hub id, a folder or a "
+        "package: file. None = model.",
+    )
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> StudentConfig:
+        if self.weights is not None and self.backend != "openai":
+            raise ValueError(
+                "weights is for a student served over HTTP; backend transformers loads model: "
+                "remove weights, or put its value in model"
+            )
+        return self
+
+    @property
+    def trained_from(self) -> str:
+        """The weights training starts from: `weights`, else the model's name."""
+        return self.weights or self.model
 
 
 class ReviewConfig(Strict):

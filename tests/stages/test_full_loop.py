@@ -27,6 +27,7 @@ def in_process(student: str, max_steps: int, *extra: str) -> list[str]:
     return [
         "student.backend=transformers",
         "student.base_url=null",
+        "student.weights=null",
         f"student.model={student}",
         "student.device=cpu",
         "student.sampling.max_tokens=8",

@@ -43,15 +43,11 @@ def saved_student(run_dir: Path) -> SavedStudent:
 
 def in_process(student: ModelEndpoint, folder: Path, **update: Any) -> ModelEndpoint:
     """`student` loaded in-process from `folder`; its HTTP settings are dropped."""
+    http = {"base_url": None, "api_key_env": None, "headers": {}}
+    if "weights" in type(student).model_fields:
+        http["weights"] = None
     return student.model_copy(
-        update={
-            "model": str(folder),
-            "backend": "transformers",
-            "base_url": None,
-            "api_key_env": None,
-            "headers": {},
-            **update,
-        }
+        update={"model": str(folder), "backend": "transformers", **http, **update}
     )
 
 

@@ -36,7 +36,7 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     train = cfg.train.model_copy(update=fixed)
     return {
         "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps", "seed"}),
-        "student": cfg.student.model,
+        "student": cfg.student.trained_from,
         "seed": cfg.training_seed,
     }
 

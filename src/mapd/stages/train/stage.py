@@ -125,7 +125,7 @@ def build_manifest(
     t = cfg.train
     last = log.last
     return {
-        "base_model": cfg.student.model,
+        "base_model": cfg.student.trained_from,
         "method": t.method,
         "precision": "bf16" if use_bf16(t.precision) else "fp32",
         "prompt_format": t.prompt_format,
@@ -190,7 +190,7 @@ def run(
 
     t = cfg.train
     set_seed(cfg.training_seed)
-    model, tokenizer = load_student(cfg.student.model, t)
+    model, tokenizer = load_student(cfg.student.trained_from, t)
     encoded = encode_examples(examples, tokenizer, t.prompt_format, t.max_length, t.on_overlong)
     if not encoded.rows:
         raise MapdError(
@@ -218,7 +218,7 @@ def run(
     manifest = build_manifest(cfg, encoded, trainer, log, resume, time.time() - started)
     if state.is_main_process:
         if t.method == "lora" and t.merge:
-            merge_adapter(cfg.student.model, out_dir, student_dir / "merged")
+            merge_adapter(cfg.student.trained_from, out_dir, student_dir / "merged")
         write_json(student_dir / "manifest.json", manifest)
         print(format_summary(manifest, student_dir))
     state.wait_for_everyone()
@@ -245,7 +245,7 @@ def change_merge_only(cfg: RunConfig, run_dir: Path, state: PartialState) -> dic
     if state.is_main_process:
         if cfg.train.merge:
             print(f"{student_dir} is trained with these settings: merging the adapter only")
-            merge_adapter(cfg.student.model, adapter_dir, student_dir / "merged")
+            merge_adapter(cfg.student.trained_from, adapter_dir, student_dir / "merged")
         write_json(student_dir / "manifest.json", manifest)
     state.wait_for_everyone()
     return manifest

@@ -91,7 +91,7 @@ def settings_markdown() -> str:
     lines = [
         "# Config settings",
         "",
-        "Every setting of a run config, generated from `src/mapd/config.py` by",
+        "Every setting of a run config, generated from `src/mapd/config/schema.py` by",
         "`mapd settings --markdown` (a test keeps this page current). `N` is a list index:",
         "`teachers.0.model` on the command line. Defaults are what an unset key gets.",
         "",

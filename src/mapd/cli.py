@@ -94,7 +94,8 @@ def validate(
         for t in cfg.teachers
     )
     out.print(
-        f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}, "
+        f"{config}: valid. task {cfg.task.name}, student {cfg.student.model}"
+        f"{f' (weights {cfg.student.weights})' if cfg.student.weights else ''}, "
         f"teachers {teachers}, output {cfg.run_dir}",
         highlight=False,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mapd.config import BATCH_API_NAMES, BATCH_OF_HOST, ModelEndpoint, RunConfig, StudentConfig
+from mapd.config import BATCH_OF_HOST, ModelEndpoint, RunConfig, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm.openai_backend import on_this_machine
 
@@ -163,32 +164,70 @@ def check_local(role: str, endpoint: ModelEndpoint) -> EndpointCheck:
     path = Path(spec).expanduser()
     if path.exists():
         return EndpointCheck(role, spec, "present")
-    if spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or "\\" in spec:
+    if spec.endswith(".gguf") or spec.startswith(("/", ".", "~")) or WINDOWS_PATH.match(spec):
         return EndpointCheck(role, spec, "", "cannot load model: no such file or folder", SPEC_HINT)
-    found = hub_status(spec)
+    found, _ = hub_lookup(spec)
+    if found == NO_HUB_ID:
+        return EndpointCheck(role, spec, "", found, SPEC_HINT)
     return EndpointCheck(role, spec, found, worth_saying=found != "in the local hub cache")
+
+
+WINDOWS_PATH = re.compile(r"[A-Za-z]:[\\/]|.*\\")  # C:/models/x, C:\models\x, models\x
+NO_HUB_ID = "no such file or folder, and not a hub id (owner/name)"
 
 
 def hub_status(repo: str) -> str:
     """Whether a hub model is in the local cache; no HTTP request (at most one name lookup)."""
+    return hub_lookup(repo)[0]
+
+
+def hub_lookup(repo: str) -> tuple[str, bool]:
+    """What the local hub cache says of `repo`, and whether loading it can work (False: it
+    will fail for sure). No HTTP request; at most one name lookup."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
     from mapd.llm.hub_offline import unresolvable_hub_host
 
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:  # an Ollama tag (qwen2.5:7b), a revision (org/name@main), ...
+        return NO_HUB_ID, False
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-        return "in the local hub cache"
+        return "in the local hub cache", True
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "not in the local hub cache and HF_HUB_OFFLINE is set: loading it will fail"
+        return "not in the local hub cache and HF_HUB_OFFLINE is set: loading it will fail", False
     if host := unresolvable_hub_host():
-        return f"not in the local hub cache and {host} cannot be resolved: loading it will fail"
-    return "not in the local hub cache: downloaded on first use (needs the network)"
+        return (
+            f"not in the local hub cache and {host} cannot be resolved: loading it will fail",
+            False,
+        )
+    return "not in the local hub cache: downloaded on first use (needs the network)", True
+
+
+def on_the_hub(repo: str, timeout: float) -> bool | None:
+    """Whether the hub has `repo` (a gated one counts), or None when it cannot tell."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo, timeout=timeout)
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    except Exception:  # network, proxy, server trouble: not the user's config
+        return None
+    return True
 
 
 def check_batch_api(
     role: str, endpoint: ModelEndpoint, url: str, timeout: float
 ) -> EndpointCheck | None:
     """A failed check when `GET {url}/batches` (or `/messages/batches`) is 404: the server
-    has no batch API and every request would fail at submission (Ollama, vLLM serve)."""
+    has no batch API (Ollama, vLLM serve). mapd lists a provider's batches before it submits
+    (to adopt one a killed run made), so this is the first request a batched run would fail."""
     from mapd.llm.batch_api import ANTHROPIC_VERSION
     from mapd.llm.openai_backend import api_key, env_proxy
 
@@ -210,9 +249,8 @@ def check_batch_api(
                 role,
                 url,
                 "",
-                f"no {BATCH_API_NAMES[endpoint.batch_kind or 'openai']} here "
-                f"(GET {route}: HTTP {exc.code})",
-                "remove `batch:` from this endpoint to call it live",
+                f"no batch API at this URL (GET {route}: HTTP {exc.code})",
+                "remove `batch:` from this endpoint to call it live, or check base_url",
             )
     except (urllib.error.URLError, OSError):
         pass  # not reachable: check_http has said so
@@ -271,20 +309,26 @@ def check_endpoints(
     return checks
 
 
-def check_weights(student: StudentConfig) -> EndpointCheck:
+def check_weights(student: StudentConfig, timeout: float = TIMEOUT) -> EndpointCheck:
     """What training of a served student loads: `weights`, else the served model's name. A
-    name that is no hub id (an Ollama tag) or a hub model that cannot be fetched fails here,
-    before the teachers are paid, not at the train stage."""
+    name that is no hub id (an Ollama tag), a hub model that cannot be fetched, or a name the
+    hub does not have (vLLM's --served-model-name) fails here, before the teachers are paid,
+    not at the train stage."""
     role, spec = "student weights for training", student.trained_from
     fix = (
         "set student.weights to the served model's weights: a hub id (e.g. "
         "HuggingFaceTB/SmolLM2-135M-Instruct), a folder, or a package: file"
     )
-    if ":" in spec and not spec.startswith("package:") and "/" not in spec.split(":")[0]:
-        return EndpointCheck(role, spec, "", "a server's model name, not weights to train", fix)
     found = check_local(role, student.model_copy(update={"model": spec}))
-    if found.problem is None and found.found.endswith("will fail"):
-        return EndpointCheck(role, spec, "", found.found, fix + " (or make the hub reachable)")
+    if found.problem == NO_HUB_ID:
+        return EndpointCheck(role, spec, "", "a server's model name, not weights to train", fix)
+    if found.problem is not None or found.found.startswith("present"):
+        return found
+    status, loadable = hub_lookup(spec)
+    if not loadable:
+        return EndpointCheck(role, spec, "", status, fix + " (or make the hub reachable)")
+    if status != "in the local hub cache" and on_the_hub(spec, timeout) is False:
+        return EndpointCheck(role, spec, "", "no such model on the hub", fix)
     return found
 
 

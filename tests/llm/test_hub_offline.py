@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,51 @@ def test_behind_a_proxy_the_hub_is_not_taken_for_offline(tmp_path):
     assert python(code, proxied).stdout.strip() == "None"
     bypassed = {**proxied, "NO_PROXY": NO_HUB}
     assert python(code, bypassed).stdout.strip() == NO_HUB
+
+
+class HubModels(BaseHTTPRequestHandler):
+    """The hub's model-info route as the hub answers it: one model there, one gated, the
+    rest not found (the hub's error code in a header, as huggingface_hub reads it)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/api/models/me/there"):
+            status, code, body = 200, None, b'{"id": "me/there", "sha": "' + b"0" * 40 + b'"}'
+        elif self.path.startswith("/api/models/me/gated"):
+            status, code, body = 403, "GatedRepo", b'{"error": "gated"}'
+        else:
+            status, code, body = 404, "RepoNotFound", b'{"error": "Repository not found"}'
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_weights_the_hub_does_not_have_stop_the_run_where_the_hub_answers(tmp_path):
+    """Online, a served name that is no model on the hub (vLLM's --served-model-name
+    student) is an error before the run; a model there, or gated, passes."""
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), HubModels)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    env = {**no_network_env(tmp_path), "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}"}
+    code = (
+        "from mapd.config import StudentConfig\n"
+        "from mapd.preflight import check_weights\n"
+        "for w in ('me/there', 'me/gated', 'me/student'):\n"
+        "    s = StudentConfig(model='student', backend='openai', base_url='http://x/v1', weights=w)\n"
+        "    print(w, check_weights(s).problem)\n"
+    )
+    try:
+        result = python(code, env)
+    finally:
+        hub.shutdown()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "me/there None",
+        "me/gated None",
+        "me/student no such model on the hub",
+    ]

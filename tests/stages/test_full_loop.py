@@ -135,3 +135,23 @@ def test_an_http_student_is_trained_then_examined_and_evaluated_in_process(tmp_p
     assert round2.student.backend == "transformers" and round2.eval.trained is None
     assert summaries["round-2"]["exam"]["questions"] == exam
     assert summaries["round-2"]["eval"]["base"]["model"] == round2.student.model
+
+
+def test_a_served_student_named_otherwise_is_trained_from_its_weights(tmp_path, tiny_student):
+    """vLLM's --served-model-name, an Ollama tag: the server answers to `student-model`, and
+    `student.weights` names what training loads; the adapter is of those weights."""
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        served = ("student.backend", "student.base_url", "student.weights", "student.model")
+        overrides = [o for o in in_process(tiny_student, 1) if not o.startswith(served)]
+        cfg = load_config(config, [*overrides, f"student.weights={tiny_student}"])
+        summaries = asyncio.run(run_pipeline(cfg))
+        asked = {r["model"] for r in server.requests} - TEACHERS
+    assert asked == {"student-model"}  # the server is asked by its own name only
+    student_dir = tmp_path / "run" / "student"
+    assert json.loads((student_dir / "manifest.json").read_text())["base_model"] == str(
+        tiny_student
+    )
+    adapter = json.loads((student_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_student)
+    assert summaries["eval"]["trained"]["n"] == summaries["eval"]["base"]["n"] > 0

@@ -71,7 +71,7 @@ def print_summary(
     report = cfg.run_dir / "report.html"
     if report.exists():
         lines.append(f"  report: {report}")
-    if all(t.model == cfg.student.model for t in cfg.teachers):
+    if all(t.model in (cfg.student.model, cfg.student.trained_from) for t in cfg.teachers):
         lines.append(
             "  note: every teacher here shares the student's weights and differs only in decoding "
             "and instructions: this shows the mechanics, not a quality claim."

@@ -61,14 +61,21 @@ def check_key(role: str, endpoint: ModelEndpoint) -> EndpointCheck | None:
     )
 
 
-def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> EndpointCheck:
-    """`GET {url}/models`: any answer but a refused key means the server is there."""
-    from mapd.llm.openai_backend import api_key, env_proxy
+def opener_for(url: str) -> urllib.request.OpenerDirector:
+    """urllib with the proxy that the HTTP client would use for `url` (none when not set)."""
+    from mapd.llm.openai_backend import env_proxy
 
     proxy = env_proxy(url)
-    opener = urllib.request.build_opener(
+    return urllib.request.build_opener(
         urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
     )
+
+
+def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> EndpointCheck:
+    """`GET {url}/models`: any answer but a refused key means the server is there."""
+    from mapd.llm.openai_backend import api_key
+
+    opener = opener_for(url)
     headers = {**endpoint.headers, "Authorization": f"Bearer {api_key(endpoint)}"}
     request = urllib.request.Request(url.rstrip("/") + "/models", headers=headers)
     try:
@@ -229,12 +236,9 @@ def check_batch_api(
     has no batch API (Ollama, vLLM serve). mapd lists a provider's batches before it submits
     (to adopt one a killed run made), so this is the first request a batched run would fail."""
     from mapd.llm.batch_api import ANTHROPIC_VERSION
-    from mapd.llm.openai_backend import api_key, env_proxy
+    from mapd.llm.openai_backend import api_key
 
-    proxy = env_proxy(url)
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})
-    )
+    opener = opener_for(url)
     key = api_key(endpoint)
     headers = {**endpoint.headers, "Authorization": f"Bearer {key}", "x-api-key": key}
     headers["anthropic-version"] = ANTHROPIC_VERSION

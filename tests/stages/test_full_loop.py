@@ -12,6 +12,7 @@ from tests.stages.train.toy_run import build_tiny_model
 
 from mapd.config import load_config
 from mapd.stages.pipeline import run_pipeline
+from mapd.stages.report import markdown_report
 from mapd.testing.loopback import LoopbackServer
 
 TEACHERS = {"alice-model", "bob-model", "carol-model"}
@@ -58,6 +59,7 @@ def test_whole_loop_with_an_in_process_student(tmp_path, tiny_student):
     predictions = (run_dir / "eval" / "trained" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == trained["n"]
     assert (run_dir / "report.html").stat().st_size > 1000
+    assert 'id="unlike-evals"' not in (run_dir / "report.html").read_text()  # both in-process
     assert (run_dir / "student" / "manifest.json").exists()
 
 
@@ -155,3 +157,7 @@ def test_a_served_student_named_otherwise_is_trained_from_its_weights(tmp_path, 
     adapter = json.loads((student_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_student)
     assert summaries["eval"]["trained"]["n"] == summaries["eval"]["base"]["n"] > 0
+    # base on the server, trained in-process: the report says the two were asked differently
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="unlike-evals"' in report and "asked on a server (student-model)" in report
+    assert "not asked the same way" in markdown_report(tmp_path / "run")

@@ -43,7 +43,7 @@ def _cut_off_line(cfg: RunConfig) -> str | None:
 def print_summary(
     cfg: RunConfig, summaries: dict[str, Any], started: float, console: Console
 ) -> None:
-    from mapd.stages.report.collect import answers_cut_off_lines
+    from mapd.stages.report.collect import answers_cut_off_lines, unlike_evals_line
 
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
@@ -65,6 +65,8 @@ def print_summary(
         lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")
     for line in answers_cut_off_lines(exam, evals or {}):
         lines.append(f"  [yellow]{line}[/]")
+    if unlike := unlike_evals_line(evals or {}):
+        lines.append(f"  [yellow]not asked the same way: {unlike}[/]")
     if cut := _cut_off_line(cfg):
         lines.append(f"  [yellow]replies cut off at max_tokens (not trained): {cut}[/]")
     lines.append(f"  calls of this run folder so far: {_ledger_line(cfg)}")

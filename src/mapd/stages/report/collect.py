@@ -105,6 +105,7 @@ class RunReport:
     left_out: list[str] = field(default_factory=list)  # what could not be read, and why
     cut_off: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     answers_cut_off: list[str] = field(default_factory=list)  # the student's, exam and eval
+    unlike_evals: str | None = None  # base and trained asked in different ways
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:
@@ -278,6 +279,24 @@ def answers_cut_off_lines(
     return lines
 
 
+def unlike_evals_line(evals: dict[str, dict[str, Any]]) -> str | None:
+    """Said when the untrained and the trained student were asked in different ways (one on a
+    server, one in-process): a server's quantization, template or decoding moves one figure
+    and not the other, so the difference is not training's alone."""
+    base, trained = evals.get("base") or {}, evals.get("trained") or {}
+    where = {"openai": "on a server", "transformers": "in-process"}
+    if not base.get("backend") or base.get("backend") == trained.get("backend", base["backend"]):
+        return None
+    return (
+        f"the untrained student was asked {where.get(base['backend'], base['backend'])} "
+        f"({base.get('model')}), the trained one {where.get(trained['backend'], trained['backend'])} "
+        f"({trained.get('model')}): a server's quantization, chat template or decoding moves one "
+        "figure and not the other. For a like-for-like difference, serve the adapter beside the "
+        "base and set eval.trained (vllm serve BASE --enable-lora --lora-modules student=RUN_DIR/"
+        "student/adapter), or run the student in-process (student.backend: transformers)"
+    )
+
+
 def collect_run(run_dir: Path) -> RunReport:
     """Read every file of the run folder that exists; raise MapdError if it is not a run folder."""
     run_dir = Path(run_dir)
@@ -320,6 +339,7 @@ def collect_run(run_dir: Path) -> RunReport:
         left_out=[unreadable] if unreadable else [],
         cut_off=cut_off_counts(feedback, rationales, reviews),
         answers_cut_off=answers_cut_off_lines(exam, eval_metrics(run_dir)),
+        unlike_evals=unlike_evals_line(eval_metrics(run_dir)),
     )
 
 

@@ -393,11 +393,21 @@ def accuracy_html(report: RunReport) -> str:
 
 
 def answers_cut_off_html(report: RunReport) -> str:
-    """The student's answers stopped at the token limit (mostly counted wrong), exam and eval."""
+    """The student's answers stopped at the token limit (mostly counted wrong), exam and eval;
+    and base and trained asked in different ways."""
+    unlike = ""
+    if report.unlike_evals:
+        unlike = (
+            '<p class="warn" id="unlike-evals"><b>Not asked the same way</b>: '
+            f"{escape(report.unlike_evals)}</p>"
+        )
     if not report.answers_cut_off:
-        return ""
+        return unlike
     lines = "<br>".join(escape(line) for line in report.answers_cut_off)
-    return f'<p class="warn" id="answers-cut-off"><b>Answers cut off at max_tokens</b>: {lines}</p>'
+    return (
+        f'<p class="warn" id="answers-cut-off"><b>Answers cut off at max_tokens</b>: {lines}</p>'
+        + unlike
+    )
 
 
 def table_html(report: RunReport) -> str:

@@ -122,6 +122,9 @@ def review_md(report: RunReport) -> list[str]:
 
 def accuracy_md(report: RunReport) -> list[str]:
     cut = [f"- {md_cell(line)}" for line in report.answers_cut_off]
+    cut += (
+        [f"- not asked the same way: {md_cell(report.unlike_evals)}"] if report.unlike_evals else []
+    )
     cut += [""] if cut else []
     if not report.accuracy:
         return ["## Accuracy", "", *cut] if cut else []

@@ -295,7 +295,7 @@ class StudentConfig(ModelEndpoint):
         None,
         description="openai: the weights that training loads, when the server's model name is "
         "not one (vLLM's --served-model-name, an Ollama tag): a hub id, a folder or a "
-        "package: file. None = model.",
+        "package: file. Unset: the model's name.",
     )
 
     @model_validator(mode="after")

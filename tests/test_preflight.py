@@ -221,7 +221,8 @@ def test_weights_are_only_for_a_served_student(tmp_path, server):
     config = write_config(tmp_path, server.base_url)
     result = mapd("validate", config, "student.backend=transformers", "student.base_url=null")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "weights is for a student served over HTTP" in result.stderr
+    assert "student.weights: weights is for a student served over HTTP" in result.stderr
+    assert "StudentConfig(" not in result.stderr  # the section's value is not repeated
 
 
 def test_the_trained_students_server_is_checked_once_the_student_is_trained(tmp_path, server):

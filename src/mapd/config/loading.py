@@ -156,7 +156,7 @@ def format_errors(err: ValidationError) -> list[str]:
         else:
             msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
             # a whole section as the value says nothing the message does not: it names the field
-            if not isinstance(e["input"], dict | list):
+            if not isinstance(e["input"], dict | list | BaseModel):
                 got[path] = f" (got {e['input']!r})"
         if msg not in found.setdefault(path, []):
             found[path].append(msg)

@@ -21,6 +21,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -298,14 +300,15 @@ class StudentConfig(ModelEndpoint):
         "package: file. Unset: the model's name.",
     )
 
-    @model_validator(mode="after")
-    def _check_weights(self) -> StudentConfig:
-        if self.weights is not None and self.backend != "openai":
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, weights: str | None, info: ValidationInfo) -> str | None:
+        if weights is not None and info.data.get("backend") == "transformers":
             raise ValueError(
                 "weights is for a student served over HTTP; backend transformers loads model: "
                 "remove weights, or put its value in model"
             )
-        return self
+        return weights
 
     @property
     def trained_from(self) -> str:

@@ -138,7 +138,7 @@ def test_a_closed_port_names_the_endpoint_and_the_fix():
     assert found.problem is not None and "not reachable" in found.problem
     assert found.line().startswith(f"teacher t ({url}): not reachable")
     assert "start the server" in found.line()  # on this machine: a server that is not up
-    with pytest.raises(MapdError, match="1 of 1 endpoint"):
+    with pytest.raises(MapdError, match="1 of 1 checks failed"):
         require_endpoints([found])
 
 
@@ -257,7 +257,7 @@ def test_validate_check_and_run_find_a_closed_port_before_the_exam(tmp_path, ser
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"teacher bob ({url}): not reachable" in result.stdout
     assert "teacher alice" in result.stdout and "student" in result.stdout
-    assert "1 of 5 endpoint(s) cannot be used" in result.stderr
+    assert "1 of 5 checks failed" in result.stderr
 
     chats = len(server.requests)
     result = mapd("run", config, bad)
@@ -267,3 +267,11 @@ def test_validate_check_and_run_find_a_closed_port_before_the_exam(tmp_path, ser
     assert not (tmp_path / "run" / "attempts.jsonl").exists()
 
     assert mapd("validate", config, "--check").returncode == 0
+
+
+def test_train_alone_checks_a_served_students_weights(tmp_path, server):
+    config = write_config(tmp_path, server.base_url)
+    result = mapd("train", config, "student.weights=qwen2.5:1.5b")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a server's model name, not weights to train" in result.stderr
+    assert "set student.weights" in result.stderr

@@ -128,9 +128,12 @@ def train(
     Example: mapd train configs/demo.yaml train.method=full train.lr=1e-5 train.alpha=0.5
     """
     from mapd.config import load_config
+    from mapd.preflight import check_weights, require_endpoints
     from mapd.stages.pipeline import train_student
 
     cfg = load_config(config, overrides or [])
+    if cfg.student.backend == "openai":  # a served student is trained from its weights
+        require_endpoints([check_weights(cfg.student)])
     train_student(cfg)
 
 

@@ -361,6 +361,6 @@ def require_endpoints(checks: list[EndpointCheck], shown: bool = False) -> None:
         return
     lines = "" if shown else "".join(f"\n  {c.line()}" for c in failed)
     raise MapdError(
-        f"{len(failed)} of {len(checks)} endpoint(s) cannot be used{' (above)' if shown else ':'}{lines}",
+        f"{len(failed)} of {len(checks)} checks failed{' (above)' if shown else ':'}{lines}",
         "fix them and run again (`mapd validate CONFIG --check` checks without running)",
     )

@@ -212,6 +212,16 @@ def test_budget_caps_a_batch_before_it_is_submitted(batch_server, store):
     assert all(r.skipped for r in results[2:])
     (spent,) = store.db.execute("SELECT SUM(cost) FROM calls").fetchone()
     assert budget.spent_usd == pytest.approx(spent) and 0 < spent < worst
+    assert budget.held_usd == pytest.approx(0) and "held" not in str(stopped.value)
+    # while a batch waits, its worst case is said to be held, not spent
+    waiting = Budget(usd=1.0)
+    waiting.hold(0.75, 600)
+    assert waiting.describe() == (
+        "$0.7500 of budget.usd 1.0, $0.7500 of it held; "
+        "held: the worst case of submitted batches, until they are collected"
+    )
+    waiting.settle((0.75, 600), 0.01, 90)
+    assert waiting.describe() == "$0.0100 of budget.usd 1.0"
 
 
 def test_a_killed_wait_resumes_the_recorded_batch(batch_server, store, tmp_path):

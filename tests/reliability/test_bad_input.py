@@ -311,6 +311,23 @@ def test_a_teacher_that_refuses_and_one_that_answers_garbage(tmp_path):
     assert {e.teacher for e in examples if e.kind == "feedback"} == {"alice"}
 
 
+def test_rationales_all_with_a_wrong_answer_point_at_the_answer_check(tmp_path):
+    def all_wrong(request: dict) -> str:
+        prompt = request["messages"][-1]["content"]
+        if "reviewing another teacher" in prompt:
+            return "Clear and complete. [5]"
+        if "Student's answer" in prompt or request["model"] == "student-model":
+            return reply(request)
+        return f"Add them. The answer is {_sum_in(prompt) + 1}."
+
+    with LoopbackServer(reply=all_wrong) as srv:
+        config = write_config(tmp_path, srv.base_url)
+        result = mapd("run", config, "review.require_correct_answer=true", "--until", "build")
+    assert_clear_error(result, "(wrong_answer 21): nothing to train on", "mistakes.jsonl")
+    assert "review.require_correct_answer: false" in result.stderr
+    assert "[brackets]" not in result.stderr  # the reviews are fine: not pointed at
+
+
 def test_reviewers_that_never_give_a_parseable_score(tmp_path):
     def no_scores(request: dict) -> str:
         if "reviewing another teacher" in request["messages"][-1]["content"]:

@@ -313,16 +313,15 @@ class BatchRun:
             usd = call_cost(client.endpoint.price, tokens - output, output, True)
             if budget.would_exceed(usd, tokens):
                 break
-            budget.charge(usd, tokens)
+            budget.hold(usd, tokens)
             item.held = (usd, tokens)
             admitted.append(item)
         return admitted
 
     def settle(self, item: Item, usd: float = 0.0, tokens: int = 0) -> None:
         """Charge the budget what the item cost, in place of what it held."""
-        held_usd, held_tokens = item.held
         if self.client.budget is not None and self.client._counts_budget():
-            self.client.budget.charge(usd - held_usd, tokens - held_tokens)
+            self.client.budget.settle(item.held, usd, tokens)
         item.held = (0.0, 0)
 
     async def submit_once(self, lines: list[bytes], submission: str) -> BatchState:

@@ -157,6 +157,8 @@ class Budget:
     ) -> None:
         self.usd, self.tokens = usd, tokens
         self.spent_usd, self.spent_tokens = spent_usd, spent_tokens
+        # of the spent: held for submitted batches at their worst case, until collected
+        self.held_usd, self.held_tokens = 0.0, 0
 
     @classmethod
     def for_run(cls, config: BudgetConfig, store: CallStore, run: str) -> Budget:
@@ -179,10 +181,25 @@ class Budget:
         self.spent_usd += usd
         self.spent_tokens += tokens
 
+    def hold(self, usd: float, tokens: int) -> None:
+        """Count a submitted batch item's worst case as spent until its cost is known."""
+        self.charge(usd, tokens)
+        self.held_usd += usd
+        self.held_tokens += tokens
+
+    def settle(self, held: tuple[float, int], usd: float, tokens: int) -> None:
+        """Replace what an item held by what it cost."""
+        self.hold(-held[0], -held[1])
+        self.charge(usd, tokens)
+
     def describe(self) -> str:
         parts = []
         if self.usd is not None:
-            parts.append(f"${self.spent_usd:.4f} of budget.usd {self.usd}")
+            held = f", ${self.held_usd:.4f} of it held" if self.held_usd > 1e-12 else ""
+            parts.append(f"${self.spent_usd:.4f} of budget.usd {self.usd}{held}")
         if self.tokens is not None:
-            parts.append(f"{self.spent_tokens} of budget.tokens {self.tokens}")
-        return ", ".join(parts)
+            held = f", {self.held_tokens} of them held" if self.held_tokens > 0 else ""
+            parts.append(f"{self.spent_tokens} of budget.tokens {self.tokens}{held}")
+        if self.held_usd > 1e-12 or self.held_tokens > 0:
+            parts.append("held: the worst case of submitted batches, until they are collected")
+        return "; ".join(parts)

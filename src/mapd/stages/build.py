@@ -206,6 +206,21 @@ def export(examples: list[Example], out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# What to look at when no rationale was accepted, by the most common reason
+NOTHING_ACCEPTED_HINTS = {
+    "no_valid_review": "read the reviewers' replies in reviews.jsonl: a reply without a score "
+    "in [brackets] is an invalid review; check prompts.review and the teachers' models and "
+    "max_tokens",
+    "low_score": "the reviewers scored them at or below review.threshold: read reviews.jsonl "
+    "for why, or lower review.threshold",
+    "wrong_answer": "their final answers differ from the gold ones: compare `extracted` in "
+    "rationales.jsonl with `answer` in mistakes.jsonl (a wrong task.answer_type, or gold answers "
+    "in another form?), or set review.require_correct_answer: false",
+    "cut_off": "the teachers' replies stopped at their max_tokens: raise the teachers' "
+    "sampling.max_tokens",
+}
+
+
 def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     mistakes = read_jsonl(run_dir / "mistakes.jsonl", Mistake)
     feedback = read_jsonl(run_dir / "feedback.jsonl", Feedback)
@@ -217,8 +232,9 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         raise MapdError(
             f"build: none of the {len(decisions)} rationales was accepted "
             f"({', '.join(f'{r} {n}' for r, n in reasons.most_common())}): nothing to train on",
-            "read the reviewers' replies in reviews.jsonl: a reply without a score in [brackets] "
-            "is an invalid review; check prompts.review and the teachers' models and max_tokens",
+            NOTHING_ACCEPTED_HINTS.get(
+                reasons.most_common(1)[0][0], NOTHING_ACCEPTED_HINTS["no_valid_review"]
+            ),
         )
     export(examples, run_dir / "dataset")
     write_json(run_dir / "dataset" / "stats.json", stats)

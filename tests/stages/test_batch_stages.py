@@ -144,9 +144,15 @@ def test_mapd_batches_cancel_cancels_the_unfinished_batches(tmp_path, mapd_home)
             process.wait()
         cancelled = mapd(mapd_home, "batches", str(tmp_path / "run"), "--cancel")
         (batch,) = batches.batches.values()
-    assert cancelled.returncode == 0, cancelled.stderr
-    assert batch.stopped_at is not None
-    assert "cancelling" in cancelled.stdout
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert batch.stopped_at is not None
+        assert "cancelling" in cancelled.stdout
+        # the next run, started after the cancel, collects it and submits its items anew
+        batches.tick = 1.0
+        run_dir = run_until(config, "teach")
+        assert len(batches.batches) == 2
+    mistakes = (run_dir / "mistakes.jsonl").read_text().splitlines()
+    assert len((run_dir / "feedback.jsonl").read_text().splitlines()) == 3 * len(mistakes)
 
 
 def test_mapd_batches_of_a_run_without_batches_is_a_user_error(tmp_path, mapd_home):
@@ -196,3 +202,4 @@ def test_mapd_batches_cancel_during_a_run_is_not_undone_by_a_new_batch(tmp_path,
         assert len(batches.batches) == 1  # nothing resubmitted by the running process
     assert process.returncode == 2
     assert "batch_cancelled" in stderr and "Traceback" not in stderr
+    assert "run again to submit them anew" in " ".join(stderr.split())

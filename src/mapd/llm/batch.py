@@ -146,6 +146,7 @@ class BatchRun:
         self.desc, self.progress = desc, progress
         self.items: dict[str, Item] = {}
         self.bar: BatchProgress | None = None
+        self.started = time.time()
 
     async def run(self, requests: Sequence[Request]) -> list[CallResult]:
         client = self.client
@@ -544,12 +545,14 @@ class BatchRun:
         await client._write(*rows)
 
     def cancel_asked(self, batch: str) -> bool:
-        """Whether `mapd batches --cancel` stopped this batch (from another process)."""
+        """Whether `mapd batches --cancel` stopped this batch (from another process) while this
+        run waited for it. A cancel asked before the run began was the user's stop between
+        runs: this run is the next one, and resubmits."""
         if self.client.store is None:
             return False
         sql = "SELECT cancel_asked FROM batches WHERE id = ?"
         row = self.client.store.db.execute(sql, (batch,)).fetchone()
-        return bool(row and row[0])
+        return bool(row and row[0] >= int(self.started))
 
     def ledger_row(
         self,

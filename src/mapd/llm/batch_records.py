@@ -121,8 +121,8 @@ async def cancel_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow
         finally:
             await api.aclose()
         store.db.execute(
-            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?, cancel_asked = 1"
+            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?, cancel_asked = ?"
             " WHERE id = ?",
-            (state.status, state.done, state.failed, time.time(), row.id),
+            (state.status, state.done, state.failed, time.time(), int(time.time()), row.id),
         )
     return list_batches(store, run_dir)

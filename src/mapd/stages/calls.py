@@ -65,7 +65,11 @@ def raise_if_failed(stage: str, what: str, results: Sequence[CallResult]) -> Non
     """Stop the stage when any call failed for good: nothing is written, finished calls are cached."""
     failed = [r for r in results if not r.ok]
     if failed:
+        cancelled = all("batch_cancelled" in (r.error or "") for r in failed)
         raise MapdError(
             f"{stage}: {len(failed)} of {len(results)} {what} calls failed; first error: {failed[0].error}",
-            "fix the cause and run again: finished calls are cached and will not be paid twice",
+            "their batch was cancelled (`mapd batches --cancel`) while this run waited: run "
+            "again to submit them anew; finished calls are cached"
+            if cancelled
+            else "fix the cause and run again: finished calls are cached and will not be paid twice",
         )

@@ -628,8 +628,9 @@ def batches(
 ) -> None:
     """List a run's provider batches (teachers with `batch: true` or `anthropic`): status, counts, cost.
 
-    Status and counts are those of the run's last poll. With --cancel, every batch that has
-    not ended is cancelled at the provider; the next run resubmits only the unfinished items.
+    A batch not ended is asked of the provider now (it goes on while no run polls it); cost
+    is that of collected replies. With --cancel, every batch that has not ended is cancelled
+    at the provider; the next run resubmits only the unfinished items.
 
     Example: mapd batches runs/gsm8k-hosted --cancel
     """
@@ -637,12 +638,13 @@ def batches(
     import time
 
     from mapd.llm import open_store
-    from mapd.llm.batch_records import cancel_batches, list_batches
+    from mapd.llm.batch_records import cancel_batches, refresh_batches
 
     with open_store() as store:
-        rows = (
-            asyncio.run(cancel_batches(store, run_dir)) if cancel else list_batches(store, run_dir)
-        )
+        if cancel:
+            rows, notes = asyncio.run(cancel_batches(store, run_dir)), []
+        else:
+            rows, notes = asyncio.run(refresh_batches(store, run_dir))
     out.print(
         f"{'batch':<32} {'endpoint':<16} {'kind':<9} {'stage':<7} {'status':<11} "
         f"{'done':>13} {'failed':>6} {'submitted':>10} {'cost $':>9}",
@@ -655,6 +657,14 @@ def batches(
         out.print(
             f"{r.id:<32} {r.endpoint:<16} {r.kind:<9} {r.stage:<7} {r.status:<11} "
             f"{f'{r.done}/{r.requests}':>13} {r.failed:>6} {ago:>10} {r.cost:>9.4f}",
+            highlight=False,
+        )
+    for note in notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    if any(not r.collected for r in rows):
+        console.print(
+            "note: cost counts collected replies; a batch not yet collected is paid at the "
+            "provider all the same (the next run collects it)",
             highlight=False,
         )
 

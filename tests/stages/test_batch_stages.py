@@ -124,8 +124,14 @@ def test_a_run_killed_while_polling_resumes_without_a_second_batch(tmp_path, map
         assert listed.returncode == 0, listed.stderr
         assert all(batch_id in listed.stdout for batch_id in batches.batches)
         assert "validating" in listed.stdout and "in_progress" in listed.stdout
+        assert "a batch not yet collected is paid" in " ".join(listed.stderr.split())
 
-        batches.tick = 1.0  # time moves on: the batches finish
+        batches.advance(60.0)  # the batches finish while no run polls them
+        listed = mapd(mapd_home, "batches", str(run_dir))
+        assert listed.stdout.count("completed") + listed.stdout.count("ended") == 2, listed.stdout
+        assert "in_progress" not in listed.stdout  # asked now, not the last poll's status
+        assert len(batches.batches) == 2 and max(batches.submissions.values()) == 1
+        batches.tick = 1.0
         run_until(config, "teach")
     assert len(batches.batches) == 2  # polled again, never submitted again
     assert max(batches.submissions.values()) == 1
@@ -203,3 +209,19 @@ def test_mapd_batches_cancel_during_a_run_is_not_undone_by_a_new_batch(tmp_path,
     assert process.returncode == 2
     assert "batch_cancelled" in stderr and "Traceback" not in stderr
     assert "run again to submit them anew" in " ".join(stderr.split())
+
+
+def test_mapd_batches_lists_the_last_poll_when_the_provider_cannot_be_asked(tmp_path, mapd_home):
+    with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
+        config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})
+        process = start_run(config, mapd_home)
+        try:
+            wait_for(lambda: batches.polls >= 2)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    listed = mapd(mapd_home, "batches", str(tmp_path / "run"))  # the provider is gone
+    assert listed.returncode == 0, listed.stderr
+    assert "in_progress" in listed.stdout or "validating" in listed.stdout
+    said = " ".join(listed.stderr.split())
+    assert "the provider could not be asked" in said and "as of the run's last poll" in said

@@ -552,7 +552,7 @@ class BatchRun:
             return False
         sql = "SELECT cancel_asked FROM batches WHERE id = ?"
         row = self.client.store.db.execute(sql, (batch,)).fetchone()
-        return bool(row and row[0] >= int(self.started))
+        return bool(row and row[0] > self.started)
 
     def ledger_row(
         self,

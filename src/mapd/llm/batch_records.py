@@ -1,11 +1,11 @@
 """A run's provider batches: their status, counts and cost, and cancelling them (`mapd batches`).
 
-    rows = list_batches(store, "runs/demo")
+    rows, notes = asyncio.run(refresh_batches(store, "runs/demo"))
     rows = asyncio.run(cancel_batches(store, "runs/demo"))
 
-The batches are the ones recorded in RUN_DIR/batches/<id>.json; status and counts are the
-last ones seen when the run polled (kept in the call database), cost is the ledger's.
-Cancelling asks the provider through the endpoint of the run's own config.yaml; the items a
+The batches are the ones recorded in RUN_DIR/batches/<id>.json; status and counts of a batch
+not ended are asked of the provider (through the endpoint of the run's own config.yaml),
+else the last ones the run saw; cost is the ledger's: of collected replies only. The items a
 cancelled batch finished are kept, and the next run resubmits only the rest.
 """
 
@@ -90,39 +90,69 @@ def list_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
 
 async def cancel_batches(store: CallStore, run_dir: str | Path) -> list[BatchRow]:
     """Cancel every batch of the run that has not ended; return the list after."""
+    await ask_provider(store, run_dir, cancel=True)
+    return list_batches(store, run_dir)
+
+
+async def refresh_batches(
+    store: CallStore, run_dir: str | Path
+) -> tuple[list[BatchRow], list[str]]:
+    """Every batch of the run, those not ended as the provider sees them now (a batch goes on
+    at the provider while no run polls it); and a note for each the provider could not be
+    asked about, listed as the run's last poll saw it."""
+    notes = await ask_provider(store, run_dir, cancel=False)
+    return list_batches(store, run_dir), notes
+
+
+async def ask_provider(store: CallStore, run_dir: str | Path, cancel: bool) -> list[str]:
+    """Ask the provider of each batch not ended for its status (or to cancel it), through the
+    endpoint of the run's own config.yaml, and record the answer. A cancel that cannot be
+    asked is an error; a status that cannot is a note."""
     from mapd.config import load_config
     from mapd.llm.batch_api import batch_api
 
     run_dir = Path(run_dir)
-    rows = list_batches(store, run_dir)
+    pending = [r for r in list_batches(store, run_dir) if not r.ended]
+    if not pending:
+        return []
     if not (run_dir / "config.yaml").exists():
+        if not cancel:
+            return [f"{run_dir / 'config.yaml'} not found: status as of the run's last poll"]
         raise MapdError(
             f"{run_dir / 'config.yaml'} not found",
             "give the run folder itself (it keeps the config the run was made with)",
         )
     endpoints = {t.name: t for t in load_config(run_dir / "config.yaml").teachers}
-    for row in rows:
-        if row.ended:
-            continue
+    notes = []
+    for row in pending:
         endpoint = endpoints.get(row.endpoint)
         if endpoint is None or not endpoint.batch_kind:
-            raise MapdError(
-                f"batch {row.id}: the run's config has no batch teacher {row.endpoint!r}",
-                "cancel it in the provider's console",
-            )
-        api = batch_api(endpoint)
+            problem = f"batch {row.id}: the run's config has no batch teacher {row.endpoint!r}"
+            if cancel:
+                raise MapdError(problem, "cancel it in the provider's console")
+            notes.append(f"{problem}: status as of the run's last poll")
+            continue
         try:
-            state = await api.cancel(row.id)
-        except BackendError as exc:
-            raise MapdError(
-                f"cancelling batch {row.id} failed: {exc.message}",
-                "check the endpoint's key and base_url, or cancel it in the provider's console",
-            ) from None
-        finally:
-            await api.aclose()
+            api = batch_api(endpoint)
+            try:
+                state = await (api.cancel(row.id) if cancel else api.status(row.id))
+            finally:
+                await api.aclose()
+        except (BackendError, MapdError) as exc:
+            if cancel:
+                raise MapdError(
+                    f"cancelling batch {row.id} failed: {exc.message}",
+                    "check the endpoint's key and base_url, or cancel it in the provider's console",
+                ) from None
+            notes.append(
+                f"batch {row.id}: the provider could not be asked ({exc.message}): "
+                "status as of the run's last poll"
+            )
+            continue
+        now = time.time()
         store.db.execute(
-            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?, cancel_asked = ?"
-            " WHERE id = ?",
-            (state.status, state.done, state.failed, time.time(), int(time.time()), row.id),
+            "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?"
+            f"{', cancel_asked = ?' if cancel else ''} WHERE id = ?",
+            (state.status, state.done, state.failed, now, *([now] if cancel else []), row.id),
         )
-    return list_batches(store, run_dir)
+    return notes

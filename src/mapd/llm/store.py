@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS batches (
     submitted REAL NOT NULL,
     updated REAL NOT NULL,
     collected INTEGER NOT NULL,
-    cancel_asked INTEGER NOT NULL DEFAULT 0  -- when `mapd batches --cancel` asked (unix s), or 0
+    cancel_asked INTEGER NOT NULL DEFAULT 0  -- when `mapd batches --cancel` asked (unix time), or 0
 );
 CREATE TABLE IF NOT EXISTS batch_items (
     batch TEXT NOT NULL,

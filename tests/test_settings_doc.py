@@ -48,3 +48,7 @@ def test_the_command_lists_a_section_and_refuses_an_unknown_prefix():
         [sys.executable, "-m", "mapd", "settings", "trai"], capture_output=True, text=True
     )
     assert unknown.returncode == 2 and "no setting 'trai' and none under it" in unknown.stderr
+    bare = subprocess.run(
+        [sys.executable, "-m", "mapd", "settings", "weights"], capture_output=True, text=True
+    )
+    assert bare.returncode == 2 and "did you mean student.weights?" in bare.stderr

@@ -5,6 +5,7 @@ Errors meant for users (MapdError) are printed in one or two lines with exit cod
 
 from __future__ import annotations
 
+import difflib
 import errno
 import re
 import sys
@@ -389,7 +390,13 @@ def settings(
     key = re.sub(r"\.\d+(?=\.|$)", ".N", prefix)  # teachers.0.limits: teachers.N.limits
     chosen = [s for s in all_settings() if s.path == key or s.path.startswith(key + ".") or not key]
     if not chosen:
-        raise MapdError(f"no setting {prefix!r} and none under it", "e.g. mapd settings train")
+        paths = [s.path for s in all_settings()]
+        ends = [p for p in paths if p.endswith("." + key) or p.split(".")[-1] == key]
+        near = ends or difflib.get_close_matches(key, paths, n=3, cutoff=0.6)
+        raise MapdError(
+            f"no setting {prefix!r} and none under it",
+            f"did you mean {' or '.join(near[:3])}?" if near else "e.g. mapd settings train",
+        )
     table = Table()
     table.add_column("setting", no_wrap=True)  # the name to type: never cut
     for name in ("type", "default", "what it does"):

@@ -153,6 +153,8 @@ def format_errors(err: ValidationError) -> list[str]:
             msg = "expected a section of KEY: VALUE settings" + SECTION_HINTS.get(path, "")
         elif kind == "list_type" and path == "teachers":
             msg = "expected a list: start each teacher with `- ` (e.g. `  - name: gpt-4o-mini`)"
+        elif loc[-1:] == ("backend",) and str(e["input"]).lower() in BACKEND_OF:
+            msg = BACKEND_OF[str(e["input"]).lower()]
         else:
             msg = e["msg"].removeprefix("Value error, ").replace(" after validation", "")
             # a whole section as the value says nothing the message does not: it names the field
@@ -161,6 +163,20 @@ def format_errors(err: ValidationError) -> list[str]:
         if msg not in found.setdefault(path, []):
             found[path].append(msg)
     return [f"{path}: {'; or '.join(msgs)}{got.get(path, '')}" for path, msgs in found.items()]
+
+
+_SERVERS = ("vllm", "ollama", "sglang", "llama.cpp", "llamacpp", "lmstudio", "tgi", "openrouter")
+# backend names users reach for, and the one that serves them
+BACKEND_OF = {
+    **{
+        name: f"a {name} server is `backend: openai` (any OpenAI-compatible API) with its base_url"
+        for name in (*_SERVERS, "together", "groq", "azure", "gemini", "anthropic", "deepseek")
+    },
+    **{
+        name: "a model run in this process is `backend: transformers`"
+        for name in ("hf", "huggingface", "local", "torch", "pytorch", "peft")
+    },
+}
 
 
 def _setting_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -155,8 +155,10 @@ def test_mapd_batches_cancel_cancels_the_unfinished_batches(tmp_path, mapd_home)
         assert "cancelling" in cancelled.stdout
         # the next run, started after the cancel, collects it and submits its items anew
         batches.tick = 1.0
-        run_dir = run_until(config, "teach")
+        again = mapd(mapd_home, "run", str(config), "--until", "teach")
+        assert again.returncode == 0, again.stderr
         assert len(batches.batches) == 2
+    run_dir = tmp_path / "run"
     mistakes = (run_dir / "mistakes.jsonl").read_text().splitlines()
     assert len((run_dir / "feedback.jsonl").read_text().splitlines()) == 3 * len(mistakes)
 
@@ -208,7 +210,9 @@ def test_mapd_batches_cancel_during_a_run_is_not_undone_by_a_new_batch(tmp_path,
         assert len(batches.batches) == 1  # nothing resubmitted by the running process
     assert process.returncode == 2
     assert "batch_cancelled" in stderr and "Traceback" not in stderr
-    assert "run again to submit them anew" in " ".join(stderr.split())
+    said = " ".join(stderr.split())
+    assert "cancelled with `mapd batches --cancel` while this run waited" in said
+    assert "run again to submit them anew" in said
 
 
 def test_mapd_batches_lists_the_last_poll_when_the_provider_cannot_be_asked(tmp_path, mapd_home):

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from mapd.llm.client import Client
 
 T = TypeVar("T")
+PROCESS_STARTED = time.time()  # a cancel asked later stopped this run's wait
+CANCELLED_BY_USER = "cancelled with `mapd batches --cancel` while this run waited"
 
 
 class BatchGone(Exception):
@@ -146,7 +148,6 @@ class BatchRun:
         self.desc, self.progress = desc, progress
         self.items: dict[str, Item] = {}
         self.bar: BatchProgress | None = None
-        self.started = time.time()
 
     async def run(self, requests: Sequence[Request]) -> list[CallResult]:
         client = self.client
@@ -503,7 +504,8 @@ class BatchRun:
         client = self.client
         # the user stopped this batch with `mapd batches --cancel`: its unfinished items wait
         # for the next run instead of going into a new batch at once
-        max_attempts = 0 if self.cancel_asked(b.id) else client.endpoint.limits.max_attempts
+        cancelled = self.cancel_asked(b.id)
+        max_attempts = 0 if cancelled else client.endpoint.limits.max_attempts
         rows: list[Row] = []
         for cid, (key, canonical, attempt) in b.items.items():
             outcome = outcomes.get(cid) or ItemError(
@@ -540,19 +542,19 @@ class BatchRun:
             elif retryable and attempt < max_attempts:
                 item.batch = None  # into the next batch
             else:
-                self.fail([item], error)
+                self.fail([item], f"{CANCELLED_BY_USER}: {error}" if cancelled else error)
         rows.append(self.status_row(state, collected=True))
         await client._write(*rows)
 
     def cancel_asked(self, batch: str) -> bool:
         """Whether `mapd batches --cancel` stopped this batch (from another process) while this
-        run waited for it. A cancel asked before the run began was the user's stop between
-        runs: this run is the next one, and resubmits."""
+        process ran. A cancel asked before it began was the user's stop between runs: this
+        run is the next one, and resubmits."""
         if self.client.store is None:
             return False
         sql = "SELECT cancel_asked FROM batches WHERE id = ?"
         row = self.client.store.db.execute(sql, (batch,)).fetchone()
-        return bool(row and row[0] > self.started)
+        return bool(row and row[0] > PROCESS_STARTED)
 
     def ledger_row(
         self,

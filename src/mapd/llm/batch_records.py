@@ -122,7 +122,15 @@ async def ask_provider(store: CallStore, run_dir: str | Path, cancel: bool) -> l
             f"{run_dir / 'config.yaml'} not found",
             "give the run folder itself (it keeps the config the run was made with)",
         )
-    endpoints = {t.name: t for t in load_config(run_dir / "config.yaml").teachers}
+    try:
+        endpoints = {t.name: t for t in load_config(run_dir / "config.yaml").teachers}
+    except MapdError as exc:
+        if cancel:
+            raise
+        return [
+            f"{run_dir / 'config.yaml'} cannot be read ({exc.message.splitlines()[0]}): "
+            "status as of the run's last poll"
+        ]
     notes = []
     for row in pending:
         endpoint = endpoints.get(row.endpoint)
@@ -152,7 +160,7 @@ async def ask_provider(store: CallStore, run_dir: str | Path, cancel: bool) -> l
         now = time.time()
         store.db.execute(
             "UPDATE batches SET status = ?, done = ?, failed = ?, updated = ?"
-            f"{', cancel_asked = ?' if cancel else ''} WHERE id = ?",
+            f"{', cancel_asked = ?' if cancel else ''} WHERE id = ? AND collected = 0",
             (state.status, state.done, state.failed, now, *([now] if cancel else []), row.id),
         )
     return notes

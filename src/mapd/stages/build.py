@@ -229,12 +229,12 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     examples, stats = build_examples(cfg, mistakes, feedback, rationales, decisions)
     if mistakes and not examples:
         reasons = Counter(d.reason for d in decisions)
+        rejected = Counter(d.reason for d in decisions if not d.accepted)
+        first = rejected.most_common(1)[0][0] if rejected else "no_valid_review"
         raise MapdError(
             f"build: none of the {len(decisions)} rationales was accepted "
             f"({', '.join(f'{r} {n}' for r, n in reasons.most_common())}): nothing to train on",
-            NOTHING_ACCEPTED_HINTS.get(
-                reasons.most_common(1)[0][0], NOTHING_ACCEPTED_HINTS["no_valid_review"]
-            ),
+            NOTHING_ACCEPTED_HINTS.get(first, NOTHING_ACCEPTED_HINTS["no_valid_review"]),
         )
     export(examples, run_dir / "dataset")
     write_json(run_dir / "dataset" / "stats.json", stats)

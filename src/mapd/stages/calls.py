@@ -9,6 +9,7 @@ from typing import Any
 
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.errors import MapdError
+from mapd.llm.batch import CANCELLED_BY_USER
 from mapd.llm.client import Client, client_for
 from mapd.llm.ledger import Budget, run_id
 from mapd.llm.store import open_store
@@ -65,11 +66,10 @@ def raise_if_failed(stage: str, what: str, results: Sequence[CallResult]) -> Non
     """Stop the stage when any call failed for good: nothing is written, finished calls are cached."""
     failed = [r for r in results if not r.ok]
     if failed:
-        cancelled = all("batch_cancelled" in (r.error or "") for r in failed)
+        cancelled = all((r.error or "").startswith(CANCELLED_BY_USER) for r in failed)
         raise MapdError(
             f"{stage}: {len(failed)} of {len(results)} {what} calls failed; first error: {failed[0].error}",
-            "their batch was cancelled (`mapd batches --cancel`) while this run waited: run "
-            "again to submit them anew; finished calls are cached"
+            "run again to submit them anew; finished calls are cached"
             if cancelled
             else "fix the cause and run again: finished calls are cached and will not be paid twice",
         )

@@ -139,3 +139,18 @@ def test_epochs_read_as_words():
         "1.5 epochs",
         "? epochs",
     ]
+
+
+def test_base_and_trained_asked_in_different_ways_are_said_with_the_fix_for_that_way():
+    from mapd.stages.report.collect import unlike_evals_line
+
+    served = {"backend": "openai", "model": "qwen2.5:1.5b"}
+    here = {"backend": "transformers", "model": "runs/x/student/merged"}
+    assert unlike_evals_line({"base": served, "trained": served}) is None  # both on servers
+    assert unlike_evals_line({"base": here, "trained": here}) is None
+    assert unlike_evals_line({"base": served}) is None  # not trained yet
+    line = unlike_evals_line({"base": served, "trained": here}) or ""
+    assert "untrained student was asked on a server (qwen2.5:1.5b)" in line
+    assert "set eval.trained" in line
+    line = unlike_evals_line({"base": here, "trained": served}) or ""
+    assert "asked in-process" in line and "remove eval.trained" in line

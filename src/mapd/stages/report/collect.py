@@ -284,16 +284,22 @@ def unlike_evals_line(evals: dict[str, dict[str, Any]]) -> str | None:
     server, one in-process): a server's quantization, template or decoding moves one figure
     and not the other, so the difference is not training's alone."""
     base, trained = evals.get("base") or {}, evals.get("trained") or {}
-    where = {"openai": "on a server", "transformers": "in-process"}
     if not base.get("backend") or base.get("backend") == trained.get("backend", base["backend"]):
         return None
+    where = {"openai": "on a server", "transformers": "in-process"}
+    if base["backend"] == "openai":
+        fix = (
+            "serve the trained weights beside the base and set eval.trained (vllm serve BASE "
+            "--enable-lora --lora-modules student=RUN_DIR/student/adapter), or run the student "
+            "in-process (student.backend: transformers)"
+        )
+    else:
+        fix = "remove eval.trained (the trained student then runs in-process too)"
     return (
         f"the untrained student was asked {where.get(base['backend'], base['backend'])} "
         f"({base.get('model')}), the trained one {where.get(trained['backend'], trained['backend'])} "
         f"({trained.get('model')}): a server's quantization, chat template or decoding moves one "
-        "figure and not the other. For a like-for-like difference, serve the adapter beside the "
-        "base and set eval.trained (vllm serve BASE --enable-lora --lora-modules student=RUN_DIR/"
-        "student/adapter), or run the student in-process (student.backend: transformers)"
+        f"figure and not the other. For a like-for-like difference, {fix}"
     )
 
 

@@ -101,6 +101,16 @@ def mapd(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def kill_while_polling(config: Path, home: Path, batches: BatchServer, polls: int) -> None:
+    """Start `mapd run` and kill it (SIGKILL) once the batch server was polled `polls` times."""
+    process = start_run(config, home)
+    try:
+        wait_for(lambda: batches.polls >= polls)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 def wait_for(condition, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -112,12 +122,7 @@ def test_a_run_killed_while_polling_resumes_without_a_second_batch(tmp_path, map
     with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
         teachers = {"alice": True, "carol": "anthropic"}
         config = batch_config(tmp_path, live.base_url, batches.base_url, teachers)
-        process = start_run(config, mapd_home)
-        try:
-            wait_for(lambda: batches.polls >= 4)  # both batches submitted and polled
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        kill_while_polling(config, mapd_home, batches, polls=4)  # both batches submitted and polled
         run_dir = tmp_path / "run"
         assert len(list((run_dir / "batches").glob("*.json"))) == 2
         listed = mapd(mapd_home, "batches", str(run_dir))
@@ -142,12 +147,7 @@ def test_a_run_killed_while_polling_resumes_without_a_second_batch(tmp_path, map
 def test_mapd_batches_cancel_cancels_the_unfinished_batches(tmp_path, mapd_home):
     with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
         config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})
-        process = start_run(config, mapd_home)
-        try:
-            wait_for(lambda: batches.polls >= 2)
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        kill_while_polling(config, mapd_home, batches, polls=2)
         cancelled = mapd(mapd_home, "batches", str(tmp_path / "run"), "--cancel")
         (batch,) = batches.batches.values()
         assert cancelled.returncode == 0, cancelled.stderr
@@ -218,12 +218,7 @@ def test_mapd_batches_cancel_during_a_run_is_not_undone_by_a_new_batch(tmp_path,
 def test_mapd_batches_lists_the_last_poll_when_the_provider_cannot_be_asked(tmp_path, mapd_home):
     with LoopbackServer(reply=reply) as live, BatchServer(reply=reply, tick=0) as batches:
         config = batch_config(tmp_path, live.base_url, batches.base_url, {"alice": True})
-        process = start_run(config, mapd_home)
-        try:
-            wait_for(lambda: batches.polls >= 2)
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        kill_while_polling(config, mapd_home, batches, polls=2)
     listed = mapd(mapd_home, "batches", str(tmp_path / "run"))  # the provider is gone
     assert listed.returncode == 0, listed.stderr
     assert "in_progress" in listed.stdout or "validating" in listed.stdout

@@ -36,8 +36,8 @@ def classroom_with_limits(request: dict[str, Any]) -> ScriptedReply:
     if "reviewing another teacher" in prompt:
         if model == "carol-model":
             return ScriptedReply("Step one holds, step 2 of 4", finish_reason="length")
-        if "The answer is" not in prompt.split("<<<SOLUTION", 1)[1]:
-            return ScriptedReply("It stops midway. [1]")  # bob's cut-off rationale
+        if reviews_a_cut_off_rationale(request):
+            return ScriptedReply("It stops midway. [1]")  # never asked: see the test
         return ScriptedReply(reply({**request, "model": "alice-model"}))  # bob scores too
     text = reply(request)
     if model == "alice-model":
@@ -49,8 +49,24 @@ def classroom_with_limits(request: dict[str, Any]) -> ScriptedReply:
     return ScriptedReply(text)
 
 
+def reviews_a_cut_off_rationale(request: dict[str, Any]) -> bool:
+    """Whether the request asks to review one of bob's rationales, which all stop midway."""
+    prompt = request["messages"][-1]["content"]
+    return (
+        "reviewing another teacher" in prompt
+        and "The answer is" not in prompt.split("<<<SOLUTION", 1)[1]
+    )
+
+
 def test_cut_off_replies_are_marked_not_trained_and_counted(tmp_path):
-    with LoopbackServer(reply=classroom_with_limits) as server:
+    asked: list[str] = []  # reviewers asked about a cut-off rationale: none should be
+
+    def classroom(request: dict[str, Any]) -> ScriptedReply:
+        if reviews_a_cut_off_rationale(request):
+            asked.append(request["model"])
+        return classroom_with_limits(request)
+
+    with LoopbackServer(reply=classroom) as server:
         config = load_config(write_config(tmp_path, server.base_url), ["dataset.feedback_from=any"])
         summaries = asyncio.run(run_pipeline(config, until="build"))
     run_dir = tmp_path / "run"
@@ -61,12 +77,17 @@ def test_cut_off_replies_are_marked_not_trained_and_counted(tmp_path):
     assert {f.finish_reason for f in feedback if f.teacher == "carol"} == {"length"}
     assert {r.reasoning for r in rationales if r.teacher == "alice"} == {THINKING}
 
+    # bob's cut-off rationales are rejected whatever their reviews: nobody is asked
+    assert asked == []
     reviews = read_jsonl(run_dir / "reviews.jsonl", Review)
+    assert {r.author for r in reviews} == {"alice", "carol"}
     by_carol = [r for r in reviews if r.reviewer == "carol"]
     assert by_carol and all(r.score is None and r.finish_reason == "length" for r in by_carol)
+    assert summaries["review"]["reviews"] == len(reviews) == 4 * n
 
     decisions = read_jsonl(run_dir / "decisions.jsonl", Decision)
-    assert {d.reason for d in decisions if d.teacher == "bob"} == {"cut_off"}
+    bob = [d for d in decisions if d.teacher == "bob"]
+    assert len(bob) == n and all(d.reason == "cut_off" and not d.scores for d in bob)
 
     examples = read_jsonl(run_dir / "dataset" / "train.jsonl", Example)
     assert examples and all(THINKING not in e.output for e in examples)
@@ -80,7 +101,7 @@ def test_cut_off_replies_are_marked_not_trained_and_counted(tmp_path):
     printed = console.export_text()
     line = f"teach: alice 0/{2 * n}, bob {n}/{2 * n}, carol {n}/{2 * n}"
     assert line in printed
-    assert f"review: alice 0/{2 * n}, bob 0/{2 * n}, carol {2 * n}/{2 * n}" in printed
+    assert f"review: alice 0/{n}, bob 0/{2 * n}, carol {n}/{n}" in printed
     report = collect_run(run_dir)
     markdown = render_markdown(report)
     assert "Replies cut off at max_tokens" in markdown and line in markdown

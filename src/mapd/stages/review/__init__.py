@@ -6,9 +6,10 @@ Writes reviews.jsonl (reviewer × rationale: score or None, and the raw reply),
        decisions.jsonl (rationale: accepted or not, and why), review.json (statistics)
 
 A rationale is never reviewed by its own author. `review.reviewers: k` draws k of the
-other teachers per rationale with the seed. Only the reviewer's reply is parsed for a
-score. In the no-review baselines (`dataset.mode` other than mapd) nobody is called and
-every rationale is accepted unless the answer check rejects it.
+other teachers per rationale with the seed. A rationale cut off at max_tokens is reviewed by
+nobody: it is rejected ("cut_off") whatever its reviews would say. Only the reviewer's reply
+is parsed for a score. In the no-review baselines (`dataset.mode` other than mapd) nobody is
+called and every rationale is accepted unless the answer check rejects it.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
 
 
 def assign_reviewers(cfg: RunConfig, rationales: list[Rationale]) -> list[tuple[Rationale, str]]:
-    """(rationale, reviewer) pairs: every other teacher, or k of them drawn with the seed."""
+    """(rationale, reviewer) pairs: every other teacher, or k of them drawn with the seed;
+    none for a rationale cut off at max_tokens, which no review could save."""
     names = [t.name for t in cfg.teachers]
     pairs = []
     for r in rationales:
+        if r.cut_off:
+            continue
         others = [n for n in names if n != r.teacher]
         k = cfg.review.reviewers
         if k is not None and k < len(others):

@@ -4,7 +4,8 @@ A rationale is accepted when the aggregate of its valid scores is above the thre
 (paper: mean > 3 on 1..5) and, with `require_correct_answer`, its own final answer matches
 the gold answer. The reason of a rejection names the first rule that failed, review first,
 so "wrong_answer" means: the reviewers passed it but its answer is wrong. A rationale cut
-off at max_tokens ("cut_off") is rejected whatever its reviews: its end is missing.
+off at max_tokens ("cut_off") is rejected whatever its reviews: its end is missing, so the
+review stage asks nobody about it.
 """
 
 from __future__ import annotations

@@ -1,15 +1,18 @@
-"""The report in headless Chromium: no console error, the search filters, a row opens, and
-model text holding markup stays text. Skipped when Chromium or its driver is not installed
-(CI installs Debian's chromium and chromium-driver in .ci/run)."""
+"""The report in headless Chromium: no console error, the search filters, a row opens,
+model text holding markup stays text, and ids and decision badges fit their columns. Skipped
+when Chromium or its driver is not installed (CI installs Debian's chromium and
+chromium-driver in .ci/run)."""
 
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mapd.records import Decision, Mistake, Rationale
 from mapd.stages.report import write_report
 from mapd.testing.browser import INSTALL_HINT, chromium_paths, headless_chromium
 
@@ -84,3 +87,79 @@ def test_report_in_headless_chromium(browser, poisoned_run: Path, attack: str, t
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOTS / "report-test.png")  # git-ignored, for a person to look at
+
+
+def write_records(path: Path, records: list[Any]) -> None:
+    path.write_text("".join(r.to_json() + "\n" for r in records))
+
+
+@pytest.fixture()
+def long_ids_run(tmp_path: Path) -> Path:
+    """Mistakes whose ids share a long prefix, decided with the longest reasons there are."""
+    run_dir = tmp_path / "long"
+    run_dir.mkdir()
+    ids = [f"gsm_symbolic-1-{i:05d}" for i in (7, 42, 123)]
+    teachers = ["alice", "bob", "carol"]
+    reasons = ["cut_off", "no_valid_review", "wrong_answer"]
+    write_records(
+        run_dir / "mistakes.jsonl",
+        [
+            Mistake(
+                question_id=q,
+                question="What is 2 + 3?",
+                answer="5",
+                answer_type="number",
+                student_output="1",
+                student_answer="1",
+            )
+            for q in ids
+        ],
+    )
+    write_records(
+        run_dir / "rationales.jsonl",
+        [
+            Rationale(
+                id=f"{q}|{t}", question_id=q, teacher=t, text="4", extracted="4", correct=False
+            )
+            for q in ids
+            for t in teachers
+        ],
+    )
+    write_records(
+        run_dir / "decisions.jsonl",
+        [
+            Decision(
+                rationale_id=f"{q}|{t}",
+                question_id=q,
+                teacher=t,
+                accepted=False,
+                reason=reason,  # type: ignore[arg-type]
+                aggregate=None if reason == "cut_off" else 3.5,
+                answer_correct=False,
+            )
+            for q in ids
+            for t, reason in zip(teachers, reasons, strict=True)
+        ],
+    )
+    return run_dir
+
+
+def test_ids_and_decision_badges_fit_their_columns(browser, long_ids_run: Path):
+    page = write_report(long_ids_run)
+    browser.get(page.resolve().as_uri())
+    wait_for(browser, "return window.mapdReady === true")
+    ids = browser.execute_script(
+        "return Array.from(document.querySelectorAll('td.qid'), td =>"
+        " [td.textContent, td.title, td.scrollWidth <= td.clientWidth])"
+    )
+    assert ids == [
+        [q, q, True]
+        for q in ("gsm_symbolic-1-00007", "gsm_symbolic-1-00042", "gsm_symbolic-1-00123")
+    ]
+    badges = browser.execute_script(
+        "return Array.from(document.querySelectorAll('tr.row .chip'), c => {"
+        " var td = c.parentElement.getBoundingClientRect(), r = c.getBoundingClientRect();"
+        " return [c.textContent, r.left >= td.left && r.right <= td.right]; })"
+    )
+    assert len(badges) == 9 and "cut off at max_tokens" in badges[0][0]
+    assert [fits for _, fits in badges] == [True] * 9, badges

@@ -88,10 +88,22 @@
     return node;
   }
 
+  // The id may break after its separators (a <wbr>, so a copied id stays whole): ids that
+  // share a long prefix wrap to show the part that tells them apart.
+  function idCell(id) {
+    var td = el("td", "qid");
+    td.title = id;
+    String(id).split(/(?<=[-_.:|\/])/).forEach(function (part, k) {
+      if (k) td.appendChild(document.createElement("wbr"));
+      td.appendChild(document.createTextNode(part));
+    });
+    return td;
+  }
+
   function row(i) {
     var it = items[i], tr = el("tr", "row");
     tr.dataset.i = i;
-    tr.appendChild(el("td", "qid", it[0]));
+    tr.appendChild(idCell(it[0]));
     tr.appendChild(el("td", "question", it[1]));
     tr.appendChild(el("td", "ans", it[2]));
     tr.appendChild(el("td", "ans bad", it[3] === null ? "–" : it[3]));

@@ -112,6 +112,47 @@ def test_a_base_url_that_is_not_the_api_root_fails_with_the_fix(
     assert found.problem is None and found.found == "reachable"
 
 
+class WebSite(BaseHTTPRequestHandler):
+    """A web server that is no API: an HTML "Not Found" page, or under /app the site's page."""
+
+    def do_GET(self) -> None:
+        body = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body></body></html>"
+        self.send_response(200 if self.path.startswith("/app/") else 404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def web_site():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WebSite)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, status", [("", 404), ("/v1", 404), ("/api", 404), ("/app", 200)])
+def test_a_web_page_where_the_api_should_be_fails_without_quoting_the_page(web_site, path, status):
+    [found] = check_endpoint("teacher t", teacher(web_site + path), 5)
+    assert found.problem == f"GET /models: HTTP {status} (an HTML page, not an API)", found.line()
+    assert "ends in /v1 for most servers" in (found.fix or "")
+    assert "<" not in found.line() and "Not Found" not in found.line()
+
+
+def test_validate_check_fails_on_a_web_page_in_one_clear_line(tmp_path, server, web_site):
+    config = write_config(tmp_path, server.base_url)
+    result = mapd("validate", config, f"teachers.1.base_url={web_site}/v1", "--check")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = f"teacher bob ({web_site}/v1): GET /models: HTTP 404 (an HTML page, not an API)"
+    assert line in result.stdout and "ends in /v1 for most servers" in result.stdout
+    assert "<" not in result.stdout + result.stderr
+    assert "1 of 5 checks failed" in result.stderr
+
+
 def test_a_server_that_wants_a_key_when_none_is_given_says_to_set_one(strict_server):
     [found] = check_endpoint("teacher t", teacher(strict_server + "/v1"), 5)
     assert found.problem == "the server wants an API key (HTTP 401)"

@@ -72,7 +72,8 @@ def opener_for(url: str) -> urllib.request.OpenerDirector:
 
 
 def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> EndpointCheck:
-    """`GET {url}/models`: any answer but a refused key means the server is there."""
+    """`GET {url}/models`: any answer but a refused key or a web page (a web server at a
+    wrong base_url) means the server is there."""
     from mapd.llm.openai_backend import api_key
 
     opener = opener_for(url)
@@ -115,6 +116,8 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
                 "no API at the root (GET /models: HTTP 404), but one under /v1",
                 f"set base_url to {url.rstrip('/')}/v1",
             )
+        if exc.code == 404 and html_page(exc):
+            return web_page(role, url, exc.code)
         return EndpointCheck(
             role, url, f"reachable (GET /models: HTTP {exc.code})", worth_saying=exc.code == 404
         )
@@ -130,10 +133,32 @@ def check_http(role: str, endpoint: ModelEndpoint, url: str, timeout: float) -> 
             else "check the network (and HTTPS_PROXY or HTTP_PROXY, if a proxy is needed), "
             "that the server is up, and base_url",
         )
+    if body.lstrip()[:1] == b"<":  # a web site that answers every path with its page
+        return web_page(role, url, 200)
     if others := unlisted(endpoint.model, body):
         found = f"reachable, but {endpoint.model} is not among its models ({others})"
         return EndpointCheck(role, url, found, worth_saying=True)
     return EndpointCheck(role, url, "reachable")
+
+
+def web_page(role: str, url: str, status: int) -> EndpointCheck:
+    """A web server's page where the API should be: summarised, never quoted raw."""
+    return EndpointCheck(
+        role,
+        url,
+        "",
+        f"GET /models: HTTP {status} (an HTML page, not an API)",
+        "correct base_url to the API's root (it ends in /v1 for most servers)",
+    )
+
+
+def html_page(exc: urllib.error.HTTPError) -> bool:
+    """Whether the error's body is a web page: a web server, not an API, answered."""
+    try:
+        start = exc.read(1024).lstrip()[:1]
+    except OSError:
+        start = b""
+    return "html" in exc.headers.get("Content-Type", "") or start == b"<"
 
 
 def answers(opener: urllib.request.OpenerDirector, url: str, headers: dict[str, str]) -> bool:

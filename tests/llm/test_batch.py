@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from aiohttp import web
 
-from mapd.config import Limits, ModelEndpoint, Price
+from mapd.config import Limits, ModelEndpoint, Price, Sampling
 from mapd.llm import Request, client_for
 from mapd.llm.batch_api import OpenAIBatches, anthropic_params
 from mapd.llm.ledger import call_cost
@@ -95,6 +95,37 @@ def test_anthropic_params_move_the_system_prompt_and_require_max_tokens():
         "temperature": 1.0,
         "stop_sequences": ["\n\n"],
     }
+
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+@pytest.mark.parametrize(
+    ("extra_body", "sent"),
+    [
+        ({}, {"top_p": 0.9}),
+        ({"top_p": None}, {"temperature": 0.7}),  # the refusal hint's fix, as on the live path
+        ({"temperature": None, "thinking": THINKING}, {"top_p": 0.9, "thinking": THINKING}),
+        ({"temperature": 0.5}, {"temperature": 0.5, "top_p": 0.9}),  # both, asked for
+    ],
+    ids=["top_p", "no top_p", "thinking", "both"],
+)
+def test_an_anthropic_batch_sends_extra_body_and_one_of_temperature_and_top_p(
+    extra_body, sent, batch_server, store
+):
+    """The params the provider receives: `extra_body` merged in (null removes a field), and
+    a top_p below 1 in place of the temperature, which current Claude models refuse beside it."""
+    ep = endpoint(batch_server.base_url, "anthropic").model_copy(
+        update={
+            "sampling": Sampling(temperature=0.7, top_p=0.9, max_tokens=2048),
+            "extra_body": extra_body,
+        }
+    )
+    assert all(r.ok for r in complete(ep, store, prompts(2)))
+    (batch,) = batch_server.batches.values()
+    for _, params, _ in batch.items:
+        sampled = {k: v for k, v in params.items() if k not in ("model", "messages")}
+        assert sampled == {"max_tokens": 2048, **sent}
 
 
 @pytest.mark.parametrize("plan", ["expire", "cancel"])
@@ -365,6 +396,49 @@ def killed_before_recording(monkeypatch, run):
         patch.setattr(BatchRun, "record", killed)
         with pytest.raises(KeyboardInterrupt):
             run()
+
+
+@pytest.mark.parametrize("kind", [True, "anthropic"], ids=["openai", "anthropic"])
+@pytest.mark.parametrize("kill", ["before recording", "while polling"])
+def test_a_run_resumed_with_another_batch_tokens_submits_each_request_once(
+    kind, kill, batch_server, store, monkeypatch
+):
+    """The first run fits 3 requests in limits.batch_tokens and is killed once that batch
+    is made; the next, with room for all 7, splits them otherwise, yet pays for none twice:
+    a batch is found again by the requests it holds, not by the lines of a chunk."""
+    first = endpoint(batch_server.base_url, kind, batch_tokens=3 * PER_REQUEST + 10)
+    if kill == "before recording":
+        killed_before_recording(monkeypatch, lambda: complete(first, store, prompts(7)))
+    else:
+        batch_server.tick = 0  # the batch stays in progress
+        killed_while_polling(first, store)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3]
+    batch_server.tick = 1
+    results = complete(endpoint(batch_server.base_url, kind), store, prompts(7))
+    assert all(r.ok and r.attempts == 1 for r in results)
+    assert [len(b.items) for b in batch_server.batches.values()] == [3, 4]
+    assert set(batch_server.submissions.values()) == {1}
+    assert store.db.execute("SELECT COUNT(*) FROM batch_intents").fetchone() == (0,)
+
+
+def killed_while_polling(ep, store):
+    """Run 7 requests to `ep` and stop the run once its first batch is recorded."""
+
+    async def go():
+        client = client_for(ep, store=store, run="r")
+        waiting = asyncio.ensure_future(client.complete_many(prompts(7), progress=False))
+        try:
+            for _ in range(3000):  # however loaded the machine, stop only once it is polling
+                if store.db.execute("SELECT 1 FROM batches").fetchone():
+                    break
+                await asyncio.sleep(0.01)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
 
 
 def test_an_anthropic_batch_wrongly_taken_for_ours_costs_a_wait_not_a_wrong_answer(

@@ -12,16 +12,19 @@ is first polled. A run killed while it waits finds its uncollected batches there
 requests' cache keys, so any run sharing the cache does) and polls them instead of
 submitting again. For the moment between the provider creating a batch and the database
 recording it (or a create whose reply was lost), the database notes each submission (a
-digest of its lines) before creating it. An OpenAI batch carries that digest in its metadata,
-and a submission first looks for one among the newest batches. Anthropic's batches carry no
-metadata: after a noted submission that was never recorded, the one unrecorded batch with as
-many requests created since the note is taken for it, when no other noted submission has that
-size (else a new batch is made: two teachers' batches of the same questions cannot be told
-apart). A wrong guess costs a wait, not a wrong answer: the custom_ids are the requests'
-cache keys, so a batch whose results answer none of them is disowned (no ledger rows, no
-attempt counted) and its items go into a new batch. A batch's replies go into the response
-cache and the ledger (as batch calls, at `price.batch_discount` of the live price) in the
-same transaction that marks it collected, so a re-run, live or batch, sends nothing.
+digest of its lines, and its items in `batch_items` under that digest) before creating it.
+A later run looks for the batch of every noted submission that holds any of its requests
+before it submits anything, so a run that splits its requests otherwise (another budget or
+`limits.batch_tokens`) still sends none twice. An OpenAI batch carries that digest in its
+metadata, and a submission first looks for one among the newest batches. Anthropic's batches
+carry no metadata: after a noted submission that was never recorded, the one unrecorded batch
+with as many requests created since the note is taken for it, when no other noted submission
+has that size (else a new batch is made: two teachers' batches of the same questions cannot
+be told apart). A wrong guess costs a wait, not a wrong answer: the custom_ids are the
+requests' cache keys, so a batch whose results answer none of them is disowned (no ledger
+rows, no attempt counted) and its items go into a new batch. A batch's replies go into the
+response cache and the ledger (as batch calls, at `price.batch_discount` of the live price)
+in the same transaction that marks it collected, so a re-run, live or batch, sends nothing.
 
 Budget: a submitted batch is paid whatever happens, so only the items whose worst case
 (prompt estimate plus max_tokens of output, at the batch price) fits the budget go in, each
@@ -182,6 +185,7 @@ class BatchRun:
         """Follow the batches that already hold some items, submit the rest, and resubmit
         failed items until every item has a reply or a final error."""
         waiting = self.resume()
+        waiting.update(await self.resume_noted())
         while True:
             todo = [i for i in self.items.values() if not i.finished and i.batch is None]
             if todo:
@@ -237,6 +241,51 @@ class BatchRun:
                     waiting[b.id] = b
         return waiting
 
+    async def resume_noted(self) -> dict[str, Submitted]:
+        """The batches of noted submissions never recorded (a run killed between the create
+        and the record) that hold any of our requests, whatever chunks this run would make:
+        found at the provider as `unrecorded` finds them, and recorded. A note whose batch
+        is not found is dropped (its items are submitted anew); one that cannot be looked
+        for fails its items for this run rather than pay for them twice."""
+        store = self.client.store
+        if store is None:
+            return {}
+        rows = store.db.execute(
+            "SELECT n.submission, n.started, i.custom_id, i.key, i.request, i.attempt"
+            " FROM batch_intents n JOIN batch_items i ON i.batch = n.submission"
+            " WHERE n.kind = ? AND n.base_url = ?",
+            (self.api.kind, self.api.base),
+        ).fetchall()
+        noted: dict[str, Submitted] = {}
+        for submission, started, cid, key, canonical, attempt in rows:
+            b = noted.setdefault(submission, Submitted("", started, submission=submission))
+            b.items[cid] = (key, canonical, attempt)
+        waiting = {}
+        for b in noted.values():
+            ours = [
+                (self.items[key], attempt)
+                for key, _, attempt in b.items.values()
+                if key in self.items
+            ]
+            if not ours:
+                continue
+            try:
+                state = await self.retrying(
+                    lambda b=b: self.unrecorded(b.submission, len(b.items), b.submitted)
+                )
+            except BackendError as exc:
+                self.fail([item for item, _ in ours], exc.message, skipped=True)
+                continue
+            if state is None:
+                await self.drop_note(b.submission)
+                continue
+            b.id = state.id
+            for item, attempt in ours:
+                item.batch, item.attempts = b.id, attempt
+            await self.record(b, state)
+            waiting[b.id] = b
+        return waiting
+
     async def submit(self, todo: list[Item]) -> dict[str, Submitted]:
         client = self.client
         if reason := client._blocked():
@@ -248,9 +297,10 @@ class BatchRun:
         lines = [(item, self.api.line(custom_id(item.key), item.request)) for item in admitted]
         waiting = {}
         for chunk in split_lines(lines, self.api.max_requests, self.api.max_bytes):
+            entries = {custom_id(i.key): (i.key, i.canonical, i.attempts + 1) for i, _ in chunk}
             try:
                 submission = digest([line for _, line in chunk])
-                state = await self.submit_once([line for _, line in chunk], submission)
+                state = await self.submit_once([line for _, line in chunk], submission, entries)
             except BackendError as exc:
                 for item, _ in chunk:
                     self.settle(item)
@@ -259,10 +309,9 @@ class BatchRun:
                 else:
                     self.fail([item for item, _ in chunk], exc.message, skipped=True)
                 continue
-            b = Submitted(state.id, time.time(), submission=submission)
+            b = Submitted(state.id, time.time(), entries, submission)
             for item, _ in chunk:
                 item.batch, item.attempts = state.id, item.attempts + 1
-                b.items[custom_id(item.key)] = (item.key, item.canonical, item.attempts)
             await self.record(b, state)
             waiting[b.id] = b
         return waiting
@@ -326,12 +375,14 @@ class BatchRun:
             self.client.budget.settle(item.held, usd, tokens)
         item.held = (0.0, 0)
 
-    async def submit_once(self, lines: list[bytes], submission: str) -> BatchState:
+    async def submit_once(
+        self, lines: list[bytes], submission: str, items: dict[str, tuple[str, str, int]]
+    ) -> BatchState:
         """Create a batch for `lines`, unless the provider already holds one made for them
         that this database has not recorded (see `unrecorded`). The look comes before every
-        attempt: a create whose reply was lost may have made the batch. The submission is
-        noted before its first create and the note dropped when the batch is recorded or
-        the create refused (no batch was made)."""
+        attempt: a create whose reply was lost may have made the batch. The submission and
+        its `items` (as `Submitted.items`) are noted before its first create and the note
+        dropped when the batch is recorded or the create refused (no batch was made)."""
         client = self.client
         tag = f"{client.stage or 'mapd'}-{client.name}"
         since = self.noted_at(submission)  # an earlier run's create may have made it
@@ -343,7 +394,7 @@ class BatchRun:
                 return found
             if since is None:
                 since = time.time()
-                await self.write_note(submission, len(lines), since)
+                await self.write_note(submission, items, since)
             try:
                 return await self.api.submit(lines, tag, submission)
             except BackendError as exc:
@@ -362,14 +413,32 @@ class BatchRun:
         row = store.db.execute(sql, (submission,)).fetchone()
         return None if row is None else row[0]
 
-    async def write_note(self, submission: str, requests: int, started: float) -> None:
-        sql = "INSERT OR IGNORE INTO batch_intents VALUES (?, ?, ?, ?, ?)"
-        await self.client._write(
-            (sql, (submission, self.api.kind, self.api.base, requests, started))
-        )
+    async def write_note(
+        self, submission: str, items: dict[str, tuple[str, str, int]], started: float
+    ) -> None:
+        """Note a submission about to be created, and its items: filed in `batch_items` under
+        the submission's digest (no batch id yet) until its batch is recorded."""
+        rows: list[Row] = [
+            (
+                "INSERT OR IGNORE INTO batch_intents VALUES (?, ?, ?, ?, ?)",
+                (submission, self.api.kind, self.api.base, len(items), started),
+            )
+        ]
+        rows += [
+            ("INSERT OR REPLACE INTO batch_items VALUES (?, ?, ?, ?, ?)", (submission, cid, *entry))
+            for cid, entry in items.items()
+        ]
+        await self.client._write(*rows)
 
     async def drop_note(self, submission: str) -> None:
-        await self.client._write(("DELETE FROM batch_intents WHERE submission = ?", (submission,)))
+        await self.client._write(*self.note_dropped(submission))
+
+    @staticmethod
+    def note_dropped(submission: str) -> list[Row]:
+        return [
+            ("DELETE FROM batch_intents WHERE submission = ?", (submission,)),
+            ("DELETE FROM batch_items WHERE batch = ?", (submission,)),
+        ]
 
     async def unrecorded(
         self, submission: str, requests: int, since: float | None
@@ -425,7 +494,7 @@ class BatchRun:
             for cid, entry in b.items.items()
         ]
         if b.submission:
-            rows.append(("DELETE FROM batch_intents WHERE submission = ?", (b.submission,)))
+            rows += self.note_dropped(b.submission)
         await client._write(*rows)
         if client.run_dir is not None:
             write_json(

@@ -102,7 +102,13 @@ Outcome = Completion | ItemError
 def anthropic_params(endpoint: ModelEndpoint, request: Request) -> dict[str, Any]:
     """A resolved request in Anthropic's Messages format: system prompts become the top-level
     `system`, `max_tokens` is required, `stop` becomes `stop_sequences`; `seed` has no
-    counterpart and is left out."""
+    counterpart and is left out. Then the endpoint's `extra_body` is merged in as on the live
+    path (`request_body`): its null values remove fields, and it can add others (`thinking`).
+
+    Current Claude models refuse `temperature` and `top_p` together, so a `top_p` below 1 (one
+    set on purpose: 1 is the default and changes nothing) is sent in place of the temperature,
+    unless `extra_body` sets the temperature as well.
+    """
     system = [m["content"] for m in request.messages if m.get("role") == "system"]
     params: dict[str, Any] = {
         "model": request.model or endpoint.model,
@@ -113,11 +119,17 @@ def anthropic_params(endpoint: ModelEndpoint, request: Request) -> dict[str, Any
         params["system"] = "\n\n".join(system)
     if request.temperature is not None:
         params["temperature"] = min(request.temperature, 1.0)  # Anthropic's range is 0..1
-    # top_p 1 changes nothing, and newer Claude models refuse temperature and top_p together
     if request.top_p is not None and request.top_p < 1:
         params["top_p"] = request.top_p
     if request.stop:
         params["stop_sequences"] = list(request.stop)
+    for key, value in endpoint.extra_body.items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    if "top_p" in params and "temperature" not in endpoint.extra_body:
+        params.pop("temperature", None)
     return params
 
 

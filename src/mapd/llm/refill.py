@@ -4,8 +4,9 @@
     rows.run(take, deliver, on_tokens)
 
 `model.generate` runs a batch until its longest reply ends: when one reply of a trained
-student runs to the token limit, the batch's other rows compute padding, about 2.5x the
-useful tokens in an evaluation. Here each row has its own slot in one KV cache. When a
+student runs to the token limit, the batch's other rows, ended early, compute padding until
+it does (`python bench/eval_throughput.py` measures the useful share of the generated
+tokens; see docs/benchmarks.md). Here each row has its own slot in one KV cache. When a
 row ends (an end token or its limit), its reply is delivered at once, its row is dropped
 from the cache, and the next waiting prompts are encoded (prefilled) and joined to the
 cache, left-padded to a common length. Padding columns are masked out and position ids

@@ -181,3 +181,29 @@ def test_a_run_keeps_its_ledger_when_moved_and_a_new_run_at_an_old_path_starts_a
         ledger_totals(store, fresh)
     assert not fresh.exists()  # looking did not make a folder
     assert run_id(fresh) != run_id(moved)
+
+
+def test_a_timed_out_body_is_not_sent_again_while_a_concurrent_server_still_works_on_it(
+    store, sleeps, make_teacher
+):
+    """A server that answers many requests at once spends 1.2 s on its first copy of
+    "slow", past the 0.8 s timeout, while the requests sent after it are answered at once.
+    Those answers say nothing of "slow": it is not sent again before its first copy ends."""
+    first_copy = 1.2
+    copies: dict[str, int] = {}
+
+    def latency(request):
+        body = request["messages"][-1]["content"]
+        copies[body] = copies.get(body, 0) + 1
+        return first_copy if body == "slow" and copies[body] == 1 else 0.05
+
+    with LoopbackServer(latency=latency) as s:
+        limits = {"concurrency": 2, "max_attempts": 3, "timeout": 0.8}
+        endpoint = make_teacher(**limits).model_copy(update={"base_url": s.base_url})
+        prompts = ["slow"] + [f"quick {i}" for i in range(10)]
+        results = run_batch(endpoint, store, [Request.user(p) for p in prompts])
+    assert all(r.ok for r in results) and results[0].timeouts == 1
+    bodies = [r["messages"][-1]["content"] for r in s.requests]
+    slow = [at for body, at in zip(bodies, s.arrivals, strict=True) if body == "slow"]
+    assert len(slow) == 2
+    assert slow[1] >= slow[0] + first_copy, "sent again while the first copy still ran"

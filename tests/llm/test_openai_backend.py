@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 
 import pytest
 
@@ -200,6 +202,41 @@ def test_a_replica_that_refuses_connections_does_not_fail_the_run(store):
         results = run_batch(endpoint, store, [f"question {i}" for i in range(10)])
         assert all(r.ok for r in results)
         assert len(alive.requests) == 10
+
+
+@pytest.fixture
+def stalling_url():
+    """The base URL of a server that takes no connection: its queue of one (listen(0)) is
+    full and never accepted, so the kernel drops every further handshake: a connect stalls."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    filler.close()
+    listener.close()
+
+
+def test_a_replica_that_stalls_on_connect_is_paused_like_one_that_refuses(
+    store, sleeps, stalling_url, monkeypatch
+):
+    """One request waits out the stalled handshake and goes to the healthy replica; the
+    next ones go there at once, not to the stalled one every other time."""
+    stall = 0.5
+    monkeypatch.setattr("mapd.llm.openai_backend.STALL_TIMEOUT", stall)  # 5 s in real use
+    with LoopbackServer() as alive:
+        endpoint = ModelEndpoint(
+            name="t",
+            model="m",
+            base_url=[stalling_url, alive.base_url],
+            limits=Limits(concurrency=1),
+        )
+        started = time.monotonic()
+        results = run_batch(endpoint, store, [f"question {i}" for i in range(10)])
+        waited = time.monotonic() - started
+        assert all(r.ok and r.attempts == 1 and r.stalls == 0 for r in results)
+        assert len(alive.requests) == 10
+    assert waited < 3 * stall  # one stall, not one for every other request
 
 
 def test_every_replica_down_is_still_a_connection_error():

@@ -270,6 +270,7 @@ class Client:
         backend, started = self.backend, time.monotonic()
         max_attempts = self.endpoint.limits.max_attempts
         timeouts = stalls = 0
+        copy_ends = 0.0  # until when a timed-out copy of this request may still run
         for attempt in range(1, max_attempts + 1):
             sent = time.monotonic()
             try:
@@ -284,7 +285,8 @@ class Client:
                             completion = await backend.generate(req)
                         except BackendError as exc:
                             if exc.timed_out:  # still held by the server: keep its slot
-                                await self._until_past(sent)
+                                copy_ends = time.monotonic() + self.endpoint.limits.timeout
+                                await self._until_past(sent, copy_ends)
                             raise
                         slot.settle(completion.tokens)
                 else:
@@ -326,6 +328,8 @@ class Client:
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt, timeouts, stalls
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
+            if (copy_left := copy_ends - time.monotonic()) > 0:  # see `_until_past`
+                await asyncio.sleep(copy_left)
         raise AssertionError("unreachable")
 
     def _answered(self, sent: float) -> None:
@@ -334,14 +338,21 @@ class Client:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _until_past(self, sent: float) -> None:
-        """After a timed-out attempt sent at `sent`: the server may still be working on it (a
-        server that answers one request at a time keeps the queued ones). So it still counts
-        as in flight, holding its slot, and the same body is not sent again, until the
-        server answers a request sent after it (it is then past this one), or one more
-        limits.timeout has passed (it dropped it, or hangs)."""
-        deadline = time.monotonic() + self.endpoint.limits.timeout
-        while self.latest_answered_sent <= sent and (left := deadline - time.monotonic()) > 0:
+    async def _until_past(self, sent: float, copy_ends: float) -> None:
+        """After a timed-out attempt sent at `sent`: the server may still be working on it,
+        until `copy_ends` (one more limits.timeout: by then it has answered it, dropped it,
+        or hangs). It holds its slot until then, or until the server answers a request
+        sent after it: a server that answers one request at a time, in order, is then past
+        it, and the slot goes to the next request (`transformers serve`, llama.cpp).
+
+        The same body is not sent again before `copy_ends` all the same (`_send` waits):
+        a server that answers many requests at once (vLLM, SGLang) answers those sent
+        before and after this one while it still runs, and another replica of a `base_url`
+        list knows nothing of it, so no answer to another request, from any replica, shows
+        that this copy has ended; only time does. Only the body waits, not its slot: on
+        such a server the slot freed early lets one request more than limits.concurrency
+        in while the copy runs, which is load, not work done twice."""
+        while self.latest_answered_sent <= sent and (left := copy_ends - time.monotonic()) > 0:
             waiter = asyncio.get_running_loop().create_future()
             self.waiting_for_answers.append(waiter)
             try:

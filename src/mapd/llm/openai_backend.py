@@ -66,7 +66,7 @@ NO_KEY = "none"  # local servers want some key string; they ignore its value
 # OpenAI's reasoning models: max_completion_tokens, and temperature/top_p only at 1
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 CHARS_PER_TOKEN = 4  # the estimate used when an endpoint sends no usage
-REPLICA_PAUSE = 10.0  # seconds a replica that refused a connection gets no new request
+REPLICA_PAUSE = 10.0  # seconds a replica that refused or stalled a connection gets no request
 # Seconds for a handshake (the openai SDK's connect timeout), or for the server's kernel to
 # acknowledge bytes sent. Only that acknowledgement is timed, not the reply: a long
 # generation is not cut.
@@ -270,9 +270,10 @@ def reply_usage(
 
 class Replicas:
     """The servers of one endpoint (`base_url` as a list). Each request goes to the one with
-    the fewest requests in flight (in turn among equals); one that refuses the connection gets
-    no request for REPLICA_PAUSE seconds, and the request goes to another at once: it never
-    reached a server, so nothing is done twice."""
+    the fewest requests in flight (in turn among equals); one that refuses the connection, or
+    does not take it within the stall timeout (a full listen queue), gets no request for
+    REPLICA_PAUSE seconds, and the request goes to another at once: it never reached a
+    server, so nothing is done twice. When every replica fails so, the last error is raised."""
 
     def __init__(self, base_urls: list[str]) -> None:
         self.urls = [f"{url.rstrip('/')}/chat/completions" for url in base_urls]
@@ -303,7 +304,8 @@ class Replicas:
                     response = await session.post(self.urls[i], data=data, proxy=self.proxies[i])
                 except aiohttp.ClientSSLError:
                     raise
-                except aiohttp.ClientConnectorError:  # refused or unresolvable: not sent
+                # refused, unresolvable, or the handshake stalled: the request was not sent
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                     self.paused_until[i] = time.monotonic() + REPLICA_PAUSE
                     refused.append(i)
                     if len(refused) < len(self.urls):

@@ -135,21 +135,15 @@ def train(
     cfg = load_config(config, overrides or [])
     if cfg.student.backend == "openai":  # a served student is trained from its weights
         require_endpoints([check_weights(cfg.student)])
+    _say_saved(config, overrides)
     train_student(cfg)
 
 
-def _run_stages(
-    config: Path, overrides: list[str] | None, start: str | None, until: str | None
-) -> None:
-    import asyncio
-    import time
+def _say_saved(config: Path, overrides: list[str] | None) -> None:
+    """Every command records the settings it ran with in its run folder's config.yaml; when
+    that is the file given, its overrides are kept for later commands, and this says so."""
+    from mapd.config import saved_overrides
 
-    from mapd.config import load_config, saved_overrides
-    from mapd.stages.pipeline import run_pipeline, select_stages
-    from mapd.stages.summary import print_summary
-
-    cfg = load_config(config, overrides or [])
-    select_stages(start, until)  # a wrong --from/--until before the note that settings are kept
     for key, before, after in saved_overrides(config, overrides or []):
         note = (
             f"note: {config} is this run folder's record of its settings, so "
@@ -157,9 +151,30 @@ def _run_stages(
             f"(undo with {key}={_yaml_value(before)})"
         )
         console.print(escape(note))
+
+
+def _run_stages(
+    config: Path,
+    overrides: list[str] | None,
+    start: str | None,
+    until: str | None,
+    retrain: bool = True,
+) -> None:
+    import asyncio
+    import time
+
+    from mapd.config import load_config
+    from mapd.stages.pipeline import refuse_changed_student, run_pipeline, select_stages
+    from mapd.stages.summary import print_summary
+
+    cfg = load_config(config, overrides or [])
+    select_stages(start, until)  # a wrong --from/--until before the note that settings are kept
+    if not retrain:  # before the note: a refused command saves nothing
+        refuse_changed_student(cfg, config)
+    _say_saved(config, overrides)
     _check_endpoints(cfg, start, until)
     started = time.time()
-    summaries = asyncio.run(run_pipeline(cfg, start=start, until=until))
+    summaries = asyncio.run(run_pipeline(cfg, start=start, until=until, retrain=retrain))
     print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
 
@@ -261,24 +276,31 @@ def eval_(
         False, "--base-only", help="Only the untrained student: no training needed."
     ),
 ) -> None:
-    """Accuracy of the untrained and the trained student on the test split (trains first if needed).
+    """Accuracy of the untrained and the trained student on the test split.
+
+    Evaluates the student that exists in student/ and never trains it again: when the config
+    says other settings than it was trained with, eval stops before any work and names them
+    (`mapd train` trains again; the overrides it names evaluate the student as it is). With
+    no trained student yet, the earlier stages run first, training included.
 
     Writes eval/<label>/predictions.jsonl and metrics.json; labels base and trained.
 
-    Example: mapd eval configs/demo.yaml eval.limit=50 --base-only
+    Example: mapd eval runs/demo/config.yaml eval.limit=50 --base-only
     """
     if not base_only:
-        _run_stages(config, overrides, None, "eval")
+        _run_stages(config, overrides, None, "eval", retrain=False)
         return
     import asyncio
 
-    from mapd.config import load_config
-    from mapd.rundir import run_lock
+    from mapd.config import dump_run_config, load_config
+    from mapd.rundir import run_lock, write_text_atomic
     from mapd.stages.evaluate import eval_questions, evaluate
     from mapd.stages.report.collect import answers_cut_off_lines
 
     cfg = load_config(config, overrides or [])
+    _say_saved(config, overrides)
     with run_lock(cfg.run_dir):
+        write_text_atomic(cfg.run_dir / "config.yaml", dump_run_config(cfg))
         metrics = asyncio.run(evaluate(cfg, cfg.run_dir, "base", cfg.student, eval_questions(cfg)))
     out.print(
         f"base accuracy {metrics['accuracy']} on {metrics['n']} questions; "

@@ -170,8 +170,16 @@ def load_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 
 def write_manifest(
-    run_dir: Path, stage: str, fp: str, outputs: list[str], summary: dict[str, Any], started: float
+    run_dir: Path,
+    stage: str,
+    fp: str,
+    outputs: list[str],
+    summary: dict[str, Any],
+    started: float,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Record a finished stage; `config` is the resolved config it ran with (as in the run
+    folder's config.yaml), so that a later command with other settings can name them."""
     manifest = {
         "stage": stage,
         "fingerprint": fp,
@@ -180,6 +188,7 @@ def write_manifest(
         "seconds": round(time.time() - started, 3),
         "outputs": {name: file_hash(run_dir / name) for name in outputs},
         "summary": summary,
+        "config": config,
     }
     write_json(manifest_path(run_dir, stage), manifest)
     return manifest

@@ -32,6 +32,7 @@ from mapd.rundir import (
     write_text_atomic,
 )
 from mapd.stages import Stage, build, evaluate, exam, report, review, teach, train
+from mapd.stages.changes import changed_settings, recorded_config
 from mapd.stages.trained import next_round_student
 
 # the flow, in order; a module satisfies `Stage`
@@ -96,7 +97,7 @@ async def run_stage(
     started = time.time()
     console.print(f"[bold]{name}[/] ...")
     summary = await _run(stage, cfg, run_dir)
-    write_manifest(run_dir, name, fp, stage.OUTPUTS, summary, started)
+    write_manifest(run_dir, name, fp, stage.OUTPUTS, summary, started, recorded_config(cfg))
     console.print(
         f"[green]{name}[/] done in {time.time() - started:.1f}s: {headline(name, summary)}"
     )
@@ -113,16 +114,82 @@ def train_student(
 
     run_dir = Path(run_dir or cfg.run_dir)
     fp = stage_fingerprint(cfg, run_dir, train.NAME)
+    data_path = run_dir / train.INPUTS[0]
+    if not data_path.exists():
+        raise MapdError(
+            f"{data_path} not found: the training set is built first",
+            f"mapd build {run_dir / 'config.yaml' if (run_dir / 'config.yaml').exists() else 'CONFIG'}"
+            " (it runs the exam, teaching and review first if needed)",
+        )
+    main_process = os.environ.get("RANK", "0") == "0"  # of a distributed launch
+    if main_process:  # the folder's record of its settings, as every command keeps it
+        write_text_atomic(run_dir / "config.yaml", dump_run_config(cfg))
     if stage_is_done(run_dir, train.NAME, fp):
         console.print(
             f"{run_dir / 'student'} is already trained with these settings; delete it to retrain"
         )
         return (load_manifest(run_dir, train.NAME) or {}).get("summary", {}) | {"skipped": True}
+    if main_process and (changes := student_changes(cfg, run_dir)):
+        console.print(
+            f"note: the student in {run_dir / 'student'} was trained otherwise; training "
+            "again:\n  " + "\n  ".join(changes),
+            highlight=False,
+            markup=False,
+        )
     started = time.time()
     summary = fit(cfg, run_dir, callbacks)
-    if os.environ.get("RANK", "0") == "0":  # the main process of a distributed launch
-        write_manifest(run_dir, train.NAME, fp, train.OUTPUTS, summary, started)
+    if main_process:
+        write_manifest(
+            run_dir, train.NAME, fp, train.OUTPUTS, summary, started, recorded_config(cfg)
+        )
     return summary
+
+
+def student_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
+    """Why the trained student in `run_dir` is not what `cfg` would train: one line per stage
+    up to train that is not current (each setting that differs, or the file that changed).
+    Empty when there is no trained student, or when `cfg` describes it."""
+    run_dir = Path(run_dir or cfg.run_dir)
+    if not (run_dir / "student" / "manifest.json").exists():
+        return []
+    lines: list[str] = []
+    for name in list(STAGES)[: list(STAGES).index(train.NAME) + 1]:
+        if is_current(cfg, run_dir, name):
+            continue
+        manifest = load_manifest(run_dir, name)
+        changes = changed_settings(cfg, manifest, STAGES[name].settings)
+        if manifest is None:
+            lines.append(f"{name}: not finished in this folder")
+        elif changes is None:
+            lines.append(f"{name}: settings or inputs differ (its record predates named settings)")
+        elif changes:
+            lines += [f"{change.line('for the student')}" for change in changes]
+        elif not lines:  # the first stage whose inputs changed says so; the rest follow from it
+            changed = ", ".join(STAGES[name].INPUTS) or "its outputs"
+            lines.append(f"{name}: {changed} changed since it ran")
+    return lines
+
+
+def refuse_changed_student(cfg: RunConfig, config_path: str | Path | None = None) -> None:
+    """`mapd eval` evaluates the student that exists: when the config no longer describes it,
+    stop before any work and name each difference, with both ways forward."""
+    changes = student_changes(cfg)
+    if not changes:
+        return
+    config = config_path or cfg.run_dir / "config.yaml"
+    overrides = [
+        c.override()
+        for name in (exam.NAME, teach.NAME, review.NAME, build.NAME, train.NAME)
+        for c in changed_settings(cfg, load_manifest(cfg.run_dir, name), STAGES[name].settings)
+        or []
+        if not is_current(cfg, cfg.run_dir, name)
+    ]
+    back = f"; or evaluate it as trained: mapd eval {config} {' '.join(overrides)}"
+    raise MapdError(
+        f"the student in {cfg.run_dir / 'student'} was trained otherwise than this config "
+        "says, so it is not evaluated (nothing was changed):\n  " + "\n  ".join(changes),
+        f"train it again with this config: mapd train {config}" + (back if overrides else ""),
+    )
 
 
 async def _run(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -182,14 +249,27 @@ async def run_round(cfg: RunConfig, stages: list[str], start: str | None) -> dic
 
 
 async def run_pipeline(
-    cfg: RunConfig, start: str | None = None, until: str | None = None
+    cfg: RunConfig, start: str | None = None, until: str | None = None, retrain: bool = True
 ) -> dict[str, Any]:
     """Run the selected stages, round after round, under the run-folder lock.
 
     `start` forces a re-run from that stage on; later stages re-run when their inputs change.
+    A trained student that the config no longer describes is trained again only with
+    `retrain` (said before anything runs); without it the run stops before any work.
     """
     stages = select_stages(start, until)
     with run_lock(cfg.run_dir):
+        if train.NAME in stages:
+            if not retrain:
+                refuse_changed_student(cfg)
+            elif changes := student_changes(cfg):
+                console.print(
+                    f"note: the student in {cfg.run_dir / 'student'} was trained otherwise "
+                    "than this config says; it is trained again when its stage comes:\n  "
+                    + "\n  ".join(changes),
+                    highlight=False,
+                    markup=False,
+                )
         summaries = await run_round(cfg, stages, start)
         previous = cfg.run_dir
         for round_no in range(2, cfg.rounds + 1):

@@ -153,7 +153,7 @@ def why_no_examples(run_dir: Path) -> tuple[str, str]:
     """What emptied the training set, read from the exam's and the build's summaries."""
     exam_path, build = run_dir / "exam.json", load_manifest(run_dir, "build")
     if build is None or not exam_path.exists():
-        return "the build stage has not run", "run `mapd run CONFIG` (it builds the dataset)"
+        return "the build stage has not run", "run `mapd build CONFIG` (it builds the dataset)"
     exam = read_json(exam_path)
     if exam["questions"] == 0:
         skipped = exam.get("skipped_rows", 0)

@@ -43,6 +43,17 @@ def scripted_run(tmp_path: Path) -> Path:
     return tmp_path / "run"
 
 
+@pytest.fixture()
+def reviewed_twice(tmp_path: Path) -> Path:
+    """The scripted run with its review stage run a second time (another threshold, every
+    reply from the cache): two runs of one stage in the ledger."""
+    with LoopbackServer(reply=reply) as server:
+        config = write_config(tmp_path, server.base_url)
+        build_run(config)
+        build_run(config, "review.threshold=2.5")
+    return tmp_path / "run"
+
+
 ATTACK = (
     '</script><script>window.pwned=1</script><img src=x onerror="window.pwned=2"> & <b>bold</b>'
 )

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from mapd.errors import MapdError
-from mapd.records import Decision, Example
+from mapd.records import Decision, Example, Review
 from mapd.rundir import read_jsonl
 from mapd.stages.report.collect import ablation_rows, collect_run, epochs_text, funnel_steps
+from mapd.stages.report.html import render_html
+from mapd.stages.report.markdown import render_markdown
 
 
 def test_release_run_counts_and_items(release_run: Path):
@@ -68,6 +70,19 @@ def test_scripted_run_has_exam_and_ledger_rows(scripted_run: Path):
     assert stages["teach"].calls == 2 * 3 * n  # feedback and rationale from three teachers
     assert stages["review"].tokens > 0 and stages["build"].calls == 0
     assert all(s.seconds is not None for s in stages.values())
+
+
+def test_a_stage_counts_the_calls_of_its_last_run(reviewed_twice: Path):
+    report = collect_run(reviewed_twice)
+    stages = {s.stage: s for s in report.stages}
+    reviews = len(read_jsonl(reviewed_twice / "reviews.jsonl", Review))
+    # the second review asked nothing new: its calls are all cache hits, as many as reviews
+    assert stages["review"].calls == stages["review"].cached == reviews > 0
+    assert stages["review"].tokens > 0
+    assert stages["teach"].calls == 2 * 3 * report.counts["mistakes"]  # run once
+    assert stages["teach"].cached == 0
+    assert "s last run." in render_html(report)  # the apostrophe is escaped
+    assert "each stage's last run." in render_markdown(report)
 
 
 def test_partial_runs_and_missing_folders(tmp_path: Path, release_run: Path):

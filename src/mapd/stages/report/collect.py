@@ -147,8 +147,11 @@ def over_defaults(cfg: dict[str, Any], name: str, model: type[BaseModel]) -> dic
 
 
 def stage_rows(run_dir: Path) -> list[StageRow]:
-    """Manifests and ledger rows joined by stage, in pipeline order."""
+    """Manifests and ledger rows joined by stage, in pipeline order. A finished stage counts
+    the calls of its last run, the one its time is of; a stage without a manifest (`mapd
+    eval`'s eval-base, say) counts the calls of every run."""
     rows: dict[str, StageRow] = {}
+    last_runs: dict[str, tuple[float, float]] = {}
     for path in sorted((run_dir / "manifests").glob("*.json")):
         manifest = read_json_optional(path) or {}
         stage = manifest.get("stage", path.stem)
@@ -156,13 +159,19 @@ def stage_rows(run_dir: Path) -> list[StageRow]:
         rows[stage] = StageRow(
             stage, "imported" if imported else "done", None if imported else manifest.get("seconds")
         )
-    for led in ledger_rows(run_dir):
-        row = rows.setdefault(led.stage, StageRow(led.stage, "-"))
-        row.calls += led.calls
-        row.cached += led.cached or 0
-        row.failed += led.failed or 0
-        row.tokens += (led.prompt_tokens or 0) + (led.completion_tokens or 0)
-        row.cost += led.cost or 0.0
+        started, finished = manifest.get("started_at"), manifest.get("finished_at")
+        if isinstance(started, int | float) and isinstance(finished, int | float):
+            last_runs[stage] = (started, finished)
+    for stage, created, cached, ok, tokens, cost in ledger_calls(run_dir):
+        last = last_runs.get(stage)
+        if last and not last[0] <= created <= last[1]:
+            continue  # another run of the stage than its last finished one
+        row = rows.setdefault(stage, StageRow(stage, "-"))
+        row.calls += 1
+        row.cached += cached
+        row.failed += not ok
+        row.tokens += tokens
+        row.cost += cost
 
     from mapd.stages.pipeline import STAGES  # the pipeline imports this module
 
@@ -176,20 +185,32 @@ def stage_rows(run_dir: Path) -> list[StageRow]:
     return sorted(rows.values(), key=order)
 
 
-def ledger_rows(run_dir: Path) -> list[Any]:
-    """The ledger's totals for this run, or [] when there is no call database or no calls."""
+def calls_note(stages: list[StageRow]) -> str | None:
+    """Which runs the stage table's calls are of, when it shows any."""
+    if not any(s.calls for s in stages):
+        return None
+    every = any(s.calls and s.status == "-" for s in stages)
+    return "Calls, tokens and cost are those of each stage's last run" + (
+        "; a stage without a time (–) counts every run's." if every else "."
+    )
+
+
+def ledger_calls(run_dir: Path) -> list[tuple[str, float, int, int, int, float]]:
+    """Every call the ledger holds for this run folder, whichever invocation made it:
+    (stage, created, cached, ok, tokens, cost); [] when there is no call database."""
     from mapd.llm.home import mapd_home
-    from mapd.llm.ledger import ledger_totals
+    from mapd.llm.ledger import run_id
     from mapd.llm.store import DB_NAME, open_store
 
-    db = mapd_home() / DB_NAME
-    if not db.exists():
+    db, run = mapd_home() / DB_NAME, run_id(run_dir, create=False)
+    if not db.exists() or not run:
         return []
     with open_store(db) as store:
-        try:
-            return ledger_totals(store, run_dir)
-        except MapdError:
-            return []
+        return store.db.execute(
+            "SELECT stage, created, cached, ok, prompt_tokens + completion_tokens, cost"
+            " FROM calls WHERE run = ? ORDER BY id",
+            (run,),
+        ).fetchall()
 
 
 def eval_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from mapd.stages.report.collect import (
     REASONS,
     Item,
     RunReport,
+    calls_note,
     config_summary,
     cut_off_line,
     epochs_text,
@@ -215,11 +216,9 @@ def stages_table(report: RunReport) -> str:
         f"<td>${sum(s.cost for s in report.stages):,.4f}</td></tr>"
     )
     note = (
-        ""
-        if any(s.calls for s in report.stages)
-        else '<p class="dim">No LLM calls recorded for this run folder in the call ledger.</p>'
+        calls_note(report.stages) or "No LLM calls recorded for this run folder in the call ledger."
     )
-    return f'<table class="stats">{head}{"".join(rows)}</table>{note}'
+    return f'<table class="stats">{head}{"".join(rows)}</table><p class="dim">{escape(note)}</p>'
 
 
 def funnel_html(report: RunReport) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mapd.stages.report.collect import (
     RunReport,
+    calls_note,
     config_summary,
     cut_off_line,
     funnel_steps,
@@ -57,8 +58,11 @@ def stages_md(report: RunReport) -> list[str]:
         ]
         for s in report.stages
     ]
-    return ["## Stages", ""] + md_table(
-        ["stage", "time", "calls", "cache hits", "tokens", "cost"], rows
+    note = calls_note(report.stages)
+    return (
+        ["## Stages", ""]
+        + md_table(["stage", "time", "calls", "cache hits", "tokens", "cost"], rows)
+        + ([note, ""] if note else [])
     )
 
 

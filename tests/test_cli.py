@@ -159,3 +159,52 @@ def test_an_unusable_mapd_home_is_one_line(tmp_path):
 def test_h_is_help():
     result = subprocess.run([str(MAPD_SCRIPT), "validate", "-h"], capture_output=True, text=True)
     assert result.returncode == 0 and "Check a run config" in result.stdout
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    "rows, settings, needle, hint",
+    [
+        # a file of another kind: its first line, and the question whether it is the dataset
+        (
+            "not a dataset\nat all\n",
+            [],
+            "line 1: invalid JSON (Expecting value at column 1)",
+            "is data.jsonl a gsm8k dataset?",
+        ),
+        # a bad row among good ones: its line and the field that is missing
+        (
+            (FIXTURES / "gsm8k_bad" / "train.jsonl").read_text(),
+            [],
+            'line 2: missing field "answer" (the row has question)',
+            "set task.on_bad_row=skip",
+        ),
+        # the jsonl task's field names that are not the file's
+        (
+            '{"problem": "2+2?", "solution": 4}\n',
+            ["task.name=jsonl", "task.answer_type=number"],
+            'line 1: missing field "question" (the row has problem, solution)',
+            "name the row's fields with task.question_field and task.answer_field",
+        ),
+    ],
+    ids=["not-a-dataset", "a-bad-row", "other-field-names"],
+)
+def test_validate_reads_the_first_rows_of_a_local_dataset(tmp_path, rows, settings, needle, hint):
+    data = tmp_path / "data.jsonl"
+    data.write_text(rows)
+    argv = ["validate", DEMO, "task.source=local", f"task.path={data}", *settings]
+    result = subprocess.run([str(MAPD_SCRIPT), *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "valid." not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0] == f"error: {data} {needle}", lines
+    assert hint in lines[1]
+
+
+def test_validate_passes_a_dataset_whose_bad_rows_are_skipped():
+    data = FIXTURES / "gsm8k_bad" / "train.jsonl"
+    argv = ["validate", DEMO, "task.source=local", f"task.path={data}", "task.on_bad_row=skip"]
+    result = subprocess.run([str(MAPD_SCRIPT), *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "valid." in result.stdout, result.stderr

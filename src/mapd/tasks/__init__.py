@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ TASKS: dict[str, Task] = {
     t.name: t for t in (gsm8k.TASK, svamp.TASK, strategyqa.TASK, logiqa.TASK, jsonl.TASK)
 }
 SPLITS = ("train", "test")
+FIRST_ROWS = 5  # rows of each local file that `mapd validate` parses
 
 
 def get_task(name: str) -> Task:
@@ -41,8 +43,15 @@ def get_task(name: str) -> Task:
 
 
 def check_task(cfg: TaskConfig) -> None:
-    """What `mapd validate` can tell of the task section before any question is read: the
-    source is one the task has, a local path exists, a generator is one reasoning-gym has."""
+    """What `mapd validate` can tell of the task section without loading it: the source is
+    one the task has, a generator is one reasoning-gym has, and a local dataset's first rows
+    parse (a file of another format or a wrong field name is found now, not at the exam)."""
+    _check_source(cfg)
+    if cfg.source == "local":
+        _check_first_rows(get_task(cfg.name), cfg)
+
+
+def _check_source(cfg: TaskConfig) -> None:
     task = get_task(cfg.name)
     if cfg.source not in task.sources:
         raise MapdError(
@@ -66,7 +75,7 @@ def load_questions(cfg: TaskConfig, split: str, seed: int) -> LoadedSplit:
     """The questions of one split ("train" or "test") from the configured source, limit applied."""
     if split not in SPLITS:
         raise MapdError(f"unknown split {split!r}", "use train or test")
-    check_task(cfg)
+    _check_source(cfg)
     task = get_task(cfg.name)
     if cfg.source == "reasoning_gym":
         questions = generate_questions(cfg.generator, cfg.sizes[split], cfg.seeds[split])
@@ -127,23 +136,48 @@ def _local_file(task: Task, cfg: TaskConfig, split: str) -> tuple[Path, bool]:
     )
 
 
+def _check_first_rows(task: Task, cfg: TaskConfig) -> None:
+    """The first rows of each local file parse with the task's own parser; the first bad one
+    is reported (with on_bad_row: skip, only when none of them parses)."""
+    for path in sorted({_local_file(task, cfg, split)[0] for split in SPLITS}):
+        rows = islice((task.read_local or read_json_rows)(path), FIRST_ROWS)
+        bad, parsed = [], 0
+        for index, (location, row) in enumerate(rows):
+            try:
+                _parse_row(task, cfg, row, f"{task.name}-{path.stem.lower()}-{index:05d}")
+                parsed += 1
+            except RowError as exc:
+                bad.append((location, exc))
+        if bad and (cfg.on_bad_row != "skip" or not parsed):
+            none = f"is {path.name} a {task.name} dataset? its first rows do not parse"
+            raise _bad_row(*bad[0], None if parsed else none)
+
+
+def _parse_row(task: Task, cfg: TaskConfig, row: Any, default_id: str) -> Question:
+    if isinstance(row, Exception):  # a line the reader could not parse
+        raise RowError(str(row))
+    return task.parse_row(row, default_id, cfg)
+
+
+def _bad_row(location: str, exc: RowError, hint: str | None = None) -> MapdError:
+    return MapdError(
+        f"{location}: {exc}",
+        exc.hint or hint or "fix the row, or set task.on_bad_row=skip to skip malformed rows",
+    )
+
+
 def _parse_rows(
     task: Task, cfg: TaskConfig, rows: Iterator[tuple[str, Any]], id_prefix: str, source: str
 ) -> LoadedSplit:
     questions, skipped = [], 0
     for index, (location, row) in enumerate(rows):
         try:
-            if isinstance(row, Exception):
-                raise RowError(str(row))
-            question = task.parse_row(row, f"{id_prefix}-{index:05d}", cfg)
+            question = _parse_row(task, cfg, row, f"{id_prefix}-{index:05d}")
         except RowError as exc:
             if cfg.on_bad_row == "skip":
                 skipped += 1
                 continue
-            raise MapdError(
-                f"{location}: {exc}",
-                exc.hint or "fix the row, or set task.on_bad_row=skip to skip malformed rows",
-            ) from None
+            raise _bad_row(location, exc) from None
         questions.append(question.model_copy(update={"source": source}))
     if not questions:
         raise MapdError(f"{source}: no usable rows ({skipped} skipped)", "check the file's format")

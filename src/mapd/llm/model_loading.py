@@ -11,12 +11,15 @@ keyed by spec, device and dtype: exam, eval and demo teachers reuse one copy.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,15 +83,45 @@ def convert_gguf(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return save_folder(target, save, model.get_memory_footprint())
+
+
+def save_folder(target: Path, save: Callable[[Path], None], size: int) -> Path:
+    """`save(folder)` into a temporary folder beside `target`, renamed to it on success
+    (atomic, safe across processes). On any failure the temporary folder is removed, so no
+    partial copy is left; a full disk is a MapdError that says how much room `size` needs."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        save(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not disk_full(exc):
+            raise
+        raise MapdError(
+            f"disk full: cannot write {target}",
+            f"it needs about {math.ceil(size / 1e8) / 10} GB: free space on that disk, or "
+            "set MAPD_HOME to a folder on a disk with room",
+        ) from None
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also as safetensors reports it (a SafetensorError, no OSError)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return type(exc).__name__ == "SafetensorError" and "No space left" in str(exc)
 
 
 def model_source(spec: str) -> str:

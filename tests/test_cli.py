@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from mapd import cli
 from mapd.errors import MapdError
+from mapd.settings_doc import all_settings
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
@@ -208,3 +210,34 @@ def test_validate_passes_a_dataset_whose_bad_rows_are_skipped():
     argv = ["validate", DEMO, "task.source=local", f"task.path={data}", "task.on_bad_row=skip"]
     result = subprocess.run([str(MAPD_SCRIPT), *argv], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "valid." in result.stdout, result.stderr
+
+
+def settings_shown(columns: int, terminal: bool) -> str:
+    """`mapd settings` as shown `columns` wide, in a terminal (told so, no colours) or a pipe."""
+    env = {**os.environ, "COLUMNS": str(columns)}
+    if terminal:
+        env |= {"TTY_COMPATIBLE": "1", "TERM": "xterm", "NO_COLOR": "1"}
+    result = subprocess.run(
+        [str(MAPD_SCRIPT), "settings"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # the header's bold
+
+
+def test_settings_in_a_pipe_are_whole_one_line_each():
+    shown = settings_shown(80, terminal=False)
+    assert "…" not in shown
+    rows = [line.split("\t") for line in shown.splitlines()]
+    assert rows == [[s.path, s.kind, s.default, s.help] for s in all_settings()]
+
+
+@pytest.mark.parametrize("columns", [80, 50])
+def test_settings_in_a_narrow_terminal_wrap_every_cell_and_cut_none(columns):
+    shown = settings_shown(columns, terminal=True)
+    assert "…" not in shown and max(map(len, shown.splitlines())) <= columns
+    cells = [line.split("│")[1:-1] for line in shown.splitlines() if line.startswith("│")]
+    # each column, its lines joined and the wrapping taken out, holds every text whole
+    for index, field in enumerate(("path", "kind", "default", "help")):
+        column = "".join(row[index] for row in cells)
+        whole = "".join(getattr(s, field) for s in all_settings())
+        assert "".join(column.split()) == "".join(whole.split()), field

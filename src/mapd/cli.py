@@ -400,6 +400,9 @@ def settings(
 ) -> None:
     """List every config setting with its type, default and what it does.
 
+    In a pipe or a file, one whole line per setting: its name, type, default and help,
+    tab-separated.
+
     Example: mapd settings train.lora
     """
     from rich.table import Table
@@ -419,10 +422,16 @@ def settings(
             f"no setting {prefix!r} and none under it",
             f"did you mean {' or '.join(near[:3])}?" if near else "e.g. mapd settings train",
         )
+    if not out.is_terminal:  # a pipe or a file: each setting whole on one line, tab-separated
+        for s in chosen:
+            typer.echo("\t".join((s.path, s.kind, s.default, s.help)))
+        return
     table = Table()
-    table.add_column("setting", no_wrap=True)  # the name to type: never cut
+    # every cell wraps, none is cut; the name to type stays whole while the others have room
+    longest = max(len(s.path) for s in chosen)
+    table.add_column("setting", no_wrap=out.width >= longest + 40, overflow="fold")
     for name in ("type", "default", "what it does"):
-        table.add_column(name)
+        table.add_column(name, overflow="fold")
     for s in chosen:
         table.add_row(*map(escape, (s.path, s.kind, s.default, s.help)))
     out.print(table)

@@ -211,3 +211,18 @@ def test_the_datasets_export_is_swapped_in_whole(tmp_path, server):
     examples = read_jsonl(dataset_dir / "train.jsonl", Example)
     assert len(load_from_disk(str(dataset_dir / "hf"))) == len(examples)
     assert not (dataset_dir / ".hf.tmp").exists() and not (dataset_dir / ".hf.old").exists()
+
+
+def test_a_failed_run_writes_its_report_headed_by_the_failure(tmp_path, server):
+    """Before, a failed run wrote no report and an older report.html stayed as if it were
+    this run's."""
+    config = write_config(tmp_path, server.base_url)
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "report.html").write_text("<html>an older run's report</html>")
+    # a threshold no mean score is above: nothing accepted, build stops the run
+    with pytest.raises(MapdError, match="none of the"):
+        run(config, "review.threshold=4.99", "review.scale_max=5")
+    page = (run_dir / "report.html").read_text()
+    assert "older run" not in page
+    assert "This run failed." in page and "Stage build failed: build: none of the" in page

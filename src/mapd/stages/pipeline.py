@@ -241,11 +241,33 @@ async def run_round(cfg: RunConfig, stages: list[str], start: str | None) -> dic
     run_dir = cfg.run_dir
     write_text_atomic(run_dir / "config.yaml", dump_run_config(cfg))
     summaries: dict[str, Any] = {}
-    for name in stages:
-        summaries[name] = await run_stage(
-            cfg, run_dir, name, force=start is not None and name == start
-        )
+    name = stages[0]
+    try:
+        for name in stages:
+            summaries[name] = await run_stage(
+                cfg, run_dir, name, force=start is not None and name == start
+            )
+    except Exception as exc:
+        if name != report.NAME and (report.NAME in stages or (run_dir / "report.html").exists()):
+            report_failure(run_dir, name, exc)
+        raise
     return summaries
+
+
+def report_failure(run_dir: Path, stage: str, exc: Exception) -> None:
+    """A failed run still writes its report, headed by the failure, so that an older
+    report.html is never taken for this run's; a report that cannot be written is only said."""
+    error = (
+        f"{exc.message}" + (f" (hint: {exc.hint})" if exc.hint else "")
+        if isinstance(exc, MapdError)
+        else f"{type(exc).__name__}: {exc}"
+    )
+    try:
+        path = report.write_report(run_dir, failure=f"Stage {stage} failed: {error}")
+    except Exception as failed:  # the run's own error is the one to show
+        console.print(f"note: the report could not be written either: {failed}", markup=False)
+        return
+    console.print(f"report of the failed run: {path}", highlight=False, markup=False)
 
 
 async def run_pipeline(

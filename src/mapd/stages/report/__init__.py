@@ -34,9 +34,12 @@ def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     return {"path": str(write_report(run_dir))}
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write `run_dir/report.html` and return its path."""
-    return save_report(collect_run(Path(run_dir)))
+def write_report(run_dir: Path, failure: str | None = None) -> Path:
+    """Write `run_dir/report.html` and return its path; `failure` (the stage that stopped the
+    run, and its error) heads the page, so an older report is never taken for this run's."""
+    report = collect_run(Path(run_dir))
+    report.failure = failure
+    return save_report(report)
 
 
 def save_report(report: RunReport) -> Path:

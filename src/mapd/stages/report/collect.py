@@ -106,6 +106,7 @@ class RunReport:
     cut_off: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     answers_cut_off: list[str] = field(default_factory=list)  # the student's, exam and eval
     unlike_evals: str | None = None  # base and trained asked in different ways
+    failure: str | None = None  # the stage that stopped the run, and its error
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:

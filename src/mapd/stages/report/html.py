@@ -38,6 +38,15 @@ def static_text(name: str) -> str:
     return files("mapd.stages.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def failure_html(report: RunReport) -> str:
+    if not report.failure:
+        return ""
+    return (
+        f'<div class="failed" role="alert"><strong>This run failed.</strong> '
+        f"{escape(report.failure)}<br>What follows is what the folder held when it stopped.</div>\n"
+    )
+
+
 def render_html(report: RunReport) -> str:
     sections = [
         overview_html(report),
@@ -63,7 +72,7 @@ def render_html(report: RunReport) -> str:
 <div class="sub">mapd run report · run folder <code>{escape(report.run_dir.resolve().name)}</code> · {when}</div>
 </header>
 <main>
-{kpis_html(report)}
+{failure_html(report)}{kpis_html(report)}
 {"".join(s for s in sections if s)}
 <footer>made by mapd {escape(__version__)} · <code>mapd report RUN_DIR</code> rebuilds this page</footer>
 </main>

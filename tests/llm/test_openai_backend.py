@@ -59,7 +59,7 @@ def test_request_body_headers_and_reply(server, monkeypatch):
         (b'[{"error": {"code": 429, "message": "Quota exceeded"}}]', "Quota exceeded"),
         (b'{"detail": "Not Found"}', "Not Found"),
         (b'{"error": "model not loaded"}', "model not loaded"),
-        (b"<html>502 Bad Gateway</html>", "<html>502 Bad Gateway</html>"),
+        (b"<html>502 Bad Gateway</html>", "an HTML page (502 Bad Gateway), not an API reply"),
         (b"", "(no body)"),
     ],
 )
@@ -251,3 +251,11 @@ def test_each_replica_url_is_checked_by_the_config():
         ModelEndpoint(name="t", model="m", base_url=["http://127.0.0.1:8000/v1", "ftp://host/v1"])
     with pytest.raises(ValueError, match="needs `base_url`"):
         ModelEndpoint(name="t", model="m", base_url=[])
+
+
+def test_an_html_error_page_is_named_not_quoted():
+    """A base_url that is a web server answers its error page; the raw HTML was quoted
+    mid-teach."""
+    page = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title><style>body{}</style>"
+    detail = error_detail(page + b"</head><body><h1>Not Found</h1></body></html>")
+    assert detail == "an HTML page (404 Not Found), not an API reply"

@@ -124,13 +124,25 @@ def stall_limited_socket(addr_info: tuple[Any, ...], stall: float) -> socket.soc
     return sock
 
 
+HTML_START = re.compile(r"\s*<(!doctype\s+html|html|head|body)\b", re.IGNORECASE)
+HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+HTML_HIDDEN = re.compile(r"<(script|style)\b.*?(</\1>|$)", re.IGNORECASE | re.DOTALL)
+HTML_TAG = re.compile(r"<[^>]*>?")
+
+
 def error_detail(body: bytes) -> str:
     """The provider's error message (`{"error": {"message": ...}}` and its variants), or the
     start of the body."""
     try:
         data = json.loads(body)
     except ValueError:
-        return body[:300].decode("utf-8", "replace").strip() or "(no body)"
+        text = body[:300].decode("utf-8", "replace").strip()
+        if HTML_START.match(text):  # a web server's or proxy's page: named, never quoted
+            page = body[:4096].decode("utf-8", "replace")
+            title = HTML_TITLE.search(page)
+            words = title.group(1) if title else HTML_TAG.sub(" ", HTML_HIDDEN.sub(" ", page))
+            return f"an HTML page ({' '.join(words.split())[:80]}), not an API reply"
+        return text or "(no body)"
     error = data.get("error", data) if isinstance(data, dict) else data
     if isinstance(error, dict):
         error = error.get("message") or error.get("detail") or error

@@ -241,3 +241,19 @@ def test_settings_in_a_narrow_terminal_wrap_every_cell_and_cut_none(columns):
         column = "".join(row[index] for row in cells)
         whole = "".join(getattr(s, field) for s in all_settings())
         assert "".join(column.split()) == "".join(whole.split()), field
+
+
+def test_train_without_a_dataset_names_mapd_build_and_makes_no_folder(tmp_path):
+    """It hinted `mapd run ...`; the command that builds the training set is `mapd build`."""
+    out = tmp_path / "run"
+    env = {**os.environ, "MAPD_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [str(MAPD_SCRIPT), "train", DEMO, f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "train.jsonl not found" in result.stderr and "mapd build" in result.stderr
+    assert not out.exists()

@@ -298,6 +298,8 @@ async def run_pipeline(
             if "train" not in stages:
                 break
             round_cfg = next_round_config(cfg, previous, round_no)
+            if not retrain:
+                refuse_changed_student(round_cfg)
             console.print(
                 f"[bold]round {round_no}[/]: the trained student takes the exam again, "
                 f"in-process from {round_cfg.student.model}"

@@ -42,3 +42,22 @@ def test_run_folder_files_get_the_umask_mode(tmp_path, umask, mode):
     modes = {name: stat.S_IMODE((run_dir / name).stat().st_mode) for name in written}
     assert modes == dict.fromkeys(written, mode)
     assert stat.S_IMODE((run_dir / "manifests" / "build.json").stat().st_mode) == mode
+
+
+def test_writing_never_sets_the_umask(tmp_path):
+    """Reading the umask sets it for a moment, process-wide: it is read once at import, never
+    while other threads may be creating files (the first write used to read it)."""
+    code = f"""
+import os
+from pathlib import Path
+import mapd.rundir as rundir
+calls = []
+real = os.umask
+os.umask = lambda mask: calls.append(mask) or real(mask)
+rundir.write_text_atomic(Path({str(tmp_path / "a.txt")!r}), "x")
+rundir.write_json(Path({str(tmp_path / "b.json")!r}), {{}})
+print(calls)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

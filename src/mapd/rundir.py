@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -46,12 +45,15 @@ def _disk_error(path: Path, exc: OSError) -> MapdError:
     )
 
 
-@functools.cache
-def _umask() -> int:
-    """The process's umask; reading it means setting it, so it is read once."""
+def _read_umask() -> int:
+    """The process's umask. Reading it means setting it for a moment, process-wide, which
+    would race with files other threads create; so it is read once, when mapd is imported."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -65,7 +67,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         raise _disk_error(path, exc) from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -316,6 +316,26 @@ class StudentConfig(ModelEndpoint):
         return self.weights or self.model
 
 
+class TrainedEndpoint(ModelEndpoint):
+    """The server that answers as the trained student (`eval.trained`)."""
+
+    adapter: Literal["served", "load"] = Field(
+        "served",
+        description="served: `model` is an adapter the server loaded at its start (vLLM "
+        "--lora-modules NAME=PATH); eval stops when the server says it comes from another "
+        "folder than student/. load: eval loads student/adapter into the server itself (vLLM "
+        "started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora) under the name "
+        "<student name>-<12 hex of its sha256> and asks for that name, so a student trained "
+        "again is never answered by the old adapter; `model` is then the server's base model.",
+    )
+
+    @model_validator(mode="after")
+    def _check_adapter(self) -> TrainedEndpoint:
+        if self.adapter == "load" and self.backend != "openai":
+            raise ValueError("adapter: load loads the adapter into a server: set backend: openai")
+        return self
+
+
 class ReviewConfig(Strict):
     reviewers: int | None = Field(
         None,
@@ -468,13 +488,14 @@ class EvalConfig(Strict):
     base: bool = Field(
         True, description="Also measure the untrained student, for the before/after."
     )
-    trained: ModelEndpoint | None = Field(
+    trained: TrainedEndpoint | None = Field(
         None,
         description="Evaluate the trained student through this endpoint, e.g. a vLLM server "
         "started with --enable-lora --lora-modules student=RUN/student/adapter and asked for "
-        "model `student`. Unset: the trained student runs in-process from student/ (also when "
-        "the student is served over HTTP), or eval stops before any request when it cannot be "
-        "loaded here. Used in round 1 only: later rounds run the student in-process.",
+        "model `student`, or one that eval loads the adapter into (adapter: load). Unset: the "
+        "trained student runs in-process from student/ (also when the student is served over "
+        "HTTP), or eval stops before any request when it cannot be loaded here. Used in round "
+        "1 only: later rounds run the student in-process.",
     )
 
     @model_validator(mode="after")

@@ -9,9 +9,9 @@ Writes eval/<label>/predictions.jsonl (output, extracted answer, correct) and
 The prompt is the rationale-task prompt the student was trained on. Greedy by default;
 `eval.samples: k` (with a temperature) gives majority-vote accuracy, sample i drawn with
 seed + i. The trained student is asked through `eval.trained`, an OpenAI-compatible endpoint
-such as vLLM serving the adapter, or in-process from student/ (merged model, full model or
-LoRA adapter on its base), also when the untrained student is served over HTTP (see
-`mapd.stages.trained`).
+such as vLLM serving the adapter (or loading it, `adapter: load`), or in-process from
+student/ (merged model, full model or LoRA adapter on its base), also when the untrained
+student is served over HTTP (see `mapd.stages.trained`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from mapd.answers import answers_match
 from mapd.config import ModelEndpoint, RunConfig
 from mapd.llm.cache import folder_stamp
+from mapd.llm.vllm_adapters import adapter_digest
 from mapd.prompts import Prompts
 from mapd.records import Question
 from mapd.rundir import write_json, write_jsonl
@@ -142,7 +143,9 @@ async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def served_weights(cfg: RunConfig, run_dir: Path) -> str | None:
-    """For a trained student served by `eval.trained`: a stamp of the weights in student/.
+    """For a trained student served by `eval.trained`: a stamp of the weights in student/,
+    an adapter's sha256 (a full model's files' names, sizes and times: hashing gigabytes on
+    every eval would cost more than it proves).
 
     The server answers under a model name that stays the same when the student is trained
     again; with the stamp in the cache key, a retrained student is asked again instead of
@@ -151,4 +154,6 @@ def served_weights(cfg: RunConfig, run_dir: Path) -> str | None:
     if cfg.eval.trained is None or not (run_dir / "student" / "manifest.json").exists():
         return None
     folder = saved_student(run_dir).trained
+    if (folder / "adapter_config.json").is_file():
+        return "sha256:" + adapter_digest(folder)
     return folder_stamp(folder) if folder.is_dir() else None

@@ -460,6 +460,12 @@ class TrainConfig(Strict):
         "dropped and counted (a long target is cut at max_length and still trained).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    quantize: Literal["4bit", "8bit"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base in 4 bits (nf4, double quantisation) or 8 "
+        "bits through bitsandbytes (pip install 'mapd[qlora]'); LoRA on a CUDA GPU only. "
+        "A merge loads the base unquantised.",
+    )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
     report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
     gradient_checkpointing: bool = Field(
@@ -477,6 +483,12 @@ class TrainConfig(Strict):
         "none = the run's `seed`. The questions, exam, teaching, reviews and evaluation keep "
         "the run's seed, so `mapd ablate`'s seeds repeat only what training draws.",
     )
+
+    @model_validator(mode="after")
+    def _check_quantize(self) -> TrainConfig:
+        if self.quantize is not None and self.method != "lora":
+            raise ValueError("quantize trains LoRA on a quantised base: set method: lora")
+        return self
 
 
 class EvalConfig(Strict):

@@ -112,3 +112,28 @@ def test_a_chat_template_that_cannot_be_split_is_refused(tiny_tokenizer):
     )
     with pytest.raises(MapdError, match="prompt_format=plain"):
         encode_examples(toy_examples(1), tok, "chat", 256)
+
+
+@pytest.mark.parametrize("prompt_format, end", [("chat", "<|end|>"), ("plain", "</s>")])
+def test_the_target_ends_with_the_templates_end_of_turn_not_eos(tiny_tokenizer, prompt_format, end):
+    """Gemma's `<end_of_turn>`, Phi-3's `<|end|>`: a chat student learns to end its turn the
+    way its template writes it; the plain format has no template and ends with the EOS."""
+    tok = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    tok.add_special_tokens({"eos_token": "</s>"})  # the template still ends turns with <|end|>
+    end_id = tok.convert_tokens_to_ids(end)
+    assert tok.eos_token == "</s>" and tok.convert_tokens_to_ids("<|end|>") != tok.eos_token_id
+    example = toy_examples(1)[0]
+    row = encode_examples([example], tok, prompt_format, 256).rows[0]
+    trained = [label for label in row.labels if label != IGNORE]
+    assert trained[-1] == end_id and trained.count(end_id) == 1
+    assert tok.decode(trained) == example.output + end
+
+
+def test_a_template_that_writes_nothing_after_the_reply_ends_it_with_eos(tiny_tokenizer):
+    tok = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    row = encode_examples(toy_examples(1), tok, "chat", 256).rows[0]
+    assert row.labels[-1] == tok.eos_token_id

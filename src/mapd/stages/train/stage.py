@@ -43,26 +43,12 @@ from mapd.rundir import (
 )
 from mapd.stages.train import settings as train_settings
 from mapd.stages.train.collate import PadCollator
-from mapd.stages.train.model import load_student, merge_adapter
+from mapd.stages.train.model import check_quantize, load_student, merge_adapter, use_bf16
 from mapd.stages.train.progress import TrainProgress
 from mapd.stages.train.tokenize import TASK_IDS, EncodedSet, encode_examples
 from mapd.stages.train.trainer import JsonlLogCallback, TwoTaskTrainer
 
 STAGE = "train"
-
-
-def native_bf16() -> bool:
-    """Whether bf16 arithmetic runs natively: a CUDA GPU with bf16, or a CPU with AMX or
-    AVX512-BF16 (there bf16 autocast trains faster than fp32 at a small cost in precision;
-    `bench/train_throughput.py --compare precision` measures it)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported(including_emulation=False)  # not on a T4 or V100
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def use_bf16(precision: str) -> bool:
-    return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
 def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
@@ -174,6 +160,7 @@ def run(
 ) -> dict[str, Any]:
     """Train the student; return the manifest (also written to `student/manifest.json`)."""
     started = time.time()
+    check_quantize(cfg.train)  # before anything loads
     run_dir = Path(run_dir or cfg.run_dir)
     data_path = run_dir / "dataset" / "train.jsonl"
     student_dir = run_dir / "student"
@@ -218,7 +205,9 @@ def run(
     manifest = build_manifest(cfg, encoded, trainer, log, resume, time.time() - started)
     if state.is_main_process:
         if t.method == "lora" and t.merge:
-            merge_adapter(cfg.student.trained_from, out_dir, student_dir / "merged")
+            merge_adapter(
+                cfg.student.trained_from, out_dir, student_dir / "merged", manifest["precision"]
+            )
         write_json(student_dir / "manifest.json", manifest)
         print(format_summary(manifest, student_dir))
     state.wait_for_everyone()
@@ -245,7 +234,8 @@ def change_merge_only(cfg: RunConfig, run_dir: Path, state: PartialState) -> dic
     if state.is_main_process:
         if cfg.train.merge:
             print(f"{student_dir} is trained with these settings: merging the adapter only")
-            merge_adapter(cfg.student.trained_from, adapter_dir, student_dir / "merged")
+            merged_dir = student_dir / "merged"
+            merge_adapter(cfg.student.trained_from, adapter_dir, merged_dir, manifest["precision"])
         write_json(student_dir / "manifest.json", manifest)
     state.wait_for_everyone()
     return manifest

@@ -1,4 +1,4 @@
-"""Encode training examples as ids with exact labels: prompt masked, target and one EOS trained.
+"""Encode training examples as ids with exact labels: prompt masked, target and its end trained.
 
     encoded = encode_examples(examples, tokenizer, prompt_format="chat", max_length=512)
 
@@ -6,8 +6,11 @@ Each `Encoded` row holds `input_ids` and `labels` of the same length (`labels` i
 every prompt position) and `task` (0 feedback, 1 rationale). The prompt is tokenized on its
 own, exactly as it will be at inference (`apply_chat_template(..., add_generation_prompt=True)`
 or the plain format with the tokenizer's BOS), and the target's ids are appended, followed by
-the EOS id. A target cut by `max_length` keeps no EOS: teaching the model to stop in the
-middle of a sentence would be worse than not teaching it to stop on that example.
+the end of turn: what the chat template writes after an assistant's reply (`<|im_end|>`,
+Gemma's `<end_of_turn>`, Phi-3's `<|end|>`), or the EOS for the plain format and for a
+template that writes nothing there. A target cut by `max_length` keeps no end: teaching the
+model to stop in the middle of a sentence would be worse than not teaching it to stop on
+that example.
 """
 
 from __future__ import annotations
@@ -86,17 +89,42 @@ def check_chat_template(tokenizer: Any) -> None:
         )
 
 
+def end_of_turn_ids(tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
+    """The ids that end the student's reply: what the chat template writes right after the
+    assistant's content, up to the first whitespace; the EOS when it writes nothing there."""
+    if prompt_format == "chat":
+        turn = [
+            {"role": "user", "content": "PROBE QUESTION"},
+            {"role": "assistant", "content": "PROBE ANSWER"},
+        ]
+        full = tokenizer.apply_chat_template(turn, tokenize=False)
+        after = full[full.index("PROBE ANSWER") + len("PROBE ANSWER") :].split()
+        if after:
+            return tokenizer(after[0], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is None:
+        raise MapdError(
+            "the student's tokenizer has no EOS token", "use a tokenizer with eos_token"
+        )
+    return [tokenizer.eos_token_id]
+
+
 def encode_example(
-    example: Example, tokenizer: Any, prompt_format: PromptFormat, max_length: int
+    example: Example,
+    tokenizer: Any,
+    prompt_format: PromptFormat,
+    max_length: int,
+    end: list[int] | None = None,
 ) -> Encoded:
-    """Prompt ids + target ids + EOS, cut at `max_length`; labels -100 on the prompt."""
+    """Prompt ids + target ids + end of turn ids (`end`, found once by `encode_examples`),
+    cut at `max_length`; labels -100 on the prompt."""
+    if end is None:
+        end = end_of_turn_ids(tokenizer, prompt_format)
     prompt = prompt_ids(example, tokenizer, prompt_format)
-    target = tokenizer(example.output, add_special_tokens=False)["input_ids"]
-    target = [*target, tokenizer.eos_token_id]
+    text = tokenizer(example.output, add_special_tokens=False)["input_ids"]
     room = max(max_length - len(prompt), 0)
-    truncated = len(target) > room
-    if truncated:
-        target = target[:room]  # the EOS is the first to go, see the module docstring
+    truncated = len(text) + len(end) > room
+    # the end is the first to go, whole, see the module docstring
+    target = text[:room] if truncated else [*text, *end]
     return Encoded(
         id=example.id,
         task=TASK_IDS[example.kind],
@@ -114,15 +142,12 @@ def encode_examples(
     on_overlong: Literal["error", "drop"] = "error",
 ) -> EncodedSet:
     """Encode every example; an example with no trained token is an error or is dropped."""
-    if tokenizer.eos_token_id is None:
-        raise MapdError(
-            "the student's tokenizer has no EOS token", "use a tokenizer with eos_token"
-        )
     if prompt_format == "chat":
         check_chat_template(tokenizer)
+    end = end_of_turn_ids(tokenizer, prompt_format)
     rows, overlong, truncated = [], [], []
     for example in examples:
-        row = encode_example(example, tokenizer, prompt_format, max_length)
+        row = encode_example(example, tokenizer, prompt_format, max_length, end)
         if all(label == IGNORE for label in row.labels):
             overlong.append(row.id)
             continue

@@ -414,3 +414,41 @@ def test_the_schedulers_are_transformers_own():
     from mapd.config import SCHEDULERS
 
     assert set(SCHEDULERS) <= {s.value for s in SchedulerType}
+
+
+@pytest.mark.parametrize("key", ["learning_rate", "lr"])
+def test_train_args_refuse_what_mapd_sets_naming_its_setting(key):
+    result = mapd("validate", str(ROOT / "configs/demo.yaml"), f"train.args={{{key}: 1e-4}}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if f"train.args.{key}" in line]
+    assert len(lines) == 1 and "set by mapd; use train.lr" in lines[0], result.stderr
+
+
+def test_train_args_are_kept_and_fp16_needs_fp32():
+    cfg = load_config(ROOT / "configs/demo.yaml", ["train.args={weight_decay: 0.1}"])
+    assert cfg.train.args == {"weight_decay": 0.1}
+    with pytest.raises(MapdError, match=r"train\.args\.fp16: needs train\.precision: fp32"):
+        load_config(ROOT / "configs/demo.yaml", ["train.args={fp16: true}"])
+    fp32 = ["train.args={fp16: true}", "train.precision=fp32"]
+    assert load_config(ROOT / "configs/demo.yaml", fp32).train.args == {"fp16": True}
+
+
+@pytest.mark.parametrize(
+    "value, ok", [("tensorboard", True), ("[trackio, wandb]", True), ("tensorbord", False)]
+)
+def test_report_to_takes_a_tracker_or_a_list_of_them(value, ok):
+    if ok:
+        load_config(ROOT / "configs/demo.yaml", [f"train.report_to={value}"])
+    else:
+        with pytest.raises(
+            MapdError, match="report_to: 'tensorbord' is none of transformers' trackers"
+        ):
+            load_config(ROOT / "configs/demo.yaml", [f"train.report_to={value}"])
+
+
+def test_the_trackers_are_transformers_own():
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from mapd.config.schema import TRACKERS
+
+    assert set(TRACKERS) == {*INTEGRATION_TO_CALLBACK, "all", "none"}

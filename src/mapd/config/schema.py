@@ -21,10 +21,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 TaskName = Literal["gsm8k", "svamp", "strategyqa", "logiqa", "jsonl"]
 
@@ -422,6 +424,58 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 
+# transformers' report_to names (transformers.integrations.INTEGRATION_TO_CALLBACK; a test
+# keeps them in step), and its words for every tracker installed and for none
+TRACKERS = (
+    "trackio",
+    "tensorboard",
+    "wandb",
+    "mlflow",
+    "comet_ml",
+    "clearml",
+    "dvclive",
+    "swanlab",
+    "neptune",
+    "azure_ml",
+    "dagshub",
+    "flyte",
+    "codecarbon",
+    "kubeflow",
+    "all",
+    "none",
+)
+
+
+def known_trackers(report_to: list[str] | str) -> list[str] | str:
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        if name not in TRACKERS:
+            raise ValueError(f"{name!r} is none of transformers' trackers: {', '.join(TRACKERS)}")
+    return report_to
+
+
+# TrainingArguments that mapd sets itself, so `train.args` may not: what to use instead
+SET_BY_MAPD = {
+    "output_dir": "checkpoints go to RUN/student/checkpoints; use output_dir",
+    "learning_rate": "use train.lr",
+    "lr": "use train.lr",
+    "num_train_epochs": "use train.epochs",
+    "max_steps": "use train.max_steps",
+    "per_device_train_batch_size": "use train.batch_size",
+    "gradient_accumulation_steps": "use train.grad_accum",
+    "lr_scheduler_type": "use train.lr_scheduler",
+    "warmup_steps": "use train.warmup_ratio",
+    "warmup_ratio": "use train.warmup_ratio",
+    "seed": "use train.seed",
+    "data_seed": "use train.seed",
+    "logging_steps": "use train.logging_steps",
+    "report_to": "use train.report_to",
+    "bf16": "use train.precision",
+    "activation_checkpointing": "use train.gradient_checkpointing",
+    "gradient_checkpointing": "use train.gradient_checkpointing",
+    "remove_unused_columns": "the two-task trainer needs its own value",
+    "train_sampling_strategy": "the two-task trainer needs its own value",
+}
+
 
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = Field(
@@ -467,7 +521,12 @@ class TrainConfig(Strict):
         "A merge loads the base unquantised.",
     )
     merge: bool = Field(False, description="Also save the adapter merged into the base model.")
-    report_to: list[str] = Field(default_factory=list, description="tensorboard, wandb, ...")
+    report_to: Annotated[list[str] | str, AfterValidator(known_trackers)] = Field(
+        default_factory=list,
+        description="Trackers that get the losses, per task too (train/feedback_loss, ...): "
+        "trackio (local; `trackio show`), tensorboard (in student/checkpoints/runs), wandb, "
+        "mlflow, ... (transformers' names), or all (every one installed); a name or a list.",
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, slower."
     )
@@ -483,6 +542,34 @@ class TrainConfig(Strict):
         "none = the run's `seed`. The questions, exam, teaching, reviews and evaluation keep "
         "the run's seed, so `mapd ablate`'s seeds repeat only what training draws.",
     )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More transformers TrainingArguments, passed through and checked by "
+        "transformers before the model loads, e.g. {weight_decay: 0.01, optim: "
+        "adamw_torch_fused, max_grad_norm: 0.5}, {deepspeed: ds.json} or {fsdp: true, "
+        "fsdp_config: {...}} (configs/accelerate/README.md); not those mapd sets (lr, epochs, "
+        "...). They enter the fingerprint: a change trains again.",
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _check_args(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Keys mapd sets are refused here, each at its own path; the names and values the
+        rest need are transformers' to check, at training (importing it here is slow)."""
+        problems = {key: f"set by mapd; {SET_BY_MAPD[key]}" for key in args if key in SET_BY_MAPD}
+        if args.get("fp16") and info.data.get("precision") != "fp32":
+            problems["fp16"] = "needs train.precision: fp32; else mapd may turn bf16 on too"
+        if problems:
+            raise ValidationError.from_exception_data(
+                "args",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("train_args", msg), loc=(key,), input=args[key]
+                    )
+                    for key, msg in problems.items()
+                ],
+            )
+        return args
 
     @model_validator(mode="after")
     def _check_quantize(self) -> TrainConfig:

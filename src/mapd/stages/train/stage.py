@@ -15,16 +15,19 @@ the main one writes.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 from accelerate import PartialState
+from pydantic import TypeAdapter, ValidationError
 from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import get_available_reporting_integrations
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_torch_bf16_gpu_available
@@ -52,13 +55,25 @@ STAGE = "train"
 
 
 def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    """mapd's settings as TrainingArguments, with `train.args` passed through; a wrong name
+    or value there is a MapdError naming it, before any model loads."""
     t = cfg.train
     cuda = torch.cuda.is_available()
     # several processes without a GPU (torchrun, or accelerate launch --multi_gpu on a CPU
     # machine) need accelerate's cpu flag, or each process trains alone
     several_cpus = not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1
     bf16 = use_bf16(t.precision)
-    return TrainingArguments(
+    check_trackers(t.report_to)
+    defaults = dict(  # what `train.args` may change
+        save_strategy="epoch",
+        save_total_limit=2,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        # transformers refuses bf16 without a bf16 accelerator unless told it is on the CPU
+        use_cpu=several_cpus or (bf16 and not is_torch_bf16_gpu_available()),
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,
+    )
+    mapd_set = dict(  # the settings `train.args` may not set (SET_BY_MAPD)
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -70,19 +85,56 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         seed=cfg.training_seed,
         data_seed=cfg.training_seed,
         train_sampling_strategy="group_by_length",
-        save_strategy="epoch",
-        save_total_limit=2,
         logging_steps=t.logging_steps,
         report_to=t.report_to or "none",
         remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
         activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
         bf16=bf16,
-        # transformers refuses bf16 without a bf16 accelerator unless told it is on the CPU
-        use_cpu=several_cpus or (bf16 and not is_torch_bf16_gpu_available()),
-        dataloader_pin_memory=cuda,
-        ddp_find_unused_parameters=False,
     )
+    if not t.args:
+        return TrainingArguments(**defaults, **mapd_set)
+    try:
+        return TrainingArguments(**(defaults | passed_through(t.args) | mapd_set))
+    except (ValueError, TypeError) as e:
+        raise MapdError(
+            f"train.args: {str(e).splitlines()[0]}", "see transformers' TrainingArguments"
+        ) from None
+
+
+def passed_through(args: dict[str, Any]) -> dict[str, Any]:
+    """`train.args` checked against TrainingArguments' fields: each name is one of them, and
+    a number or a flag is one (YAML reads `1e-2` as a string)."""
+    names = {f.name for f in fields(TrainingArguments) if f.init}
+    types = get_type_hints(TrainingArguments)
+    checked = {}
+    for key, value in args.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see transformers' TrainingArguments"
+            raise MapdError(f"train.args.{key}: not a TrainingArguments setting", hint)
+        if types[key] in (int, float, bool):
+            try:
+                value = TypeAdapter(types[key]).validate_python(value)
+            except ValidationError:
+                raise MapdError(
+                    f"train.args.{key}: {value!r} is not a {types[key].__name__}",
+                    "see transformers' TrainingArguments",
+                ) from None
+        checked[key] = value
+    return checked
+
+
+def check_trackers(report_to: list[str] | str) -> None:
+    """The trackers named in `train.report_to` are installed (else the Trainer would stop only
+    once the model is loaded)."""
+    names = [report_to] if isinstance(report_to, str) else report_to
+    available = get_available_reporting_integrations()
+    missing = [n for n in ("trackio", "tensorboard", "wandb") if n in names and n not in available]
+    if missing:
+        raise MapdError(
+            f"train.report_to: {', '.join(missing)} is not installed",
+            f"pip install {' '.join(missing)}, or leave it out of train.report_to",
+        )
 
 
 def checkpoint_to_resume(checkpoints: Path, fp: str, state: PartialState) -> str | None:

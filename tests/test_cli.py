@@ -257,3 +257,20 @@ def test_train_without_a_dataset_names_mapd_build_and_makes_no_folder(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "train.jsonl not found" in result.stderr and "mapd build" in result.stderr
     assert not out.exists()
+
+
+def test_a_bad_train_args_value_stops_mapd_run_before_the_exam(tmp_path):
+    """TrainingArguments checks train.args before any call is made, not after the teachers
+    are paid."""
+    out = tmp_path / "run"
+    env = {**os.environ, "MAPD_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [str(MAPD_SCRIPT), "run", DEMO, f"output_dir={out}", "train.args.optim=nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "train.args" in result.stderr
+    assert not (out / "attempts.jsonl").exists()

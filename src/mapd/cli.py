@@ -173,6 +173,11 @@ def _run_stages(
         refuse_changed_student(cfg, config)
     _say_saved(config, overrides)
     _check_endpoints(cfg, start, until)
+    if "train" in select_stages(start, until) and cfg.train.args:
+        # checked by TrainingArguments itself now, not after the teachers are paid
+        from mapd.stages.train.stage import training_args
+
+        training_args(cfg, cfg.run_dir / "student" / "checkpoints")
     started = time.time()
     summaries = asyncio.run(run_pipeline(cfg, start=start, until=until, retrain=retrain))
     print_summary(cfg, summaries, started, out)

@@ -46,7 +46,13 @@ from mapd.rundir import (
 )
 from mapd.stages.train import settings as train_settings
 from mapd.stages.train.collate import PadCollator
-from mapd.stages.train.model import check_quantize, load_student, merge_adapter, use_bf16
+from mapd.stages.train.model import (
+    base_dtype,
+    check_quantize,
+    load_student,
+    merge_adapter,
+    use_bf16,
+)
 from mapd.stages.train.progress import TrainProgress
 from mapd.stages.train.tokenize import TASK_IDS, EncodedSet, encode_examples
 from mapd.stages.train.trainer import JsonlLogCallback, TwoTaskTrainer
@@ -90,6 +96,8 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
         activation_checkpointing=t.gradient_checkpointing,
         bf16=bf16,
+        # a LoRA base in fp16 (a GPU without bf16) trains under fp16 autocast with loss scaling
+        fp16=not bf16 and base_dtype(t) == torch.float16,
     )
     if not t.args:
         return TrainingArguments(**defaults, **mapd_set)

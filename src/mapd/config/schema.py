@@ -533,7 +533,9 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="auto: bf16 mixed precision where the hardware has bf16 arithmetic "
-        "(CUDA, or a CPU with AMX or AVX512-BF16), else fp32. The weights stay fp32.",
+        "(CUDA, or a CPU with AMX or AVX512-BF16), else fp32. Full fine-tuning keeps fp32 "
+        "weights; LoRA loads its frozen base in bf16 (fp16 on a GPU without bf16) and trains "
+        "the adapters in fp32.",
     )
     logging_steps: int = Field(10, ge=1, description="Log the losses every this many steps.")
     seed: int | None = Field(

@@ -1,4 +1,5 @@
-"""The in-process backend on a tiny random Llama built in the test: batching, order, greedy, loading."""
+"""The in-process backend on tiny random models built in the test (a Llama; a GPT-2 with few
+positions; a Mistral with a sliding window): batching, order, greedy, failures, loading."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
+import torch
+from tests.llm.tiny_models import build_tiny_like
 from tests.stages.train.toy_run import build_tiny_model
 
 from mapd.config import ModelEndpoint, Sampling, StudentConfig
@@ -15,6 +19,7 @@ from mapd.errors import MapdError
 from mapd.llm import Request, client_for, load_model
 from mapd.llm.hf_backend import HFBackend
 from mapd.llm.model_loading import model_source
+from mapd.llm.types import BackendError, Completion
 
 
 @pytest.fixture(scope="module")
@@ -165,23 +170,26 @@ def test_cache_scope_follows_a_local_folders_files_and_the_precision(tmp_path):
     assert cache_scope(str(tmp_path), "torch.float32") != before
 
 
-@pytest.fixture(scope="module")
-def early_ending_model(tiny_model, tmp_path_factory) -> str:
-    """The tiny model with a second end token that its greedy replies reach at varied points,
-    so rows of one batch end at different steps (the random model rarely says its eos)."""
-    loaded = load_model(tiny_model, "cpu", "float32")
+def with_early_end(model: str, folder: Path) -> str:
+    """A copy of `model` with a second end token that its greedy replies reach at varied
+    points, so rows of one batch end at different steps (a random model rarely says its eos)."""
+    loaded = load_model(model, "cpu", "float32")
     text = loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True
     )
     encoded = loaded.tokenizer(text, return_tensors="pt", add_special_tokens=False)
     reply = loaded.model.generate(**encoded, max_new_tokens=10, do_sample=False)
     end = int(reply[0, -3])  # PROMPTS[0]'s 8th new token
-    folder = tmp_path_factory.mktemp("early-end") / "model"
-    shutil.copytree(tiny_model, folder)
+    shutil.copytree(model, folder)
     config = json.loads((folder / "generation_config.json").read_text())
     config["eos_token_id"] = [config["eos_token_id"], end]
     (folder / "generation_config.json").write_text(json.dumps(config))
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def early_ending_model(tiny_model, tmp_path_factory) -> str:
+    return with_early_end(tiny_model, tmp_path_factory.mktemp("early-end") / "model")
 
 
 def test_refilled_rows_give_the_padded_batches_greedy_texts(early_ending_model):
@@ -247,3 +255,90 @@ def test_callers_that_stop_waiting_stop_the_decoding(tiny_model):
 
     decoded = asyncio.run(go())
     assert decoded < 50, decoded  # not the 400 steps the requests asked for
+
+
+def wait_for_all(backend: HFBackend, requests: list[Request]) -> list[Completion | BaseException]:
+    """Every request's reply or error; a request left waiting fails the test after 60 s."""
+
+    async def go():
+        asks = [backend.generate(r) for r in requests]
+        return await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 60)
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def short_gpt2(tmp_path_factory) -> str:
+    """A tiny GPT-2 with 48 learned positions: a longer prompt fails in the prefill."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        folder = tmp_path_factory.mktemp("short-gpt2")
+        return str(build_tiny_like(folder, "gpt2", n_positions=48, n_embd=32, n_layer=2, n_head=4))
+
+
+@pytest.mark.parametrize("batching", ["refill", "padded"])
+def test_a_failed_prefill_answers_its_batch_and_the_engine_goes_on(short_gpt2, batching):
+    """A prompt longer than the model's positions fails with the short one joining beside it;
+    both callers get the error (none waits forever), and the next batch is answered."""
+    long = " ".join(PROMPTS)  # about 60 tokens
+    requests = [Request.user(p, max_tokens=8) for p in ("the cat", long, "the dog", "five")]
+    backend = HFBackend(student(short_gpt2, batch_size=2, batching=batching))
+    outcomes = wait_for_all(backend, requests)
+    assert [isinstance(o, BackendError) for o in outcomes] == [True, True, False, False]
+    message = str(outcomes[0])
+    assert message == str(outcomes[1]) and message.startswith(f"{short_gpt2}: ")
+    assert "2 prompts" in message and "failed (batch_size 2): IndexError" in message
+    assert all(o.completion_tokens > 0 for o in outcomes[2:])
+
+
+def test_out_of_memory_while_decoding_fails_the_rows_and_names_the_settings(tiny_model):
+    """The third model call (a decoding step) runs out of memory: the two rows in flight
+    fail with an error that says how to use less; the prompts still waiting are decoded."""
+    backend = HFBackend(student(tiny_model, batch_size=2))
+    calls = []
+
+    def out_of_memory(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = backend.loaded.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        outcomes = wait_for_all(backend, [Request.user(p, max_tokens=8) for p in PROMPTS[:4]])
+    finally:
+        hook.remove()
+    assert [isinstance(o, BackendError) for o in outcomes] == [True, True, False, False]
+    message = str(outcomes[0])
+    assert "a decoding step of 2 rows failed (batch_size 2): OutOfMemoryError" in message
+    assert "lower batch_size (2) or sampling.max_tokens (8) of endpoint 's'" in message
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory) -> str:
+    """A tiny Mistral with a 4-token sliding window (set, as Mistral's are, without
+    layer_types), whose rows end at different steps."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        folder = tmp_path_factory.mktemp("tiny-mistral")
+        sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+        heads = {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+        build_tiny_like(folder / "random", "mistral", sliding_window=4, **sizes, **heads)
+        return with_early_end(str(folder / "random"), folder / "model")
+
+
+def test_a_sliding_window_model_is_decoded_padded_with_one_note(tiny_mistral, capsys):
+    """Refill cannot rewrite a sliding-window cache (it counts its own length): the default
+    batching gives the padded batches' greedy texts, and says once why."""
+
+    def replies(**batching: str) -> list[str]:
+        backend = HFBackend(student(tiny_mistral, batch_size=4, **batching))
+        outcomes = wait_for_all(backend, [Request.user(p, max_tokens=24) for p in PROMPTS])
+        assert all(isinstance(o, Completion) for o in outcomes), outcomes
+        return [f"{o.completion_tokens}: {o.text}" for o in outcomes]
+
+    padded = replies(batching="padded")
+    assert "note:" not in capsys.readouterr().err  # padded was asked for
+    assert replies() == replies() == padded
+    assert len({reply.split(":")[0] for reply in padded}) > 1  # rows ended at varied steps
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "padded, not refill: it has sliding-window attention" in notes[0]

@@ -6,8 +6,11 @@ template when it has one) and hands each caller its reply. So `Client.complete_m
 many prompts gets real batched generation. With `batching: refill` (the default) a row
 whose reply ended takes the next waiting prompt at once (`mapd.llm.refill`) and its caller
 gets the reply then; with `batching: padded`, `model.generate` runs each batch until its
-longest reply ends. `on_tokens`, when set, is called with the tokens of each decoding step
-(the progress display shows them).
+longest reply ends (also for a model refill cannot decode, said once in a note).
+`on_tokens`, when set, is called with the tokens of each decoding step (the progress
+display shows them). A failed prefill or decoding step (a prompt longer than the model's
+positions, out of memory) answers every request of its batch with the error; none is left
+waiting.
 
 Temperature 0 is greedy. Sampling with a seed is reproducible for the same batch
 composition (the seed, mixed with the first request's sample index, seeds torch).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,8 +30,10 @@ from typing import Any
 from mapd.config import ModelEndpoint
 from mapd.llm.cache import folder_stamp
 from mapd.llm.model_loading import LoadedModel, load_model
-from mapd.llm.refill import Decoding, RefillDecoder, Row, refill_supported
+from mapd.llm.refill import Decoding, RefillDecoder, Row, refill_unsupported
 from mapd.llm.types import BackendError, Completion, Message, Request
+
+TOLD_PADDED: set[str] = set()  # models already said to be generated padded, not refilled
 
 
 def render_prompt(tokenizer: Any, messages: tuple[Message, ...], chat_template: bool) -> str:
@@ -77,8 +83,18 @@ class HFBackend:
         wants_template = getattr(endpoint, "chat_template", True)
         self.chat_template = bool(wants_template and getattr(tokenizer, "chat_template", None))
         self.batch_size = endpoint.batch_size
-        self.refill = endpoint.batching == "refill" and refill_supported(self.loaded.model)
-        self.model_name = endpoint.model
+        self.refill = endpoint.batching == "refill"
+        if self.refill and (why := refill_unsupported(self.loaded.model)):
+            self.refill = False
+            if endpoint.model not in TOLD_PADDED:
+                TOLD_PADDED.add(endpoint.model)
+                print(
+                    f"note: {endpoint.name}: {endpoint.model} is generated with batching: "
+                    f"padded, not refill: {why}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self.name, self.model_name = endpoint.name, endpoint.model
         self.pending: list[tuple[Request, asyncio.Future[Completion]]] = []
         self.pending_lock = threading.Lock()  # the refilling thread takes from `pending` too
         self.worker: asyncio.Task[None] | None = None
@@ -119,7 +135,7 @@ class HFBackend:
             try:
                 outs = await asyncio.to_thread(self.generate_batch, [r for r, _ in batch])
             except Exception as exc:  # e.g. out of memory: every item of the batch fails
-                error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
+                error = self.failure(exc, f"generating {len(batch)} prompts", first.max_tokens)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
@@ -175,10 +191,11 @@ class HFBackend:
             first.max_tokens or 0, first.temperature if sampling else 0.0, first.top_p or 1.0
         )
         ends = self._end_ids(model.generation_config)
-        decoder = RefillDecoder(model, ends, tokenizer.pad_token_id, self.batch_size, decoding)
+        taken: list[asyncio.Future[Completion]] = []  # whoever waits on this batch
 
         def take(n: int) -> list[tuple[Any, list[int]]]:
             joining = self._take(wanted, n)
+            taken.extend(future for _, future in joining)
             if joining:
                 self.batches.append(len(joining))
             started = time.monotonic()
@@ -190,15 +207,40 @@ class HFBackend:
             reply = self._completion(request, row.tokens, row.finished, row.prompt_tokens, latency)
             loop.call_soon_threadsafe(settle, future, reply)
 
+        decoder = None
         with self.loaded.lock, torch.inference_mode():
-            if sampling and first.seed is not None:
-                torch.manual_seed(first.seed * 1_000_003 + first.sample)
             try:
+                decoder = RefillDecoder(
+                    model, ends, tokenizer.pad_token_id, self.batch_size, decoding
+                )
+                if sampling and first.seed is not None:
+                    torch.manual_seed(first.seed * 1_000_003 + first.sample)
                 decoder.run(take, deliver, self.on_tokens, abandoned=lambda row: row.item[1].done())
-            except Exception as exc:  # e.g. out of memory: the rows in flight fail
-                error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
-                for row in decoder.rows:
-                    loop.call_soon_threadsafe(settle, row.item[1], error)
+            except Exception as exc:  # e.g. out of memory: every request taken fails
+                doing = decoder.doing if decoder is not None else "starting"
+                error = self.failure(exc, doing, first.max_tokens)
+                # the rows decoding and joining; or, failed before any, the next batch (so
+                # that the worker does not try the same requests again and again)
+                failed = taken or [future for _, future in self._take(wanted, self.batch_size)]
+                for future in failed:  # those already answered keep their reply
+                    loop.call_soon_threadsafe(settle, future, error)
+
+    def failure(self, exc: Exception, doing: str, max_tokens: int | None) -> BackendError:
+        """A failed model call as an error that names the model, the batch and what failed,
+        and for out of memory the settings that make a batch smaller."""
+        import torch
+
+        said = (str(exc).strip().splitlines() or [""])[0][:300]  # CUDA's runs on
+        message = (
+            f"{self.model_name}: {doing} failed (batch_size {self.batch_size}): "
+            f"{type(exc).__name__}: {said}"
+        )
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            message += (
+                f"; to use less memory lower batch_size ({self.batch_size}) or "
+                f"sampling.max_tokens ({max_tokens}) of endpoint {self.name!r}"
+            )
+        return BackendError(message)
 
     def _encode(self, request: Request) -> list[int]:
         tokenizer = self.loaded.tokenizer

@@ -1,6 +1,6 @@
 """Batched decoding that refills a finished row's slot with the next prompt, so no row idles.
 
-    rows = RefillDecoder(model, eos_ids, pad_id, batch_size=16, settings=settings)
+    rows = RefillDecoder(model, end_ids, pad_id, batch_size=16, decoding=Decoding(256))
     rows.run(take, deliver, on_tokens)
 
 `model.generate` runs a batch until its longest reply ends: when one reply of a trained
@@ -11,12 +11,13 @@ row ends (an end token or its limit), its reply is delivered at once, its row is
 from the cache, and the next waiting prompts are encoded (prefilled) and joined to the
 cache, left-padded to a common length. Padding columns are masked out and position ids
 count real tokens only, so a row's greedy reply is the one `generate` gives it with left
-padding; `tests/llm/test_hf_backend.py` checks that the texts are the same.
+padding; `tests/llm/test_hf_backend.py` checks that the texts are the same. Every tensor
+made here is made on the model's device.
 
 Supported: greedy decoding, and sampling with temperature and top-p. A model whose
-generation config asks for more (repetition penalty, minimum length ...) or that has
-sliding-window layers (whose cache is not one column per position) is generated with
-`generate` instead (`refill_supported`).
+generation config asks for more (repetition penalty, minimum length ...) or whose cache is
+not one plain column per position (sliding-window layers, as Mistral's config sets even
+without `layer_types`) is generated with `generate` instead (`refill_unsupported`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 # Generation-config fields that change which token is picked; refill decoding picks by
 # temperature and top-p only, so any of these set means the padded `generate` path.
@@ -45,12 +47,21 @@ UNSUPPORTED = {
 }
 
 
-def refill_supported(model: Any) -> bool:
+def refill_unsupported(model: Any) -> str | None:
+    """Why refill decoding cannot generate with this model, or None when it can. Refill
+    rewrites the cache's key and value columns, so it needs the cache that forward builds
+    to be plain `DynamicLayer`s (a sliding-window layer also counts its length)."""
     config = model.generation_config
-    if any(getattr(config, k, None) not in ok for k, ok in UNSUPPORTED.items()):
-        return False
-    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"]
-    return all(kind == "full_attention" for kind in layer_types)
+    if asked := [k for k, ok in UNSUPPORTED.items() if getattr(config, k, None) not in ok]:
+        return f"its generation config sets {', '.join(asked)}"
+    if getattr(config, "cache_implementation", None) not in (None, "dynamic"):
+        return f"its generation config asks for a {config.cache_implementation} cache"
+    layers = DynamicCache(config=model.config).layers
+    if any(getattr(layer, "is_sliding", False) for layer in layers):
+        return "it has sliding-window attention"
+    if odd := sorted({type(n).__name__ for n in layers if type(n) is not DynamicLayer}):
+        return f"its cache has {', '.join(odd)} layers"
+    return None
 
 
 @dataclass
@@ -83,11 +94,13 @@ class RefillDecoder:
     ) -> None:
         self.model, self.end_ids, self.pad_id = model, end_ids, pad_id
         self.batch_size, self.decoding = batch_size, decoding
+        self.device = model.device  # where every tensor made here goes
         self.rows: list[Row] = []
         self.cache: Any = None
-        self.mask = torch.zeros(0, 0, dtype=torch.long)
-        self.logits = torch.zeros(0, 0)
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self.logits = torch.zeros(0, 0, device=self.device)
         self.prefills: list[int] = []  # how many prompts joined at each refill
+        self.doing = "starting"  # the model call under way, for an error message
 
     def run(
         self,
@@ -145,10 +158,11 @@ class RefillDecoder:
         """Prefill the new prompts (left-padded among themselves) and join them to the cache."""
         self.prefills.append(len(joining))
         width = max(len(ids) for _, ids in joining)
-        ids = torch.full((len(joining), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(joining), width, dtype=torch.long)
+        self.doing = f"the prefill of {len(joining)} prompts of up to {width} tokens"
+        ids = torch.full((len(joining), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(joining), width, dtype=torch.long, device=self.device)
         for i, (_, prompt) in enumerate(joining):
-            ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            ids[i, width - len(prompt) :] = torch.tensor(prompt, device=self.device)
             mask[i, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
@@ -178,7 +192,7 @@ class RefillDecoder:
         if not keep:
             self.cache, self.mask = None, self.mask[:0]
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         mask = self.mask[index]
         start = int(mask.any(0).long().argmax())
         self.mask = mask[:, start:]
@@ -188,7 +202,8 @@ class RefillDecoder:
 
     def step(self, chosen: torch.Tensor) -> None:
         """One decoding step for every row: feed the chosen tokens, keep the next logits."""
-        ones = torch.ones(len(self.rows), 1, dtype=self.mask.dtype)
+        self.doing = f"a decoding step of {len(self.rows)} rows"
+        ones = torch.ones(len(self.rows), 1, dtype=self.mask.dtype, device=self.device)
         self.mask = torch.cat([self.mask, ones], dim=-1)
         positions = self.mask.sum(-1, keepdim=True) - 1
         out = self.model(

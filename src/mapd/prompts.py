@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from typing import Any
 
 from mapd.errors import MapdError
 from mapd.records import Mistake
@@ -159,3 +160,16 @@ def plain_prompt(instruction: str, input_text: str) -> str:
     if input_text:
         return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
     return f"### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def template_end_ids(tokenizer: Any) -> list[int]:
+    """The ids a chat template writes right after an assistant's reply, up to the first
+    whitespace (`<|im_end|>`, `<end_of_turn>`, `<|end|>`); empty when it writes nothing there.
+    A student is trained to end its turn with them, and generation stops at them."""
+    turn = [
+        {"role": "user", "content": "PROBE QUESTION"},
+        {"role": "assistant", "content": "PROBE ANSWER"},
+    ]
+    full = tokenizer.apply_chat_template(turn, tokenize=False)
+    after = full[full.index("PROBE ANSWER") + len("PROBE ANSWER") :].split()
+    return tokenizer(after[0], add_special_tokens=False)["input_ids"] if after else []

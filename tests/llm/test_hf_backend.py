@@ -342,3 +342,25 @@ def test_a_sliding_window_model_is_decoded_padded_with_one_note(tiny_mistral, ca
     assert len({reply.split(":")[0] for reply in padded}) > 1  # rows ended at varied steps
     notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
     assert len(notes) == 1 and "padded, not refill: it has sliding-window attention" in notes[0]
+
+
+def test_generation_stops_at_the_templates_end_of_turn_too(tiny_model, tmp_path):
+    """A student trained on its chat template ends its turn with the template's token; a
+    base model's generation config may list only its EOS (Qwen2.5 base: `<|im_end|>` is not
+    there), and generation ran on to max_tokens."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "eos-differs"
+    shutil.copytree(tiny_model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"eos_token": "</s>"})  # the template still ends with <|end|>
+    tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config["eos_token_id"] = tokenizer.eos_token_id
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|end|>")
+
+    backend = client_for(student(str(folder)), store=None).backend
+    assert end_of_turn in backend._end_ids(backend.loaded.model.generation_config)
+    plain = client_for(student(str(folder), chat_template=False), store=None).backend
+    assert end_of_turn not in plain._end_ids(plain.loaded.model.generation_config)

@@ -32,6 +32,7 @@ from mapd.llm.cache import folder_stamp
 from mapd.llm.model_loading import LoadedModel, load_model
 from mapd.llm.refill import Decoding, RefillDecoder, Row, refill_unsupported
 from mapd.llm.types import BackendError, Completion, Message, Request
+from mapd.prompts import template_end_ids
 
 TOLD_PADDED: set[str] = set()  # models already said to be generated padded, not refilled
 
@@ -248,12 +249,18 @@ class HFBackend:
         return tokenizer(prompt, add_special_tokens=not self.chat_template)["input_ids"]
 
     def _end_ids(self, config: Any) -> set[int]:
-        """The tokens that end a reply: the end-of-sequence ids, and padding."""
+        """The tokens that end a reply: the end-of-sequence ids, padding, and with a chat
+        template its end of turn (a student trained on the template ends its turn with it,
+        which a base model's generation config may not list: Qwen2.5 base, `<|im_end|>`)."""
+        tokenizer = self.loaded.tokenizer
         eos = config.eos_token_id
         if eos is None:
-            eos = self.loaded.tokenizer.eos_token_id
+            eos = tokenizer.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        return {self.loaded.tokenizer.pad_token_id, *eos_ids}
+        turn_end = template_end_ids(tokenizer) if self.chat_template else []
+        if len(turn_end) != 1:  # only a single token can stop generation
+            turn_end = []
+        return {tokenizer.pad_token_id, *eos_ids, *turn_end} - {None}
 
     def _completion(
         self,

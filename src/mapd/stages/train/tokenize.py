@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mapd.errors import MapdError
-from mapd.prompts import plain_prompt
+from mapd.prompts import plain_prompt, template_end_ids
 from mapd.records import Example
 
 IGNORE = -100
@@ -92,15 +92,8 @@ def check_chat_template(tokenizer: Any) -> None:
 def end_of_turn_ids(tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
     """The ids that end the student's reply: what the chat template writes right after the
     assistant's content, up to the first whitespace; the EOS when it writes nothing there."""
-    if prompt_format == "chat":
-        turn = [
-            {"role": "user", "content": "PROBE QUESTION"},
-            {"role": "assistant", "content": "PROBE ANSWER"},
-        ]
-        full = tokenizer.apply_chat_template(turn, tokenize=False)
-        after = full[full.index("PROBE ANSWER") + len("PROBE ANSWER") :].split()
-        if after:
-            return tokenizer(after[0], add_special_tokens=False)["input_ids"]
+    if prompt_format == "chat" and (ids := template_end_ids(tokenizer)):
+        return ids
     if tokenizer.eos_token_id is None:
         raise MapdError(
             "the student's tokenizer has no EOS token", "use a tokenizer with eos_token"

@@ -55,6 +55,14 @@ def test_args_enter_the_fingerprint_and_trackers_do_not(tmp_path):
     assert settings(tracked) == base
 
 
+def test_settings_added_later_leave_an_earlier_students_fingerprint_alone(tmp_path):
+    """A student trained before `args` and `quantize` existed is still current: unset, they
+    are not in the train stage's settings (else every upgrade would train it again)."""
+    trained = settings(make_config(tmp_path, tmp_path))["train"]
+    assert "args" not in trained and "quantize" not in trained
+    assert settings(make_config(tmp_path, tmp_path, args={"optim": "sgd"}))["train"]["args"]
+
+
 def test_a_tracker_not_installed_is_named_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(train_stage, "get_available_reporting_integrations", lambda: [])
     cfg = make_config(tmp_path, tmp_path, report_to=["trackio", "tensorboard"])

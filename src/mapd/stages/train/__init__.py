@@ -34,8 +34,13 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     if cfg.train.method == "full":
         fixed["merge"] = False
     train = cfg.train.model_copy(update=fixed)
+    # settings added later enter only when set, so that a student trained before they
+    # existed stays current (a user's trained student is not thrown away by an upgrade)
+    unset = {name for name in ("args", "quantize") if not getattr(cfg.train, name)}
     return {
-        "train": train.model_dump(mode="json", exclude={"report_to", "logging_steps", "seed"}),
+        "train": train.model_dump(
+            mode="json", exclude={"report_to", "logging_steps", "seed", *unset}
+        ),
         "student": cfg.student.trained_from,
         "seed": cfg.training_seed,
     }

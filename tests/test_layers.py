@@ -21,7 +21,7 @@ LAYERS = [
     {"stages", "release", "scoring"},
     # `testing` (loopback servers and loads for tests and benchmarks) may use any layer;
     # no module of mapd imports it
-    {"ablation", "preflight", "cli", "__main__", "testing"},
+    {"ablation", "preflight", "push", "cli", "__main__", "testing"},
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -553,6 +553,53 @@ def report_command(
         console.print(f"warning: {note}", highlight=False, markup=False)
 
 
+@app.command()
+def push(
+    run_dir: Path = RUN_DIR_ARG,
+    repo: str = typer.Option(
+        ..., "--repo", help="ORG/NAME: the model repo; the dataset goes to ORG/NAME-data."
+    ),
+    private: bool = typer.Option(False, "--private", help="Create both repos private."),
+    token_env: str = typer.Option(
+        "HF_TOKEN", "--token-env", help="The variable that holds a Hub write token."
+    ),
+    merged: bool = typer.Option(
+        False, "--merged", help="Push student/merged/ (train.merge=true) instead of the adapter."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Upload nothing; write what would be uploaded to --output."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", help="With --dry-run: write DIR/data/ and DIR/model/ (replaced)."
+    ),
+) -> None:
+    """Put the run's dataset and trained student on the Hugging Face Hub, with cards.
+
+    ORG/NAME-data gets the training examples and every review decision (Parquet, two
+    configurations) with a card holding the funnel, acceptance per teacher, cost and config;
+    ORG/NAME gets the adapter with a card naming the base model and the dataset, and the
+    accuracy before and after training. Pushing again uploads only what changed.
+
+    Example: mapd push runs/svamp --repo my-org/svamp-mapd --dry-run --output /tmp/push
+    """
+    from mapd.push import push_run
+
+    if dry_run != (output is not None):
+        raise MapdError(
+            "--dry-run and --output go together",
+            "mapd push RUN_DIR --repo ORG/NAME --dry-run --output DIR writes without uploading",
+        )
+    push_run(
+        run_dir,
+        repo,
+        token_env=token_env,
+        private=private,
+        merged=merged,
+        output=output,
+        say=lambda line: out.print(line, highlight=False, markup=False),
+    )
+
+
 cache_app = typer.Typer(
     help="The response cache in $MAPD_HOME.\n\nExample: mapd cache stats",
     no_args_is_help=True,

@@ -198,3 +198,19 @@ def test_a_refused_token_and_an_unreachable_hub_are_one_line(finished_run, push,
     code, said = push(str(finished_run), "--repo", "org/tiny")
     assert code == 2
     assert "could not reach the Hub" in said
+
+
+def test_eval_results_name_the_hub_benchmark_with_the_trained_accuracy(finished_run):
+    import yaml
+    from huggingface_hub import parse_eval_result_entries
+
+    from mapd.push.facts import read_facts
+    from mapd.push.model import eval_results_yaml
+
+    facts = read_facts(finished_run)
+    assert eval_results_yaml(facts) is None  # a local jsonl task names no Hub benchmark
+    facts.task, facts.task_hub_id = "svamp", "ChilleD/SVAMP"
+    facts.evals["trained"] |= {"accuracy": 0.4, "n": 300}
+    (entry,) = parse_eval_result_entries(yaml.safe_load(eval_results_yaml(facts)))
+    assert (entry.dataset_id, entry.task_id, entry.value) == ("ChilleD/SVAMP", "svamp", 40.0)
+    assert "n=300" in entry.notes

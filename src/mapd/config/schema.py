@@ -528,7 +528,10 @@ class TrainConfig(Strict):
         "mlflow, ... (transformers' names), or all (every one installed); a name or a list.",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, slower."
+        True,
+        description="Recompute each layer's activations in the backward pass: the same "
+        "weights in less memory (SmolLM2 LoRA at 8 x 512 tokens: 2.5 GB, not 15), a little "
+        "slower; off trains faster where memory is ample.",
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",

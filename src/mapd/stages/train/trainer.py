@@ -32,12 +32,20 @@ examples longest first, and feedback examples are longer than rationales (they h
 student's answer), so it trains blocks of about ten feedback-only steps, then ten
 rationale-only steps; shuffled, the two tasks alternate at random and a step often holds
 both.
+
+The trainer has glibc's malloc give every freed block of 1 MiB or more back to the system
+(`return_freed_memory_to_os`). By default malloc raises that threshold to 32 MiB after the
+first large free and keeps the freed activations in its heap, fragmented: a step of SmolLM2
+at 8 x 512 tokens on the CPU peaked at 7 GB with activation checkpointing, 2.5 GB with this
+(docs/benchmarks.md, bench/train_memory.py).
 """
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +104,17 @@ def two_task_loss(
     return (weights * sums / denom).sum(), sums, local
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def return_freed_memory_to_os(threshold: int = 1 << 20) -> None:
+    """Have glibc's malloc serve blocks of `threshold` bytes or more with mmap, so that freeing
+    one returns it to the system at once; setting it also stops glibc raising it by itself.
+    Process-wide; nothing to do on other systems."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
+
+
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the causal LM under the peft and distributed wrappers takes `logits_to_keep`."""
     while hasattr(model, "module"):  # DDP, FSDP, DeepSpeed
@@ -138,9 +157,12 @@ class TwoTaskTrainer(Trainer):
 
     loss_is_scaled_for_ga = True  # normalised by the whole step's token counts
     trained_logits_only = True  # off only to measure it (bench/train_throughput.py)
+    returns_freed_memory = True  # off only to measure it (bench/train_memory.py)
 
     def __init__(self, *args: Any, alpha: float, task_mean: str = "dataset", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.returns_freed_memory:
+            return_freed_memory_to_os()
         self.alpha = alpha
         self.per_step = self.tokens_per_step() if task_mean == "dataset" else None
         self._task_stats: torch.Tensor | None = None  # CE sums and token counts since last log

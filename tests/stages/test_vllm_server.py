@@ -72,13 +72,19 @@ def test_a_server_that_cannot_load_adapters_is_named_with_the_flag(tmp_path):
 
 
 def test_a_served_name_from_another_folder_stops_eval(tmp_path):
+    """Another run's adapter, or the base model's folder asked for as the trained student."""
     other = write_adapter(tmp_path / "previous-run" / "adapter", b"another student")
-    with FakeVllm(adapters={"student": str(other)}) as server:
+    base = tmp_path / "base-model"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    with FakeVllm() as server:
         cfg = trained_run(tmp_path, server.base_url, "served", model="student")
-        with pytest.raises(MapdError) as caught:
-            trained_student(cfg, cfg.run_dir)
-    assert f"serves student from {other}, not from this run's" in caught.value.message
-    assert "adapter: load" in (caught.value.hint or "")
+        for root in (other, base):
+            server.adapters["student"] = str(root)
+            with pytest.raises(MapdError) as caught:
+                trained_student(cfg, cfg.run_dir)
+            assert f"serves student from {root}, not from this run's" in caught.value.message
+            assert "adapter: load" in (caught.value.hint or "")
 
 
 def test_a_served_name_from_this_run_or_a_copy_is_asked(tmp_path, capsys):

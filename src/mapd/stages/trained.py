@@ -147,15 +147,16 @@ def check_served(endpoint: TrainedEndpoint, url: str, saved: SavedStudent, told:
 
 def same_weights(root: str, saved: SavedStudent) -> bool | None:
     """Whether a server's `root` is this run's trained weights: the same folder or a copy of
-    the adapter; None when it is not a folder on this machine (a hub id, another machine's)."""
+    the adapter (a model folder, such as the base, is never hashed); None when it is not a
+    folder on this machine (a hub id, another machine's)."""
     folder = Path(root).expanduser()
     folder = folder if folder.is_absolute() else Path.cwd() / folder
     if not folder.is_dir():
         return None
     if folder.resolve() in (saved.trained, saved.weights):
         return True
-    adapter = saved.trained / "adapter_config.json"
-    return adapter.is_file() and adapter_digest(folder) == adapter_digest(saved.trained)
+    adapters = all((f / "adapter_config.json").is_file() for f in (folder, saved.trained))
+    return adapters and adapter_digest(folder) == adapter_digest(saved.trained)
 
 
 def note(text: str) -> None:

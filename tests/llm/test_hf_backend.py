@@ -364,3 +364,72 @@ def test_generation_stops_at_the_templates_end_of_turn_too(tiny_model, tmp_path)
     assert end_of_turn in backend._end_ids(backend.loaded.model.generation_config)
     plain = client_for(student(str(folder), chat_template=False), store=None).backend
     assert end_of_turn not in plain._end_ids(plain.loaded.model.generation_config)
+
+
+def test_continuous_batching_gives_the_padded_batches_greedy_texts(early_ending_model):
+    """transformers' continuous batching (rows ending at different steps) gives every greedy
+    reply, its finish reason and its length as `generate` on padded batches does."""
+    requests = [Request.user(p, max_tokens=24) for p in PROMPTS]
+    padded, _ = run_batch(student(early_ending_model, batch_size=4, batching="padded"), requests)
+    continuous, runs = run_batch(
+        student(early_ending_model, batch_size=4, batching="continuous"), requests
+    )
+    assert runs == [10]  # one run of the manager, at most 4 rows at a time
+    assert [r.text for r in continuous] == [r.text for r in padded]
+    assert [r.completion.finish_reason for r in continuous] == [
+        r.completion.finish_reason for r in padded
+    ]
+    lengths = [r.completion.completion_tokens for r in continuous]
+    assert lengths == [r.completion.completion_tokens for r in padded]
+    assert len(set(lengths)) >= 3
+
+
+def test_continuous_batching_decodes_a_sliding_window_model(tiny_mistral, capsys):
+    """The Mistral with a 4-token window, which refill cannot decode: continuous batching
+    gives the padded batches' greedy texts, without a note."""
+
+    def replies(batching: str) -> list[str]:
+        backend = HFBackend(student(tiny_mistral, batch_size=4, batching=batching))
+        outcomes = wait_for_all(backend, [Request.user(p, max_tokens=24) for p in PROMPTS])
+        assert all(isinstance(o, Completion) for o in outcomes), outcomes
+        return [f"{o.completion_tokens}: {o.text}" for o in outcomes]
+
+    assert replies("continuous") == replies("padded")
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_failed_continuous_run_answers_every_caller_and_the_engine_goes_on(tiny_model):
+    """A model call fails inside transformers' generation thread: every request of the run
+    gets the error (none waits forever), and the next requests are answered."""
+    backend = HFBackend(student(tiny_model, batch_size=2, batching="continuous"))
+    calls = []
+
+    def out_of_memory(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = backend.loaded.model.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    try:
+        outcomes = wait_for_all(backend, [Request.user(p, max_tokens=8) for p in PROMPTS[:4]])
+    finally:
+        hook.remove()
+    assert all(isinstance(o, BackendError) for o in outcomes), outcomes
+    assert "generating 4 prompts failed (batch_size 2)" in str(outcomes[0]), outcomes[0]
+    assert "lower batch_size (2)" in str(outcomes[0]), outcomes[0]
+    again = wait_for_all(backend, [Request.user(p, max_tokens=8) for p in PROMPTS[:2]])
+    assert all(isinstance(o, Completion) and o.completion_tokens > 0 for o in again), again
+
+
+def test_continuous_sampling_with_a_seed_repeats(tiny_model):
+    """Sampling through continuous batching: the same seed gives the same replies."""
+
+    def texts(**sampling: float) -> list[str]:
+        requests = [Request.user(p, max_tokens=8, **sampling) for p in PROMPTS[:4]]
+        results, _ = run_batch(student(tiny_model, batch_size=2, batching="continuous"), requests)
+        assert all(r.ok for r in results), [r.error for r in results]
+        return [r.text for r in results]
+
+    sampled = texts(temperature=1.0, seed=3)
+    assert texts(temperature=1.0, seed=3) == sampled
+    assert sampled != texts(temperature=1.0, seed=4) and sampled != texts(temperature=0.0)

@@ -4,10 +4,10 @@ loss, exact masking).
 Reads  dataset/train.jsonl
 Writes student/ (adapter or model, checkpoints, train_log.jsonl, manifest.json)
 
-Modules: `tokenize` (prompt/target ids and labels), `collate` (dynamic padding),
-`trainer` (the Trainer with the two-task loss), `model` (base model, LoRA, merge),
-`stage` (the training run: resume, merge, manifest, summary). This module stays free of
-torch so that the pipeline can fingerprint the stage without loading it.
+Modules: `tokenize` (prompt/target ids and labels), `collate` (dynamic padding, or the
+examples end to end), `trainer` (the Trainer with the two-task loss), `model` (base model,
+LoRA, merge), `stage` (the training run: resume, merge, manifest, summary). This module
+stays free of torch so that the pipeline can fingerprint the stage without loading it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     # settings added later enter only when set, so that a student trained before they
     # existed stays current (a user's trained student is not thrown away by an upgrade)
     unset = {name for name in ("args", "quantize") if not getattr(cfg.train, name)}
+    if cfg.train.packing == "group":
+        unset.add("packing")
     return {
         "train": train.model_dump(
             mode="json", exclude={"report_to", "logging_steps", "seed", *unset}

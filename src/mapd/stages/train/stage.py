@@ -45,7 +45,7 @@ from mapd.rundir import (
     write_text_atomic,
 )
 from mapd.stages.train import settings as train_settings
-from mapd.stages.train.collate import PadCollator
+from mapd.stages.train.collate import FlatCollator, PadCollator, use_varlen_attention
 from mapd.stages.train.model import (
     base_dtype,
     check_quantize,
@@ -245,13 +245,16 @@ def run(
         )
     resume = checkpoint_to_resume(checkpoints, fp, state)
     log = JsonlLogCallback(student_dir / "train_log.jsonl")
+    if t.packing == "padding_free":
+        use_varlen_attention(model)
+    collate = FlatCollator() if t.packing == "padding_free" else PadCollator(tokenizer.pad_token_id)
     trainer = TwoTaskTrainer(
         model=model,
         args=args,
         alpha=t.alpha,
         task_mean=t.task_mean,
         train_dataset=[asdict(row) for row in encoded.rows],
-        data_collator=PadCollator(pad_id=tokenizer.pad_token_id),
+        data_collator=collate,
         processing_class=tokenizer,
         callbacks=[log, TrainProgress(), *(callbacks or [])],
     )

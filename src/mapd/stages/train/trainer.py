@@ -26,7 +26,8 @@ data): 1.38x trained tokens/s for SmolLM2, but little memory, which the logits d
 dominate (bench/train_throughput.py --compare logits). A model
 whose forward takes no `logits_to_keep` gets all its logits computed, as before.
 
-Batches are grouped by length (little padding), then put in random order
+Batches are grouped by length (little padding; with `train.packing: padding_free` the
+same batches are laid end to end instead, collate.FlatCollator), then put in random order
 (`shuffled_length_groups`). transformers' own grouping sorts mega-batches of about 180
 examples longest first, and feedback examples are longer than rationales (they hold the
 student's answer), so it trains blocks of about ten feedback-only steps, then ten
@@ -60,10 +61,18 @@ from mapd.stages.train.tokenize import IGNORE
 TASK_NAMES = ("feedback", "rationale")
 
 
+def token_tasks(labels: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    """The task of every position, [batch, length]: `task` is per row (padded batches) or
+    already per token (padding-free ones)."""
+    return task if task.shape == labels.shape else task[:, None].expand_as(labels)
+
+
 def task_token_counts(labels: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
     """Trained (predicted) tokens per task, shape [2]; position 0 of a row is never predicted."""
-    per_row = (labels[:, 1:] != IGNORE).sum(dim=1).to(torch.float32)
-    return torch.zeros(2, dtype=torch.float32, device=labels.device).index_add_(0, task, per_row)
+    trained = labels[:, 1:] != IGNORE
+    ones = torch.ones(int(trained.sum()), dtype=torch.float32, device=labels.device)
+    counts = torch.zeros(2, dtype=torch.float32, device=labels.device)
+    return counts.index_add_(0, token_tasks(labels, task)[:, 1:][trained], ones)
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -84,8 +93,9 @@ def two_task_loss(
 
     `logits` are either the model's for every position, [batch, length, vocab], or only
     those of `trained_positions(labels)`, [n, vocab] in row order (what the model returns
-    when given them as `logits_to_keep`). `counts` are the per-task token counts to divide
-    by (those of the whole optimizer step); without them, this batch's own counts are used.
+    when given them as `logits_to_keep`). `task` is per row, or per token in a padding-free
+    batch (collate.FlatCollator). `counts` are the per-task token counts to divide by (those
+    of the whole optimizer step); without them, this batch's own counts are used.
     """
     keep = trained_positions(labels)
     if logits.dim() == 3 and logits.shape[:2] == labels.shape:
@@ -95,7 +105,7 @@ def two_task_loss(
             f"logits of shape {tuple(logits.shape)} do not match labels {tuple(labels.shape)}"
         )
     targets = labels[:, 1:][keep[:, :-1]]
-    token_task = task[:, None].expand_as(keep)[keep]
+    token_task = token_tasks(labels, task)[:, 1:][keep[:, :-1]]
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
     sums = torch.zeros(2, dtype=ce.dtype, device=ce.device).index_add(0, token_task, ce)
     local = task_token_counts(labels, task)

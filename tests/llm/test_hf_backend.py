@@ -433,3 +433,27 @@ def test_continuous_sampling_with_a_seed_repeats(tiny_model):
     sampled = texts(temperature=1.0, seed=3)
     assert texts(temperature=1.0, seed=3) == sampled
     assert sampled != texts(temperature=1.0, seed=4) and sampled != texts(temperature=0.0)
+
+
+def test_callers_that_stop_waiting_stop_the_continuous_run(tiny_model):
+    """Cancelled callers' requests are cancelled in transformers' manager: the run ends
+    instead of decoding 400 tokens nobody will read."""
+    calls: list[int] = []
+
+    async def go():
+        backend = HFBackend(student(tiny_model, batch_size=4, batching="continuous"))
+        hook = backend.loaded.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            asks = [Request.user(p, max_tokens=400) for p in PROMPTS[:4]]
+            futures = [asyncio.ensure_future(backend.generate(r)) for r in asks]
+            while len(calls) < 3:
+                await asyncio.sleep(0.01)
+            for f in futures:
+                f.cancel()
+            await asyncio.gather(*futures, return_exceptions=True)
+            await asyncio.wait_for(backend.worker, 30)
+        finally:
+            hook.remove()
+
+    asyncio.run(go())
+    assert len(calls) < 100, len(calls)  # not the 400 steps the requests asked for

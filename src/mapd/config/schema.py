@@ -214,10 +214,11 @@ class ModelEndpoint(Strict):
         "Azure OpenAI and others), anthropic for Anthropic's Message Batches.",
     )
     batch_size: int = Field(8, ge=1, description="transformers: prompts generated together.")
-    batching: Literal["refill", "padded"] = Field(
+    batching: Literal["refill", "padded", "continuous"] = Field(
         "refill",
         description="transformers: refill = a row whose reply ended takes the next prompt at "
-        "once; padded = each batch runs until its longest reply ends (the fallback).",
+        "once; padded = each batch runs until its longest reply ends (the fallback); "
+        "continuous = transformers' own continuous batching (generate_batch's paged cache).",
     )
     device: str = Field(
         "auto",
@@ -499,6 +500,13 @@ class TrainConfig(Strict):
     )
     max_length: int = Field(512, ge=8, description="Most tokens of one example (prompt + target).")
     batch_size: int = Field(4, ge=1, description="Examples per micro-batch on each device.")
+    packing: Literal["group", "padding_free"] = Field(
+        "group",
+        description="group: batches of examples of similar length, padded to the longest; "
+        "padding_free: the same batches laid end to end in one row, positions restarting per "
+        "example (flash-attention's varlen kernel where flash-attn and a GPU are, else SDPA "
+        "with a block-diagonal mask). The same loss.",
+    )
     grad_accum: int = Field(
         2,
         ge=1,

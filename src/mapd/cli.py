@@ -164,16 +164,15 @@ def _run_stages(
     import time
 
     from mapd.config import load_config
-    from mapd.stages.pipeline import refuse_changed_student, run_pipeline, select_stages
+    from mapd.stages.pipeline import check_student, run_pipeline, select_stages
     from mapd.stages.summary import print_summary
 
     cfg = load_config(config, overrides or [])
-    select_stages(start, until)  # a wrong --from/--until before the note that settings are kept
-    if not retrain:  # before the note: a refused command saves nothing
-        refuse_changed_student(cfg, config)
+    stages = select_stages(start, until)  # a wrong --from/--until before the notes
+    check_student(cfg, stages, retrain, config)  # before the note: a refusal saves nothing
     _say_saved(config, overrides)
     _check_endpoints(cfg, start, until)
-    if "train" in select_stages(start, until) and cfg.train.args:
+    if "train" in stages and cfg.train.args and not _trained_as_configured(cfg):
         # checked by TrainingArguments itself now, not after the teachers are paid
         from mapd.stages.train.stage import training_args
 
@@ -182,6 +181,13 @@ def _run_stages(
     summaries = asyncio.run(run_pipeline(cfg, start=start, until=until, retrain=retrain))
     print_summary(cfg, summaries, started, out)
     out.print(f"run folder: {cfg.run_dir}")
+
+
+def _trained_as_configured(cfg: RunConfig) -> bool:
+    """Whether the train stage is finished with these settings (it will not run)."""
+    from mapd.stages.pipeline import is_current
+
+    return is_current(cfg, cfg.run_dir, "train")
 
 
 def _check_endpoints(cfg: RunConfig, start: str | None, until: str | None) -> None:

@@ -119,6 +119,11 @@ def test_train_keeps_its_overrides_and_eval_evaluates_that_student(release_run):
     assert "Traceback" not in done.stderr
     assert student_files(release_run) == trained
     assert config.read_text() == before_config
+    # nor does `mapd run --from eval`, which would record the student under settings it
+    # was never trained with
+    done = mapd("run", config, "train.lr=3e-4", "eval.limit=2", "--from", "eval")
+    assert done.returncode == 2 and "train.lr: 1.0e-05 for the student" in done.stderr
+    assert config.read_text() == before_config
 
     # a given config other than the folder's own: its settings are named the same way
     other = release_run.parent / "other.yaml"

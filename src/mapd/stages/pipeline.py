@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from mapd.rundir import (
     write_text_atomic,
 )
 from mapd.stages import Stage, build, evaluate, exam, report, review, teach, train
-from mapd.stages.changes import changed_settings, recorded_config
+from mapd.stages.changes import MISSING, Change, changed_settings, recorded_config
 from mapd.stages.trained import next_round_student
 
 # the flow, in order; a module satisfies `Stage`
@@ -129,7 +130,7 @@ def train_student(
             f"{run_dir / 'student'} is already trained with these settings; delete it to retrain"
         )
         return (load_manifest(run_dir, train.NAME) or {}).get("summary", {}) | {"skipped": True}
-    if main_process and (changes := student_changes(cfg, run_dir)):
+    if main_process and (changes := student_changes(cfg, run_dir)[0]):
         console.print(
             f"note: the student in {run_dir / 'student'} was trained otherwise; training "
             "again:\n  " + "\n  ".join(changes),
@@ -145,50 +146,68 @@ def train_student(
     return summary
 
 
-def student_changes(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
-    """Why the trained student in `run_dir` is not what `cfg` would train: one line per stage
-    up to train that is not current (each setting that differs, or the file that changed).
-    Empty when there is no trained student, or when `cfg` describes it."""
+def student_changes(
+    cfg: RunConfig, run_dir: Path | None = None, finished_only: bool = False
+) -> tuple[list[str], list[Change] | None]:
+    """Why the trained student in `run_dir` is not what `cfg` would train: one line per
+    setting that differs, or per stage up to train that is not current for another reason;
+    and the changes as overrides that describe the student (None when they cannot all be
+    given). Empty when there is no trained student, or when `cfg` describes it.
+    `finished_only` leaves out stages that never finished here (a student made elsewhere)."""
     run_dir = Path(run_dir or cfg.run_dir)
     if not (run_dir / "student" / "manifest.json").exists():
-        return []
+        return [], []
     lines: list[str] = []
+    found: dict[str, Change] = {}  # by key: teach and review name a teacher's change alike
+    complete = True
     for name in list(STAGES)[: list(STAGES).index(train.NAME) + 1]:
-        if is_current(cfg, run_dir, name):
-            continue
         manifest = load_manifest(run_dir, name)
+        if (manifest is None and finished_only) or is_current(cfg, run_dir, name):
+            continue
         changes = changed_settings(cfg, manifest, STAGES[name].settings)
         if manifest is None:
             lines.append(f"{name}: not finished in this folder")
+            complete = False
         elif changes is None:
             lines.append(f"{name}: settings or inputs differ (its record predates named settings)")
+            complete = False
         elif changes:
-            lines += [f"{change.line('for the student')}" for change in changes]
-        elif not lines:  # the first stage whose inputs changed says so; the rest follow from it
-            changed = ", ".join(STAGES[name].INPUTS) or "its outputs"
-            lines.append(f"{name}: {changed} changed since it ran")
-    return lines
+            new = [c for c in changes if c.key not in found]
+            found.update((c.key, c) for c in new)
+            lines += [c.line("for the student") for c in new]
+        elif not lines:  # the first stage whose files changed says so; the rest follow from it
+            inputs = ", ".join(STAGES[name].INPUTS)
+            lines.append(
+                f"{name}: its {'inputs or ' if inputs else ''}outputs changed since it ran"
+            )
+    describable = complete and all(c.then is not MISSING for c in found.values())
+    return lines, list(found.values()) if describable else None
 
 
-def refuse_changed_student(cfg: RunConfig, config_path: str | Path | None = None) -> None:
-    """`mapd eval` evaluates the student that exists: when the config no longer describes it,
-    stop before any work and name each difference, with both ways forward."""
-    changes = student_changes(cfg)
-    if not changes:
-        return
+def check_student(
+    cfg: RunConfig, stages: list[str], retrain: bool, config_path: str | Path | None = None
+) -> list[str]:
+    """What the selected stages may do to the trained student. A run that trains with
+    `retrain` gets the differences back, to say before anything runs; one that would evaluate
+    (or, without `retrain`, train again) a student the config no longer describes stops
+    here, naming each difference, with both ways forward."""
+    if train.NAME in stages:
+        lines, overrides = student_changes(cfg)
+        if retrain:
+            return lines
+    elif evaluate.NAME in stages:  # --from eval: the student as it is, under this config
+        lines, overrides = student_changes(cfg, finished_only=True)
+    else:
+        return []
+    if not lines:
+        return []
     config = config_path or cfg.run_dir / "config.yaml"
-    overrides = [
-        c.override()
-        for name in (exam.NAME, teach.NAME, review.NAME, build.NAME, train.NAME)
-        for c in changed_settings(cfg, load_manifest(cfg.run_dir, name), STAGES[name].settings)
-        or []
-        if not is_current(cfg, cfg.run_dir, name)
-    ]
-    back = f"; or evaluate it as trained: mapd eval {config} {' '.join(overrides)}"
+    back = " ".join(shlex.quote(c.override()) for c in overrides or [])
     raise MapdError(
         f"the student in {cfg.run_dir / 'student'} was trained otherwise than this config "
-        "says, so it is not evaluated (nothing was changed):\n  " + "\n  ".join(changes),
-        f"train it again with this config: mapd train {config}" + (back if overrides else ""),
+        "says, so it is not evaluated (nothing was changed):\n  " + "\n  ".join(lines),
+        f"train it again with this config: mapd train {config}"
+        + (f"; or evaluate it as trained: mapd eval {config} {back}" if back else ""),
     )
 
 
@@ -281,25 +300,21 @@ async def run_pipeline(
     """
     stages = select_stages(start, until)
     with run_lock(cfg.run_dir):
-        if train.NAME in stages:
-            if not retrain:
-                refuse_changed_student(cfg)
-            elif changes := student_changes(cfg):
-                console.print(
-                    f"note: the student in {cfg.run_dir / 'student'} was trained otherwise "
-                    "than this config says; it is trained again when its stage comes:\n  "
-                    + "\n  ".join(changes),
-                    highlight=False,
-                    markup=False,
-                )
+        if changes := check_student(cfg, stages, retrain):
+            console.print(
+                f"note: the student in {cfg.run_dir / 'student'} was trained otherwise "
+                "than this config says; it is trained again when its stage comes:\n  "
+                + "\n  ".join(changes),
+                highlight=False,
+                markup=False,
+            )
         summaries = await run_round(cfg, stages, start)
         previous = cfg.run_dir
         for round_no in range(2, cfg.rounds + 1):
             if "train" not in stages:
                 break
             round_cfg = next_round_config(cfg, previous, round_no)
-            if not retrain:
-                refuse_changed_student(round_cfg)
+            check_student(round_cfg, list(STAGES), retrain)
             console.print(
                 f"[bold]round {round_no}[/]: the trained student takes the exam again, "
                 f"in-process from {round_cfg.student.model}"

@@ -66,7 +66,7 @@ def files_under(folder: Path) -> dict[str, bytes]:
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".mapd-push"
     }
 
 
@@ -165,6 +165,31 @@ def test_a_run_without_a_student_pushes_the_dataset_only(finished_run, tmp_path,
     assert "no trained student" in said and "the dataset only" in said
     assert (tmp_path / "out" / "data" / "README.md").exists()
     assert not (tmp_path / "out" / "model").exists()
+
+
+def test_output_never_replaces_what_push_did_not_write(finished_run, tmp_path, push):
+    """`--output .` in a project with its own data/ deleted it; an output inside the run
+    folder could replace student/."""
+    mine = tmp_path / "project" / "data" / "mine.csv"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a,b\n")
+    args = (str(finished_run), "--repo", "org/tiny", "--dry-run", "--output")
+    code, said = push(*args, str(tmp_path / "project"))
+    assert code == 2 and "push did not write" in said and mine.read_text() == "a,b\n"
+    code, said = push(*args, str(finished_run / "student"))
+    assert code == 2 and "inside the run folder" in said
+    out = tmp_path / "again"
+    assert push(*args, str(out))[0] == 0 and push(*args, str(out))[0] == 0  # its own: replaced
+
+
+def test_a_student_trained_on_another_dataset_is_not_pushed(finished_run, tmp_path, push):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with (run / "dataset" / "train.jsonl").open("a") as fh:  # built again after training
+        fh.write((run / "dataset" / "train.jsonl").read_text().splitlines()[0] + "\n")
+    code, said = push(str(run), "--repo", "org/tiny", "--dry-run", "--output", str(tmp_path / "o"))
+    assert code == 2 and "not trained on this folder's dataset" in said
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

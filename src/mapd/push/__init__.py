@@ -22,20 +22,42 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mapd.config import load_config
 from mapd.errors import MapdError
 from mapd.push.data import write_data_folder
 from mapd.push.facts import read_facts
 from mapd.push.model import write_model_folder
 from mapd.push.upload import check_repo_name, hub_errors, read_token, upload_folder
+from mapd.stages.pipeline import student_changes
 
 __all__ = ["push_run"]
 
 
+MARKER = ".mapd-push"  # in a folder this command wrote, so only such a folder is replaced
+
+
 def _fresh(folder: Path) -> Path:
-    if folder.exists():
+    """An empty `folder`: one written by an earlier push is replaced, any other that holds
+    files is refused (`--output .` in a project with its own data/ must not lose it)."""
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / MARKER).exists():
+            raise MapdError(
+                f"{folder} already holds files that mapd push did not write",
+                "give --output a new or empty folder",
+            )
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("written by mapd push; replaced by the next push\n")
     return folder
+
+
+def _check_output(run_dir: Path, output: Path) -> None:
+    inside = output.resolve() == run_dir.resolve() or run_dir.resolve() in output.resolve().parents
+    if inside:
+        raise MapdError(
+            f"--output {output} is inside the run folder {run_dir}",
+            "give --output a folder outside the run (its student/ is never written by push)",
+        )
 
 
 def push_run(
@@ -55,7 +77,16 @@ def push_run(
     MapdError that says only the dataset went.
     """
     check_repo_name(repo)
+    if output is not None:
+        _check_output(run_dir, output)
     token = None if output is not None else read_token(token_env)
+    changes, _ = student_changes(load_config(run_dir / "config.yaml"), run_dir)
+    if changes:  # the dataset or settings moved on after training: they would not match
+        raise MapdError(
+            f"the student in {run_dir / 'student'} was not trained on this folder's dataset "
+            "and settings, so the two would not match on the Hub:\n  " + "\n  ".join(changes),
+            f"train it again (mapd train {run_dir / 'config.yaml'}), then push",
+        )
     facts = read_facts(run_dir)
     if (
         not (run_dir / "dataset" / "train.jsonl").exists()

@@ -93,7 +93,7 @@ def upload_folder(
     operations = [
         CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".mapd-push"  # the folder's own marker stays local
     ]
     hub_log = logging.getLogger("huggingface_hub")
     level, _ = hub_log.level, hub_log.setLevel(logging.ERROR)  # its "no files modified" warning

@@ -258,17 +258,9 @@ class HFBackend:
                 for (request, future), prompt in zip(taken, prompts, strict=True):
                     asked[manager.add_request(prompt)] = (request, future, len(prompt))
                 while asked:
-                    for rid in [rid for rid, (_, f, _) in asked.items() if f.done()]:
-                        manager.cancel_request(rid)  # the caller stopped waiting
-                        del asked[rid]
-                    result = manager.get_result(timeout=0.5)
-                    if result is None and not manager.is_running():
-                        raise RuntimeError("the continuous batching thread stopped")
-                    if result is None or not result.is_finished() or result.request_id not in asked:
+                    if (result := self._next_result(manager, asked)) is None:
                         continue
                     request, future, prompt_tokens = asked.pop(result.request_id)
-                    if result.error is not None:
-                        raise RuntimeError(result.error)
                     tokens = result.generated_tokens
                     n = next((i for i, t in enumerate(tokens) if t in ends), None)
                     reply = tokens if n is None else tokens[:n]
@@ -281,6 +273,22 @@ class HFBackend:
             error = self.failure(exc, f"generating {len(taken)} prompts", first.max_tokens)
             for _, future in taken:  # settle keeps a reply already given
                 loop.call_soon_threadsafe(settle, future, error)
+
+    @staticmethod
+    def _next_result(manager: Any, asked: dict[str, Any]) -> Any:
+        """The next finished result of the manager's run, or None after 50 ms; the
+        requests of callers that stopped waiting are cancelled first."""
+        for rid in [rid for rid, (_, future, _) in asked.items() if future.done()]:
+            manager.cancel_request(rid)
+            del asked[rid]
+        result = manager.get_result(timeout=0.05)
+        if result is None and not manager.is_running():
+            raise RuntimeError("the continuous batching thread stopped")
+        if result is None or not result.is_finished() or result.request_id not in asked:
+            return None
+        if result.error is not None:
+            raise RuntimeError(result.error)
+        return result
 
     def _generation_config(self, first: Request, defaults: Any) -> Any:
         """The model's generation config with `first`'s decoding settings."""

@@ -114,18 +114,22 @@ def test_a_chat_template_that_cannot_be_split_is_refused(tiny_tokenizer):
         encode_examples(toy_examples(1), tok, "chat", 256)
 
 
-@pytest.mark.parametrize("prompt_format, end", [("chat", "<|end|>"), ("plain", "</s>")])
-def test_the_target_ends_with_the_templates_end_of_turn_not_eos(tiny_tokenizer, prompt_format, end):
+@pytest.mark.parametrize("prompt_format, end", [("chat", "<|end|></s>"), ("plain", "</s>")])
+def test_the_target_ends_with_the_templates_end_of_turn_then_eos(
+    tiny_tokenizer, prompt_format, end
+):
     """Gemma's `<end_of_turn>`, Phi-3's `<|end|>`: a chat student learns to end its turn the
-    way its template writes it; the plain format has no template and ends with the EOS."""
+    way its template writes it, then the EOS, at which a server that knows only the EOS
+    stops; the plain format has no template and ends with the EOS."""
     tok = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
     tok.add_special_tokens({"eos_token": "</s>"})  # the template still ends turns with <|end|>
-    end_id = tok.convert_tokens_to_ids(end)
-    assert tok.eos_token == "</s>" and tok.convert_tokens_to_ids("<|end|>") != tok.eos_token_id
+    turn_end = tok.convert_tokens_to_ids("<|end|>")
+    assert tok.eos_token == "</s>" and turn_end != tok.eos_token_id
     example = toy_examples(1)[0]
     row = encode_examples([example], tok, prompt_format, 256).rows[0]
     trained = [label for label in row.labels if label != IGNORE]
-    assert trained[-1] == end_id and trained.count(end_id) == 1
+    assert trained[-1] == tok.eos_token_id and trained.count(tok.eos_token_id) == 1
+    assert (turn_end in trained) == (prompt_format == "chat")
     assert tok.decode(trained) == example.output + end
 
 

@@ -84,3 +84,15 @@ def test_tensorboard_gets_the_losses_per_task(tiny_model_dir, tmp_path):
     [events] = (tmp_path / "student" / "checkpoints" / "runs").glob("*/events.out.tfevents.*")
     tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
     assert {"train/loss", "train/feedback_loss", "train/rationale_loss"} <= set(tags)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed here"
+)
+def test_a_library_train_args_needs_and_lacks_is_one_error_naming_it(tmp_path):
+    """`deepspeed: ds.json` without deepspeed installed was a PackageNotFoundError traceback."""
+    (tmp_path / "ds.json").write_text('{"train_micro_batch_size_per_gpu": "auto"}')
+    cfg = make_config(tmp_path, tmp_path, args={"deepspeed": str(tmp_path / "ds.json")})
+    with pytest.raises(MapdError, match="train.args") as err:
+        training_args(cfg, tmp_path / "out")
+    assert "install" in (err.value.hint or "")

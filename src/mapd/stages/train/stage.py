@@ -103,6 +103,11 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         return TrainingArguments(**defaults, **mapd_set)
     try:
         return TrainingArguments(**(defaults | passed_through(t.args) | mapd_set))
+    except ImportError as e:  # deepspeed: ... without deepspeed installed, and the like
+        raise MapdError(
+            f"train.args: {str(e).splitlines()[0] or type(e).__name__}",
+            "install what it names (e.g. pip install deepspeed), or leave it out of train.args",
+        ) from None
     except (ValueError, TypeError) as e:
         raise MapdError(
             f"train.args: {str(e).splitlines()[0]}", "see transformers' TrainingArguments"

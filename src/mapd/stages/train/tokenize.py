@@ -91,14 +91,19 @@ def check_chat_template(tokenizer: Any) -> None:
 
 def end_of_turn_ids(tokenizer: Any, prompt_format: PromptFormat) -> list[int]:
     """The ids that end the student's reply: what the chat template writes right after the
-    assistant's content, up to the first whitespace; the EOS when it writes nothing there."""
-    if prompt_format == "chat" and (ids := template_end_ids(tokenizer)):
-        return ids
-    if tokenizer.eos_token_id is None:
+    assistant's content, up to the first whitespace, then the EOS where that is another
+    token; the EOS alone for the plain format or when the template writes nothing there.
+
+    mapd's own engine stops at the template's end of turn; a server that stops only at the
+    EOS (a base model's generation config: Qwen2.5 base lists `<|endoftext|>`, not
+    `<|im_end|>`) stops one token later instead of running on to max_tokens."""
+    eos = tokenizer.eos_token_id
+    ids = template_end_ids(tokenizer) if prompt_format == "chat" else []
+    if eos is None and not ids:
         raise MapdError(
             "the student's tokenizer has no EOS token", "use a tokenizer with eos_token"
         )
-    return [tokenizer.eos_token_id]
+    return [*ids, eos] if eos is not None and ids[-1:] != [eos] else ids
 
 
 def encode_example(

@@ -485,3 +485,26 @@ def test_continuous_batching_decodes_a_hybrid_model(tiny_hybrid):
     padded = replies("padded")
     assert replies("continuous") == padded
     assert len({reply.split(":")[0] for reply in padded}) > 1  # rows ended at varied steps
+
+
+@pytest.mark.parametrize("batching", ["refill", "padded", "continuous"])
+def test_a_template_that_fails_on_a_reply_fails_the_requests_not_the_engine(
+    tiny_model, tmp_path, batching
+):
+    """The end-of-turn probe renders a reply; a template that refuses one raised outside the
+    engine's guard and the callers waited forever."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "strict-template"
+    shutil.copytree(tiny_model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}"
+        "{{ raise_exception('no replies here') }}{% endif %}<|{{ m['role'] }}|>\n"
+        "{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    tokenizer.save_pretrained(folder)
+    backend = HFBackend(student(str(folder), batch_size=2, batching=batching))
+    outcomes = wait_for_all(backend, [Request.user(p, max_tokens=4) for p in PROMPTS[:3]])
+    assert all(isinstance(o, BackendError) and "no replies here" in str(o) for o in outcomes)

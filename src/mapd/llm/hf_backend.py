@@ -129,13 +129,15 @@ class HFBackend:
         while self.pending:
             first = self.pending[0][0]
             wanted = settings(first)
-            if self.refill:
-                loop = asyncio.get_running_loop()
-                await asyncio.to_thread(self.generate_refilled, first, loop)
-                continue
-            if self.continuous:
-                loop = asyncio.get_running_loop()
-                await asyncio.to_thread(self.generate_continuous, first, loop)
+            if self.refill or self.continuous:
+                engine = self.generate_refilled if self.refill else self.generate_continuous
+                try:
+                    await asyncio.to_thread(engine, first, asyncio.get_running_loop())
+                except Exception as exc:  # past the engine's own guard: no caller waits forever
+                    error = self.failure(exc, "starting", first.max_tokens)
+                    for _, future in self._take(wanted, self.batch_size):
+                        if not future.done():
+                            future.set_exception(error)
                 continue
             batch = self._take(wanted, self.batch_size)
             if not batch:
@@ -192,7 +194,6 @@ class HFBackend:
         decoding = Decoding(
             first.max_tokens or 0, first.temperature if sampling else 0.0, first.top_p or 1.0
         )
-        ends = self._end_ids(model.generation_config)
         taken: list[asyncio.Future[Completion]] = []  # whoever waits on this batch
 
         def take(n: int) -> list[tuple[Any, list[int]]]:
@@ -212,6 +213,7 @@ class HFBackend:
         decoder = None
         with self.loaded.lock, torch.inference_mode():
             try:
+                ends = self._end_ids(model.generation_config)
                 decoder = RefillDecoder(
                     model, ends, tokenizer.pad_token_id, self.batch_size, decoding
                 )
@@ -238,12 +240,12 @@ class HFBackend:
         if not taken:
             return
         self.batches.append(len(taken))
-        config = self._generation_config(first, model.generation_config)
-        ends = self._end_ids(config)
-        config.eos_token_id = sorted(ends)  # stop where the other modes cut the reply
         asked: dict[str, tuple[Request, asyncio.Future[Completion], int]] = {}
         started = time.monotonic()
         try:
+            config = self._generation_config(first, model.generation_config)
+            ends = self._end_ids(config)
+            config.eos_token_id = sorted(ends)  # stop where the other modes cut the reply
             prompts = [self._encode(r) for r, _ in taken]
             paged = paged_cache_config(self.batch_size, prompts, first.max_tokens or 0)
             if config.do_sample and first.seed is not None:

@@ -328,8 +328,8 @@ class Client:
             if not failure.retryable or attempt == max_attempts:
                 return None, message, attempt, timeouts, stalls
             await limits.backoff_sleep(retry_delay(attempt, failure.retry_after))
-            if (copy_left := copy_ends - time.monotonic()) > 0:  # see `_until_past`
-                await asyncio.sleep(copy_left)
+            if (copy_left := copy_ends - time.monotonic()) > 0 and not self._blocked():
+                await asyncio.sleep(copy_left)  # see `_until_past`; a down endpoint: no wait
         raise AssertionError("unreachable")
 
     def _answered(self, sent: float) -> None:

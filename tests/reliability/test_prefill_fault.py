@@ -47,5 +47,6 @@ def test_a_failed_prefill_ends_the_run_with_one_clear_error(tmp_path, short_gpt2
     assert "Traceback" not in err, err
     error = err[err.index("error: ") :].splitlines()
     assert len(error) == 2 and error[1].lstrip().startswith("hint: "), err
-    for needle in (str(short_gpt2), "failed (batch_size 8)", "IndexError"):
+    # transformers' continuous batching hands mapd the message, not the exception's type
+    for needle in (str(short_gpt2), "failed (batch_size 8)", "index out of range"):
         assert needle in error[0], err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import sys
 import threading
 import time
@@ -235,6 +236,9 @@ class HFBackend:
         when its request ends; on any failure every caller not yet answered gets the error."""
         import torch
 
+        # its generation thread logs a failure with a traceback; mapd answers every caller
+        # with the error itself, in one line
+        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         model = self.loaded.model
         taken = self._take(settings(first), len(self.pending))
         if not taken:

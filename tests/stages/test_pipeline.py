@@ -201,6 +201,18 @@ def test_review_max_tokens_limits_only_the_reviews(tmp_path, server):
     assert 7 not in {r.get("max_tokens") for r in others}
 
 
+def test_review_temperature_sets_only_the_reviews(tmp_path, server):
+    """The demo's 135M reviewers write a score when greedy, mostly not when sampled."""
+    config = write_config(tmp_path, server.base_url)
+    run(config, "review.temperature=0", until="review")
+    reviews = [
+        r for r in server.requests if "reviewing another teacher" in r["messages"][-1]["content"]
+    ]
+    others = [r for r in server.requests if r not in reviews]
+    assert reviews and {r["temperature"] for r in reviews} == {0}
+    assert 0 not in {r.get("temperature") for r in others}
+
+
 def test_the_datasets_export_is_swapped_in_whole(tmp_path, server):
     from datasets import load_from_disk
 

@@ -357,6 +357,13 @@ class ReviewConfig(Strict):
     max_tokens: int | None = Field(
         None, ge=1, description="Token limit of a review reply; none = the reviewer's own limit."
     )
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        le=2,
+        description="Sampling temperature of a review reply; none = the reviewer's own. 0 is "
+        "greedy: a reviewer that follows the score format only when greedy still scores.",
+    )
 
     @model_validator(mode="after")
     def _check_scale(self) -> ReviewConfig:

@@ -39,7 +39,10 @@ ALWAYS_RUNS = False
 def settings(cfg: RunConfig) -> dict[str, Any]:
     return {
         "teachers": [endpoint_settings(t, TEACHER_FIELDS) for t in cfg.teachers],
-        "review": cfg.review.model_dump(),
+        # a setting added later enters only when set: earlier reviews stay current
+        "review": cfg.review.model_dump(
+            exclude={"temperature"} if cfg.review.temperature is None else set()
+        ),
         "mode": cfg.dataset.mode,
         "seed": cfg.seed,
         "prompts": {k: v for k, v in cfg.prompts.items() if k == "review"},
@@ -75,6 +78,7 @@ async def review_by(
             messages=tuple(prompts.review(mistakes[r.question_id], r.text, lo, hi).messages()),
             tag=r.id,
             max_tokens=cfg.review.max_tokens,
+            temperature=cfg.review.temperature,
         )
         for r, _ in pairs
     ]

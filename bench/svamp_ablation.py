@@ -46,6 +46,14 @@ CANDIDATES = {
     # land near 12.5 %: the adapter's capacity may be the limit); lr for a 135M model
     # (2026-11-30, seed 731: 79 of 613 against MAPD's 77, p = 0.92: no gain)
     "mapd-full-ft": ["train.method=full", "train.lr=5e-5"],
+    # the cascade row asks the cheapest teacher first (Mixtral, then GPT-3.5, then Gemini);
+    # this one asks the best teacher measured, GPT-3.5, last (issue 34)
+    "cascade-gpt-last": [
+        "committee.mode=cascade",
+        "committee.order=[mixtral-8x7b,gemini-1.0-pro,gpt-3.5-turbo]",
+        "review.require_correct_answer=true",
+        "dataset.feedback_from=accepted",
+    ],
 }
 
 

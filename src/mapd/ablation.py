@@ -2,7 +2,8 @@
 
 Rows: the untrained student; each single teacher without review; the committee without
 review; the committee with review (MAPD, the paper's acceptance rule and feedback choice);
-MAPD with α = 0 (no learning from mistakes); MAPD with the answer check; then the config's
+MAPD with α = 0 (no learning from mistakes); MAPD with the answer check; the cascade
+committee (`committee.mode: cascade`, with the answer check); then the config's
 own `ablation.variants`, each MAPD with a few KEY=VALUE settings (a recipe to compare with
 the paper's, e.g. `mapd-pick-all: [dataset.pick=all]`). Each trained row
 is a run folder per seed, `<output_dir>/ablation/<row>/seed-<seed>/`, with `train.seed` set
@@ -78,6 +79,15 @@ def variants(cfg: RunConfig) -> list[tuple[str, str, Changes]]:
             "committee-no-review",
             "committee without review",
             [(["dataset", "mode"], "committee_no_review")],
+        ),
+        (
+            "cascade",
+            "cascade committee with the answer check (next teacher only for open mistakes)",
+            [
+                (["committee", "mode"], "cascade"),
+                (["review", "require_correct_answer"], True),
+                (["dataset", "feedback_from"], "accepted"),
+            ],
         ),
     ]
     rows += [

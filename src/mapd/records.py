@@ -125,7 +125,13 @@ class Decision(Record):
     teacher: str
     accepted: bool
     reason: Literal[
-        "accepted", "unreviewed", "low_score", "no_valid_review", "wrong_answer", "cut_off"
+        "accepted",
+        "unreviewed",
+        "low_score",
+        "no_valid_review",
+        "wrong_answer",
+        "cut_off",
+        "not_asked",
     ]
     scores: dict[str, float] = {}
     aggregate: float | None = None

@@ -377,6 +377,31 @@ class ReviewConfig(Strict):
         return self
 
 
+class CommitteeConfig(Strict):
+    mode: Literal["full", "cascade"] = Field(
+        "full",
+        description="full: every teacher writes feedback and a rationale for every mistake and "
+        "reviews every other teacher's (the paper); cascade: ask one teacher at a time, in "
+        "`order`, and move on only for the mistakes its rationale did not settle (wrong answer, "
+        "cut off, or reviewed at or below the threshold); feedback only from the teacher "
+        "whose rationale was accepted. Needs dataset.mode mapd and dataset.feedback_from "
+        "accepted.",
+    )
+    order: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="cascade: the teachers asked in turn; none = cheapest first by price "
+        "(input plus output per million tokens), then the config's order. Reviewers are the "
+        "other teachers, cheapest first.",
+    )
+    min_reviews: int = Field(
+        1,
+        ge=1,
+        description="cascade: valid review scores a rationale needs before it is accepted or "
+        "rejected; reviewers are asked one at a time until it has them (or none is left).",
+    )
+
+
 class DatasetConfig(Strict):
     pick: Literal["random", "all"] = Field(
         "random", description="One feedback and one accepted rationale per mistake, or all."
@@ -647,7 +672,7 @@ class AblationConfig(Strict):
         None,
         min_length=1,
         description="`mapd ablate`: only these rows (untrained, mapd, mapd-alpha0, "
-        "mapd-answer-check, committee-no-review, single-<teacher>, or a variant's name); "
+        "mapd-answer-check, committee-no-review, cascade, single-<teacher>, or a variant's name); "
         "none = every row.",
     )
     variants: dict[str, list[str]] | None = Field(
@@ -701,6 +726,7 @@ class RunConfig(Strict):
     teachers: list[ModelEndpoint] = Field(min_length=1)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    committee: CommitteeConfig = Field(default_factory=CommitteeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     rounds: int = Field(
@@ -739,6 +765,8 @@ class RunConfig(Strict):
                 f"{others} other teacher(s) to review it: set review.reviewers to at most "
                 f"{others} (or leave it out: every other teacher)"
             )
+        if self.committee.mode == "cascade":
+            self._check_cascade(names)
         if self.dataset.mode == "single_teacher" and self.dataset.teacher not in names:
             raise ValueError(f"dataset.teacher must name one of the teachers {names}")
         if self.budget.usd is not None and (unpriced := self._unpriced_hosted()):
@@ -752,6 +780,35 @@ class RunConfig(Strict):
         if self.rounds > 1 and self.train.method == "lora" and not self.train.merge:
             self.train.merge = True  # the next round's student is this round's merged model
         return self
+
+    def _check_cascade(self, names: list[str]) -> None:
+        committee = self.committee
+        if self.dataset.mode != "mapd":
+            raise ValueError(
+                f"committee.mode cascade reviews each rationale, but dataset.mode is "
+                f"{self.dataset.mode}: set dataset.mode: mapd, or committee.mode: full"
+            )
+        if self.dataset.feedback_from != "accepted":
+            raise ValueError(
+                "committee.mode cascade asks for feedback only the teacher whose rationale was "
+                "accepted: set dataset.feedback_from: accepted"
+            )
+        for name in committee.order or []:
+            if name not in names:
+                raise ValueError(f"committee.order: {name!r} is none of the teachers {names}")
+        if committee.order and len(set(committee.order)) < len(committee.order):
+            twice = next(n for n in committee.order if committee.order.count(n) > 1)
+            raise ValueError(f"committee.order: {twice!r} is named twice; ask each teacher once")
+        if committee.min_reviews > len(names) - 1:
+            raise ValueError(
+                f"committee.min_reviews is {committee.min_reviews}, but a rationale has only "
+                f"{len(names) - 1} other teacher(s) to review it"
+            )
+        if self.review.reviewers is not None:
+            raise ValueError(
+                "review.reviewers draws reviewers at random; the cascade asks them cheapest "
+                "first until committee.min_reviews: leave review.reviewers out"
+            )
 
     def _unpriced_hosted(self) -> list[str]:
         """Endpoints called over the network beyond this machine's network with no price set."""

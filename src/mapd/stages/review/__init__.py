@@ -23,7 +23,7 @@ from mapd.config import RunConfig
 from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
-from mapd.records import Mistake, Rationale, Review
+from mapd.records import Decision, Feedback, Mistake, Rationale, Review
 from mapd.rundir import RELEASE_MARKER, read_jsonl, write_json, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.stages.review.decisions import decide_all, review_statistics
@@ -36,8 +36,11 @@ OUTPUTS = ["reviews.jsonl", "decisions.jsonl", "review.json"]
 ALWAYS_RUNS = False
 
 
+CASCADE_TRACE = "cascade.jsonl"
+
+
 def settings(cfg: RunConfig) -> dict[str, Any]:
-    return {
+    out = {
         "teachers": [endpoint_settings(t, TEACHER_FIELDS) for t in cfg.teachers],
         # a setting added later enters only when set: earlier reviews stay current
         "review": cfg.review.model_dump(
@@ -47,6 +50,9 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "prompts": {k: v for k, v in cfg.prompts.items() if k == "review"},
     }
+    if cfg.committee.mode != "full":
+        out["committee"] = cfg.committee.model_dump()
+    return out
 
 
 def assign_reviewers(cfg: RunConfig, rationales: list[Rationale]) -> list[tuple[Rationale, str]]:
@@ -124,7 +130,56 @@ async def gather_reviews(
     return [reviews[f"{r.id}|{reviewer}"] for r, reviewer in pairs]
 
 
+async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Decisions, trace and cost of the cascade, replayed from the records on file."""
+    from mapd.stages.review.cascade import NOT_ASKED, RecordOracle, run_cascade, teacher_order
+    from mapd.stages.review.cost import full_committee_records, tally
+
+    mistakes = read_jsonl(run_dir / "mistakes.jsonl", Mistake)
+    rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
+    feedback = read_jsonl(run_dir / "feedback.jsonl", Feedback)
+    path = run_dir / "reviews.jsonl"
+    on_file = read_jsonl(path, Review) if path.exists() else []
+    result = await run_cascade(cfg, mistakes, RecordOracle(rationales, on_file, feedback))
+    decisions = [
+        result.decisions.get(r.id)
+        or Decision(
+            rationale_id=r.id,
+            question_id=r.question_id,
+            teacher=r.teacher,
+            accepted=False,
+            reason=NOT_ASKED,
+            answer_correct=r.correct,
+        )
+        for r in rationales
+    ]
+    write_jsonl(run_dir / "decisions.jsonl", decisions)
+    write_jsonl(run_dir / CASCADE_TRACE, result.trace_rows(mistakes))
+    asked = [d for d in decisions if d.reason != NOT_ASKED]
+    stats = review_statistics(result.reviews, asked)
+    cost = tally(cfg, mistakes, result.feedback, result.rationales, result.reviews)
+    # the full committee's calls where every teacher's records are on file: an import
+    complete = (run_dir / RELEASE_MARKER).exists()
+    full = tally(cfg, mistakes, *full_committee_records(cfg, feedback, rationales, on_file))
+    covered = sum(result.accepted_teacher(m.question_id) is not None for m in mistakes)
+    stats["cascade"] = {
+        "order": teacher_order(cfg),
+        "steps": result.step_summary(cfg),
+        "mistakes": len(mistakes),
+        "covered": covered,
+        "cost": cost,
+        "full_committee": full if complete else None,
+        "not_asked": len(decisions) - len(asked),
+    }
+    return stats
+
+
 async def run(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    if cfg.committee.mode == "cascade":
+        stats = await replay_cascade(cfg, run_dir)
+        write_json(run_dir / "review.json", stats)
+        return stats
+    (run_dir / CASCADE_TRACE).unlink(missing_ok=True)
     rationales = read_jsonl(run_dir / "rationales.jsonl", Rationale)
     reviewed = cfg.dataset.mode == "mapd"
     if not reviewed:

@@ -62,10 +62,16 @@ def build_examples(
     prompts = Prompts(cfg.prompts)
     only = cfg.dataset.teacher if cfg.dataset.mode == "single_teacher" else None
     accepted = {d.rationale_id for d in decisions if d.accepted}
+    # the cascade asks for feedback only the teacher whose rationale was accepted; an imported
+    # release, replayed, holds every teacher's (feedback and rationale ids are "question|teacher")
+    cascade = cfg.committee.mode == "cascade"
     feedback_by_q: dict[str, list[Feedback]] = {}
     counts: Counter[str] = Counter()
     for f in feedback:
         if only is not None and f.teacher != only:
+            continue
+        if cascade and f.id not in accepted:
+            counts["feedback_not_asked"] += 1
             continue
         if f.cut_off:
             counts["feedback_cut_off"] += 1
@@ -159,6 +165,8 @@ def build_examples(
         "mode": cfg.dataset.mode,
         "pick": cfg.dataset.pick,
     }
+    if counts["feedback_not_asked"]:
+        stats["feedback_not_asked"] = counts["feedback_not_asked"]
     return examples, stats
 
 

@@ -43,16 +43,21 @@ def _cut_off_line(cfg: RunConfig) -> str | None:
 def print_summary(
     cfg: RunConfig, summaries: dict[str, Any], started: float, console: Console
 ) -> None:
+    from mapd.stages.report.cascade import cascade_line
     from mapd.stages.report.collect import answers_cut_off_lines, unlike_evals_line
 
     exam, teach, review = summaries.get("exam"), summaries.get("teach"), summaries.get("review")
     build, evals = summaries.get("build"), summaries.get("eval")
     lines = [f"[bold]{cfg.name}[/] finished in {time.time() - started:.0f} s"]
+    cascade = (review or {}).get("cascade")
     if review and build:
         examples = build["feedback_examples"] + build["rationale_examples"]
+        feedback = (teach or {}).get("feedback", "?")
+        if cascade:  # an import's teach stage holds every teacher's; the cascade asked fewer
+            feedback = cascade["cost"]["calls_by_kind"]["feedback"]
         lines.append(
             f"  funnel: {(exam or {}).get('questions', '?')} questions -> "
-            f"{build['mistakes']} mistakes -> {(teach or {}).get('feedback', '?')} feedback + "
+            f"{build['mistakes']} mistakes -> {feedback} feedback + "
             f"{review['rationales']} rationales -> {review['accepted']} accepted -> "
             f"{examples} training examples"
         )
@@ -60,6 +65,8 @@ def print_summary(
             f"{t} {c['accepted']}/{c['rationales']}" for t, c in review["per_teacher"].items()
         )
         lines.append(f"  accepted per teacher: {per}")
+    if cascade:
+        lines.append(f"  {cascade_line(cascade, len(cfg.teachers))}")
     if evals:
         acc = ", ".join(f"{label} {100 * m['accuracy']:.1f} %" for label, m in evals.items())
         lines.append(f"  accuracy on {cfg.eval.split} (n={next(iter(evals.values()))['n']}): {acc}")

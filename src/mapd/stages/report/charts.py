@@ -19,6 +19,7 @@ REASON_COLORS = {
     "low_score": "#d9534f",
     "no_valid_review": "#9aa0a6",
     "cut_off": "#8c6d31",
+    "not_asked": "#d5d9df",
 }
 
 

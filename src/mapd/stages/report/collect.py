@@ -22,6 +22,8 @@ from mapd.config import DatasetConfig, ReviewConfig, RunConfig, TrainConfig, rea
 from mapd.errors import MapdError
 from mapd.records import CUT_OFF, Decision, Example, Feedback, Mistake, Rationale, Review
 from mapd.rundir import read_jsonl
+from mapd.stages.report.cascade import CascadeReport, asked_only, collect_cascade
+from mapd.stages.review.cascade import NOT_ASKED
 from mapd.stages.review.decisions import review_statistics
 
 R = TypeVar("R", bound=BaseModel)
@@ -34,6 +36,7 @@ REASONS = [
     "no_valid_review",
     "cut_off",
 ]
+CASCADE_REASONS = [*REASONS, NOT_ASKED]  # an imported release holds what the cascade never asked
 
 
 @dataclass
@@ -63,6 +66,7 @@ class TeacherItem:
     aggregate: float | None = None
     reviews: list[tuple[str, float | None, str]] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)  # "feedback" and/or "rationale"
+    step: int | None = None  # the cascade's step that asked this teacher
 
 
 @dataclass
@@ -107,6 +111,7 @@ class RunReport:
     answers_cut_off: list[str] = field(default_factory=list)  # the student's, exam and eval
     unlike_evals: str | None = None  # base and trained asked in different ways
     failure: str | None = None  # the stage that stopped the run, and its error
+    cascade: CascadeReport | None = None  # committee.mode: cascade
 
 
 def read_optional(path: Path, model: type[R]) -> list[R] | None:
@@ -346,9 +351,20 @@ def collect_run(run_dir: Path) -> RunReport:
         )
     exam = read_json_optional(run_dir / "exam.json")
     teachers = teacher_names(cfg, feedback, rationales)
-    review = review_statistics(reviews or [], decisions) if decisions is not None else None
-    if review is None:
-        review = read_json_optional(run_dir / "review.json")
+    review_json = read_json_optional(run_dir / "review.json")
+    cascade = collect_cascade(
+        run_dir,
+        review_json,
+        over_defaults(cfg, "review", ReviewConfig),
+        teachers,
+        rationales,
+        reviews,
+    )
+    asked = decisions
+    if cascade is not None:  # the figures are of what the cascade asked for
+        feedback, rationales, reviews = asked_only(cascade.trace, feedback, rationales, reviews)
+        asked = None if decisions is None else [d for d in decisions if d.reason != NOT_ASKED]
+    review = review_statistics(reviews or [], asked) if asked is not None else review_json
     if review:
         review = teachers_first(review, teachers)
     return RunReport(
@@ -358,16 +374,20 @@ def collect_run(run_dir: Path) -> RunReport:
         teachers=teachers,
         stages=stage_rows(run_dir),
         exam=exam,
-        counts=funnel_counts(exam, mistakes, feedback, rationales, decisions, examples),
+        counts=funnel_counts(exam, mistakes, feedback, rationales, asked, examples),
         review=review,
-        disagreements=disagreements(decisions or []),
+        disagreements=disagreements(asked or []),
         accuracy=accuracy_rows(run_dir),
         training=read_json_optional(run_dir / "student" / "manifest.json"),
-        items=build_items(mistakes, feedback, rationales, reviews, decisions, examples),
+        items=mark_steps(
+            build_items(mistakes, feedback, rationales, reviews, decisions, examples),
+            cascade.trace if cascade else {},
+        ),
         left_out=[unreadable] if unreadable else [],
         cut_off=cut_off_counts(feedback, rationales, reviews),
         answers_cut_off=answers_cut_off_lines(exam, eval_metrics(run_dir)),
         unlike_evals=unlike_evals_line(eval_metrics(run_dir)),
+        cascade=cascade,
     )
 
 
@@ -419,9 +439,15 @@ def funnel_counts(
     }
 
 
+def passed_review(d: Decision) -> bool:
+    """Reviewed and scored above the threshold. A rationale rejected for its wrong answer
+    without a review (the cascade asks nobody about it) has no aggregate."""
+    return d.reason == "accepted" or (d.reason == "wrong_answer" and d.aggregate is not None)
+
+
 def disagreements(decisions: list[Decision]) -> dict[str, list[tuple[str, str]]]:
     """(question id, teacher) where the peer review and the answer check disagree."""
-    passed = [d for d in decisions if d.reason in ("accepted", "wrong_answer")]
+    passed = [d for d in decisions if passed_review(d)]
     failed = [d for d in decisions if d.reason in ("low_score", "no_valid_review")]
     return {
         "passed_review_wrong_answer": [
@@ -473,6 +499,16 @@ def build_items(
         for item in items.values():
             item.used = any(e.kind == "rationale" for e in used.get(item.id, []))
     return list(items.values())
+
+
+def mark_steps(items: list[Item], trace: dict[str, list[dict[str, Any]]]) -> list[Item]:
+    """Each teacher's step in the cascade, from its trace (cascade.jsonl)."""
+    by_id = {i.id: i for i in items}
+    for question_id, steps in trace.items():
+        for s in steps:
+            if question_id in by_id:
+                by_id[question_id].teachers.setdefault(s["teacher"], TeacherItem()).step = s["step"]
+    return items
 
 
 # --- summaries shared by the HTML and Markdown renderings ----------------------------------

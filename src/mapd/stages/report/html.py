@@ -18,7 +18,18 @@ from typing import Any
 
 from mapd import __version__
 from mapd.stages.report import charts
+from mapd.stages.report.cascade import (
+    CASCADE_CALLS_NOTE,
+    COST_HEAD,
+    STEP_HEAD,
+    cost_note,
+    cost_table,
+    covered_text,
+    ratio_text,
+    step_table,
+)
 from mapd.stages.report.collect import (
+    CASCADE_REASONS,
     REASONS,
     Item,
     RunReport,
@@ -51,6 +62,7 @@ def render_html(report: RunReport) -> str:
     sections = [
         overview_html(report),
         funnel_html(report),
+        cascade_html(report),
         review_html(report),
         checks_html(report),
         accuracy_html(report),
@@ -100,16 +112,8 @@ def items_payload(report: RunReport) -> dict[str, Any]:
             return None
         reviews = [[index.get(who, who), score, raw] for who, score, raw in p.reviews]
         trained = " and ".join(p.trained)
-        return [
-            p.feedback,
-            p.rationale,
-            p.extracted,
-            p.correct,
-            p.reason,
-            p.aggregate,
-            reviews,
-            trained,
-        ]
+        row = [p.feedback, p.rationale, p.extracted, p.correct, p.reason, p.aggregate, reviews]
+        return [*row, trained, p.step] if report.cascade else [*row, trained]
 
     items = [
         [i.id, i.question, i.gold, i.student_answer, i.student_output, i.used]
@@ -117,7 +121,7 @@ def items_payload(report: RunReport) -> dict[str, Any]:
         for i in report.items
     ]
     colors = [charts.color_for(k) for k in range(len(teachers))]
-    return {"teachers": teachers, "colors": colors, "items": items}
+    return {"teachers": teachers, "colors": colors, "items": items, "cascade": bool(report.cascade)}
 
 
 def kpi(label: str, value: str, note: str = "") -> str:
@@ -149,6 +153,15 @@ def kpis_html(report: RunReport) -> str:
         delta = (acc["trained"] - acc["base"]) * 100
         cards.append(
             kpi("accuracy", f"{acc['trained']:.1%}", f"{delta:+.1f} points over {acc['base']:.1%}")
+        )
+    if report.cascade:
+        c = report.cascade
+        cards.append(
+            kpi(
+                "cascade calls",
+                f"{c.cost.get('calls', 0):,}",
+                f"{ratio_text(c.ratio)} the full committee's {c.full_calls:,}",
+            )
         )
     calls = sum(s.calls for s in report.stages)
     if calls:
@@ -227,7 +240,11 @@ def stages_table(report: RunReport) -> str:
     note = (
         calls_note(report.stages) or "No LLM calls recorded for this run folder in the call ledger."
     )
-    return f'<table class="stats">{head}{"".join(rows)}</table><p class="dim">{escape(note)}</p>'
+    cascade = f'<p class="dim">{escape(CASCADE_CALLS_NOTE)}</p>' if report.cascade else ""
+    return (
+        f'<table class="stats">{head}{"".join(rows)}</table><p class="dim">{escape(note)}</p>'
+        + cascade
+    )
 
 
 def funnel_html(report: RunReport) -> str:
@@ -247,13 +264,59 @@ def funnel_html(report: RunReport) -> str:
         "funnel from questions to training examples",
         [palette.get(s[0], "#4c78a8") for s in steps],
     )
+    how = (
+        "the cascade asks one teacher at a time for a rationale, until one is accepted; only that "
+        "teacher's feedback is asked for"
+        if report.cascade
+        else "each teacher writes feedback and its own rationale"
+    )
     return (
         '<section id="funnel"><h2>From questions to training examples</h2>'
-        '<p class="lead">Every wrong answer becomes a mistake; each teacher writes feedback and its own '
-        "rationale; the peers' reviews (and the answer check, when on) decide which rationales are kept "
+        f'<p class="lead">Every wrong answer becomes a mistake; {how}; '
+        "the peers' reviews (and the answer check, when on) decide which rationales are kept "
         "and, with <code>dataset.feedback_from: accepted</code>, whose feedback is trained.</p>"
         f"{chart}</section>"
     )
+
+
+def cascade_html(report: RunReport) -> str:
+    """The order asked, each step's outcomes, mistakes covered, and the cost against the full
+    committee's."""
+    c = report.cascade
+    if c is None:
+        return ""
+    chart = charts.stacked_rows(
+        [
+            (f"{s['step']} · {s['teacher']}", {"accepted": s["accepted"], **s["moved_on"]})
+            for s in c.steps
+        ],
+        REASONS,
+        charts.REASON_COLORS,
+        "outcomes per cascade step",
+    )
+    not_asked = (
+        f" {c.not_asked:,} rationales on file were never asked for: they are left out of the "
+        "figures and marked <i>not asked</i> in the mistakes table."
+        if c.not_asked
+        else ""
+    )
+    return (
+        '<section id="cascade"><h2>Cascade</h2>'
+        f'<p class="lead">Teachers asked in turn: {escape(" → ".join(c.order))}. A mistake goes to '
+        "the next teacher only when the rationale is rejected: at once, unreviewed, for a wrong "
+        "final answer or a reply cut off; after review, for a low score or no valid review."
+        f"{not_asked}</p><p><b>{escape(covered_text(c))}</b>.</p>{chart}"
+        f"<h3>Steps</h3>{stats_table(STEP_HEAD, step_table(c))}"
+        f"<h3>Cost against the full committee</h3>{stats_table(COST_HEAD, cost_table(c))}"
+        f'<p class="dim">{escape(cost_note(c))}</p></section>'
+    )
+
+
+def stats_table(head: list[str], rows: list[list[str]]) -> str:
+    """A `stats` table of text cells (escaped here)."""
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in row) + "</tr>" for row in rows)
+    return f'<table class="stats"><tr>{th}</tr>{body}</table>'
 
 
 def review_html(report: RunReport) -> str:
@@ -424,7 +487,8 @@ def table_html(report: RunReport) -> str:
     teacher_opts = "".join(
         f'<option value="{escape(t)}">{escape(t)}</option>' for t in report.teachers
     )
-    reason_opts = "".join(f'<option value="{r}">{r.replace("_", " ")}</option>' for r in REASONS)
+    reasons = CASCADE_REASONS if report.cascade else REASONS
+    reason_opts = "".join(f'<option value="{r}">{r.replace("_", " ")}</option>' for r in reasons)
     heads = "".join(f'<th style="width:132px">{escape(t)}</th>' for t in report.teachers)
     return f"""<section id="mistakes"><h2>Mistakes</h2>
 <p class="lead">Every mistake with each teacher's decision. Click a row for the student's answer, each teacher's feedback, rationale and reviews.</p>

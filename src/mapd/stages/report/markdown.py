@@ -5,6 +5,15 @@ print(render_markdown(collect_run(run_dir)))
 
 from __future__ import annotations
 
+from mapd.stages.report.cascade import (
+    CASCADE_CALLS_NOTE,
+    COST_HEAD,
+    STEP_HEAD,
+    cost_note,
+    cost_table,
+    covered_text,
+    step_table,
+)
 from mapd.stages.report.collect import (
     RunReport,
     calls_note,
@@ -30,7 +39,8 @@ def render_markdown(report: RunReport) -> str:
     out = [f"# mapd report: {md_cell(report.name)}", ""]
     out += [f"- **{k}**: {md_cell(v)}" for k, v in config_summary(report.config)]
     out += [f"- **left out**: {md_cell(note)}" for note in report.left_out] + [""]
-    out += stages_md(report) + cut_off_md(report) + funnel_md(report) + review_md(report)
+    out += stages_md(report) + cut_off_md(report) + funnel_md(report) + cascade_md(report)
+    out += review_md(report)
     out += accuracy_md(report)
     return "\n".join(out).rstrip() + "\n"
 
@@ -63,6 +73,7 @@ def stages_md(report: RunReport) -> list[str]:
         ["## Stages", ""]
         + md_table(["stage", "time", "calls", "cache hits", "tokens", "cost"], rows)
         + ([note, ""] if note else [])
+        + ([CASCADE_CALLS_NOTE, ""] if report.cascade else [])
     )
 
 
@@ -73,6 +84,21 @@ def funnel_md(report: RunReport) -> list[str]:
     return ["## Funnel", ""] + md_table(
         ["step", "count", ""], [[k, f"{v:,}", n] for k, v, n in steps]
     )
+
+
+def cascade_md(report: RunReport) -> list[str]:
+    c = report.cascade
+    if c is None:
+        return []
+    out = ["## Cascade", "", f"Teachers asked in turn: {' → '.join(c.order)}.", ""]
+    if c.not_asked:
+        out += [
+            f"{c.not_asked:,} rationales on file were never asked for; the figures leave them out.",
+            "",
+        ]
+    out += md_table(STEP_HEAD, step_table(c)) + [f"{covered_text(c)}.", ""]
+    out += ["Cost against the full committee:", ""] + md_table(COST_HEAD, cost_table(c))
+    return out + [cost_note(c), ""]
 
 
 def review_md(report: RunReport) -> list[str]:

@@ -6,9 +6,10 @@
   var PAGE = 50;
   var REASON = {accepted: "accepted", unreviewed: "unreviewed", wrong_answer: "wrong answer",
     low_score: "low score", no_valid_review: "no valid review",
-    cut_off: "cut off at max_tokens"};
+    cut_off: "cut off at max_tokens", not_asked: "not asked"};
   // item layout: [id, question, gold, student answer, student output, used, parts]
   // part layout: [feedback, rationale, extracted, correct, reason, aggregate, reviews, trained]
+  // and, when data.cascade, the step of the cascade that asked this teacher (or null)
   var data = JSON.parse(document.getElementById("mapd-data").textContent);
   var teachers = data.teachers, colors = data.colors, items = data.items;
   var $ = function (id) { return document.getElementById(id); };
@@ -43,7 +44,8 @@
     if (d === "accepted" && p[4] !== "accepted" && p[4] !== "unreviewed") return false;
     if (d === "rejected" && (p[4] === null || p[4] === "accepted" || p[4] === "unreviewed")) return false;
     if (r && p[4] !== r) return false;
-    if (c === "passed_wrong") return (p[4] === "accepted" || p[4] === "wrong_answer") && p[3] === false;
+    // passed review: accepted, or reviewed above the threshold and then failed the answer check
+    if (c === "passed_wrong") return (p[4] === "accepted" || (p[4] === "wrong_answer" && p[5] !== null)) && p[3] === false;
     if (c === "failed_right") return (p[4] === "low_score" || p[4] === "no_valid_review") && p[3] === true;
     return true;
   }
@@ -81,8 +83,10 @@
     var reason = p[4] || "pending";
     var text = REASON[reason] || reason;
     if (p[5] !== null && p[5] !== undefined) text += " " + (+p[5]).toFixed(1);
+    if (p[8]) text = p[8] + " · " + text;
     var node = el("span", "chip r-" + reason, text);
-    node.title = (p[3] === true ? "answer right" : p[3] === false ? "answer wrong" : "") +
+    node.title = (p[8] ? "cascade step " + p[8] + " · " : "") +
+      (p[3] === true ? "answer right" : p[3] === false ? "answer wrong" : "") +
       (p[7] ? " · trained on " + p[7] : "");
     if (p[3] === false) node.appendChild(el("span", "wrong", " ✗"));
     return node;
@@ -179,6 +183,22 @@
     return card;
   }
 
+  // "Cascade  mixtral [1 · wrong answer] → gpt-3.5 [2 · low score 2.0] → gemini [3 · accepted 5.0]"
+  function cascadePath(parts) {
+    var steps = [];
+    parts.forEach(function (p, t) { if (p && p[8]) steps.push([p[8], t, p]); });
+    steps.sort(function (a, b) { return a[0] - b[0]; });
+    var line = el("p", "cascade-path");
+    line.appendChild(el("span", "block-title", "Cascade "));
+    if (!steps.length) line.appendChild(el("span", "dim", "no teacher asked"));
+    steps.forEach(function (s, k) {
+      if (k) line.appendChild(el("span", "dim", " → "));
+      line.appendChild(el("span", "", teachers[s[1]] + " "));
+      line.appendChild(chip(s[2]));
+    });
+    return line;
+  }
+
   function detailRow(i, tr) {
     var it = items[i], out = el("tr", "detail"), td = el("td");
     tr.classList.add("open");
@@ -187,6 +207,7 @@
     top.appendChild(block("Question · gold answer " + it[2], it[1]));
     top.appendChild(block("Student's answer (" + (it[3] === null ? "none" : it[3]) + ")", it[4], "student"));
     td.appendChild(top);
+    if (data.cascade) td.appendChild(cascadePath(it[6]));
     var grid = el("div", "teacher-grid");
     it[6].forEach(function (p, t) { grid.appendChild(teacherCard(t, p)); });
     td.appendChild(grid);

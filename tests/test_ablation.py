@@ -1,9 +1,11 @@
-"""`mapd ablate`: rows per seed on a tiny in-process student, the table's statistics, a release folder."""
+"""`mapd ablate`: rows per seed on a tiny in-process student, the table's statistics and costs,
+a release folder."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
 import sqlite3
 import subprocess
@@ -18,7 +20,7 @@ from mapd.ablation import RowResult, render, run_ablation, table_lines
 from mapd.config import load_config
 from mapd.llm.ledger import run_id
 from mapd.release import import_release
-from mapd.stats import mcnemar_exact, wilson_interval
+from mapd.stats import sign_flip_exact, wilson_interval
 from mapd.testing.loopback import LoopbackServer
 
 RELEASE = sorted((Path(__file__).parent / "fixtures" / "release").glob("*.json"))
@@ -126,64 +128,204 @@ def test_two_seeds_share_every_call_and_report_paired_statistics(tmp_path, tiny_
         low, high = wilson_interval(correct, n * len(own))
         assert (float(line["ci_low"]), float(line["ci_high"])) == (round(low, 4), round(high, 4))
         if line["row"] == "mapd":
-            assert line["only_mapd"] == ""
+            assert line["only_baseline"] == line["baseline"] == ""
+            stats = json.loads((root / "mapd" / "seed-731" / "dataset" / "stats.json").read_text())
+            assert int(line["mistakes_covered"]) == stats["mistakes_used"] > 0
+            assert int(line["teacher_calls"]) > 0 and int(line["teacher_tokens"]) > 0
             continue
+        assert line["baseline"] == "mapd"
         both = only_this = only_mapd = 0
+        # the question is the unit: per question, the seeds this row is right minus MAPD's
+        # (the untrained student's one answer stands beside each MAPD seed)
+        differences = dict.fromkeys(read_ids(preds[("mapd", 731)]), 0)
         for s in seeds:
             this, mapd = read_right(preds[(line["row"], s)]), read_right(preds[("mapd", s)])
             both += len(this & mapd)
             only_this += len(this - mapd)
             only_mapd += len(mapd - this)
-        assert (int(line["both_right"]), int(line["only_this"]), int(line["only_mapd"])) == (
+            for q in this:
+                differences[q] += 1
+            for q in mapd:
+                differences[q] -= 1
+        assert (int(line["both_right"]), int(line["only_this"]), int(line["only_baseline"])) == (
             both,
             only_this,
             only_mapd,
         )
-        assert float(line["p_value"]) == round(mcnemar_exact(only_this, only_mapd), 6)
+        assert float(line["p_value"]) == round(sign_flip_exact(differences.values()), 6)
+        headline = line["row"] == "untrained" or line["seed"] == "pooled"
+        assert (line["p_holm"] != "") == headline
+    untrained = next(line for line in lines if line["row"] == "untrained")
+    assert untrained["teacher_calls"] == untrained["mistakes_covered"] == ""
     md = (root / "ablation.md").read_text()
     assert "## What the data supports" in md
-    assert f"(2 seeds × {n} questions)" in md
+    assert f"on {n} questions × 2 seeds" in md
+    assert "| teacher calls | teacher tokens (estimated) | mistakes covered |" in md
     for description in ("untrained student", "committee without review", "single teacher alice"):
-        assert f"- MAPD vs {description}" in md
+        assert f"- committee with peer review (MAPD) vs {description}" in md
 
 
 def _right(n: int, ids: list[int]) -> dict[str, bool]:
     return {f"q{i}": i in ids for i in range(1, n + 1)}
 
 
-def test_pooled_mcnemar_pairs_each_seed_with_the_same_seed_of_mapd():
+def _right(n: int, ids: list[int]) -> dict[str, bool]:
+    return {f"q{i}": i in ids for i in range(1, n + 1)}
+
+
+def _synthetic_rows() -> list[RowResult]:
     mapd = RowResult(
         "mapd", "MAPD", {731: _right(10, [1, 2, 3, 4, 5, 6]), 1: _right(10, [1, 2, 3, 4, 5])}
     )
     mapd.examples = {731: (6, 3), 1: (6, 3)}
+    same = {"teacher_calls": 48, "teacher_tokens": 12345, "mistakes_covered": 5}
+    mapd.cost = {731: same, 1: dict(same)}
     other = RowResult(
         "other", "one teacher", {731: _right(10, [1, 2, 7, 8]), 1: _right(10, [1, 7, 8, 9])}
     )
     other.examples = {731: (4, 2), 1: (4, 2)}
+    other.cost = {731: {"teacher_calls": 8, "mistakes_covered": 4}, 1: {"mistakes_covered": 3}}
     base = RowResult("untrained", "untrained student", {None: _right(10, [1])})
-    lines = table_lines([base, mapd, other])
+    return [base, mapd, other]
+
+
+def test_pooled_test_takes_the_question_as_the_unit_and_pairs_each_seed_with_its_own():
+    lines = table_lines(_synthetic_rows())
     by = {(x["row"], x["seed"]): x for x in lines}
-    counts = lambda x: (x["both_right"], x["only_this"], x["only_mapd"])  # noqa: E731
+    counts = lambda x: (x["both_right"], x["only_this"], x["only_baseline"])  # noqa: E731
     assert counts(by[("other", 731)]) == (2, 2, 4)
     assert counts(by[("other", 1)]) == (1, 3, 4)
-    assert counts(by[("other", "pooled")]) == (3, 5, 8)
-    assert by[("other", "pooled")]["p_value"] == pytest.approx(0.581055, abs=1e-6)  # 2·2380/2^13
+    assert counts(by[("other", "pooled")]) == (3, 5, 8)  # seed × question pairs
+    # d over q1..q10 = 0,-1,-2,-2,-2,-1,2,2,1,0: sum -3 of 13; the sums of the 256 sign flips
+    # are odd, 80 of them ±1, so p = 176/256 (pooled McNemar on 5 vs 8 said 0.58)
+    assert by[("other", "pooled")]["p_value"] == 0.6875
+    assert by[("other", 731)]["p_value"] == 0.6875  # one seed: McNemar's 2 vs 4
     assert (by[("other", "pooled")]["correct"], by[("other", "pooled")]["n"]) == (8, 20)
-    # the untrained student answered once: paired with MAPD's first seed only, not counted
-    # once per MAPD seed (which would double its pairs and shrink the p-value)
+    # the untrained student answered once: its answer stands beside both MAPD seeds, but each
+    # question counts once (d = 2·u - b_731 - b_1: 0, then -2 on q2..q5 and -1 on q6)
     assert (by[("untrained", "")]["correct"], by[("untrained", "")]["n"]) == (1, 10)
-    assert counts(by[("untrained", "")]) == (1, 0, 5)
+    assert counts(by[("untrained", "")]) == (2, 0, 9)
+    assert by[("untrained", "")]["p_value"] == 2 / 2**5
+    # Holm over the two headline lines: 0.0625 · 2, then max(0.125, 0.6875 · 1)
+    assert by[("untrained", "")]["p_holm"] == 0.125
+    assert by[("other", "pooled")]["p_holm"] == 0.6875
+    assert "p_holm" not in by[("other", 731)] and "p_value" not in by[("mapd", "pooled")]
     md, csv_text = render(lines)
     assert (
-        "- MAPD vs untrained student: 60.0 % vs 10.0 %, 5 vs 0 discordant, p = 0.06: "
-        "no significant difference at n = 10." in md
+        "- MAPD vs untrained student: 55.0 % vs 10.0 %, 9 vs 0 discordant, p = 0.06, "
+        "Holm p = 0.12: no significant difference on 10 questions × 2 seeds." in md
     )
     assert (
-        "- MAPD vs one teacher: 55.0 % vs 40.0 %, 8 vs 5 discordant, p = 0.58: "
-        "no significant difference at n = 20 (2 seeds × 10 questions)." in md
+        "- MAPD vs one teacher: 55.0 % vs 40.0 %, 8 vs 5 discordant, p = 0.69, Holm p = 0.69: "
+        "no significant difference on 10 questions × 2 seeds." in md
     )
-    assert "| one teacher | 731 | 40.0 % (16.8–68.7) | 4 / 10 | 2 | 2 | 4 | 0.69 | 4 |" in md
-    assert csv_text.splitlines()[0].startswith("row,description,seed,correct,n,accuracy,ci_low")
+    assert "question as the unit" in md and "Holm p adjusts" in md
+    assert "a pooled interval counts seed × question pairs as independent" in md
+    assert (
+        "| one teacher | 731 | 40.0 % (16.8–68.7) | 4 / 10 | 2 | 2 | 4 | 0.69 | - | 4 | 8 | - | 4 |"
+        in md
+    )
+    header = csv_text.splitlines()[0].split(",")
+    assert header[:9] == [
+        "row",
+        "description",
+        "seed",
+        "correct",
+        "n",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "baseline",
+    ]
+    assert header[9:] == [
+        "both_right",
+        "only_this",
+        "only_baseline",
+        "p_value",
+        "p_holm",
+        "examples",
+        "rationale_examples",
+        "teacher_calls",
+        "teacher_tokens",
+        "mistakes_covered",
+    ]
+
+
+def test_cost_columns_per_seed_and_on_a_pooled_line_only_when_the_seeds_agree():
+    lines = table_lines(_synthetic_rows())
+    by = {(x["row"], x["seed"]): x for x in lines}
+    cost = lambda x: [x.get(k) for k in ("teacher_calls", "teacher_tokens", "mistakes_covered")]  # noqa: E731
+    assert cost(by[("mapd", 731)]) == cost(by[("mapd", "pooled")]) == [48, 12345, 5]
+    assert cost(by[("other", 1)]) == [None, None, 3]  # its records were not all there
+    assert cost(by[("other", "pooled")]) == [None, None, None]  # the seeds differ
+    assert cost(by[("untrained", "")]) == [None, None, None]
+    md, csv_text = render(lines)
+    assert "| teacher calls | teacher tokens (estimated) | mistakes covered |" in md
+    assert (
+        "| MAPD | pooled | 55.0 % (34.2–74.2) | 11 / 20 | - | - | - | - | - |  | 48 | 12,345 | 5 |"
+        in md
+    )
+    table = {(r["row"], r["seed"]): r for r in csv.DictReader(io.StringIO(csv_text))}
+    assert table[("mapd", "731")]["teacher_tokens"] == "12345"
+    assert table[("untrained", "")]["teacher_calls"] == ""
+
+
+def test_a_question_right_in_both_seeds_counts_once_in_the_pooled_line():
+    # one teacher beats MAPD on q1 and q2 in both seeds: 4 discordant pairs but 2 questions
+    mapd = RowResult("mapd", "MAPD", {731: _right(6, [3]), 1: _right(6, [3])})
+    other = RowResult("other", "one teacher", {731: _right(6, [1, 2, 3]), 1: _right(6, [1, 2, 3])})
+    mapd.examples = other.examples = {731: (1, 1), 1: (1, 1)}
+    pooled = table_lines([mapd, other])[-1]
+    assert (pooled["seed"], pooled["only_this"], pooled["only_baseline"]) == ("pooled", 4, 0)
+    assert pooled["p_value"] == 0.5  # pooled McNemar over the 4 pairs gave 2/16 = 0.125
+
+
+def test_the_baseline_row_is_named_and_described_in_every_comparison():
+    check = RowResult("mapd-answer-check", "MAPD with the answer check", {731: _right(8, [1, 2])})
+    cascade = RowResult(
+        "cascade", "cascade committee with the answer check", {731: _right(8, [1, 2, 3, 4])}
+    )
+    mapd = RowResult("mapd", "committee with peer review (MAPD)", {731: _right(8, [1])})
+    for row in (check, cascade, mapd):
+        row.examples = {731: (2, 1)}
+    lines = table_lines([mapd, check, cascade], baseline="mapd-answer-check")
+    by = {x["row"]: x for x in lines}
+    assert "baseline" not in by["mapd-answer-check"]
+    assert by["cascade"]["baseline"] == by["mapd"]["baseline"] == "mapd-answer-check"
+    assert (by["cascade"]["only_this"], by["cascade"]["only_baseline"]) == (2, 0)
+    md, csv_text = render(lines)
+    assert "Each row against the baseline, MAPD with the answer check (`ablation.baseline`)" in md
+    assert (
+        "- MAPD with the answer check vs cascade committee with the answer check: 25.0 % vs "
+        "50.0 %, 0 vs 2 discordant, p = 0.50, Holm p = 1.00: no significant difference on "
+        "8 questions." in md
+    )
+    assert ",mapd-answer-check,2,2,0,0.5,1.0," in csv_text.splitlines()[-1]
+
+
+def test_significance_is_read_from_the_holm_adjusted_p():
+    n = 12
+    mapd = RowResult("mapd", "MAPD", {731: _right(n, [])})
+    strong = RowResult("strong", "eight better", {731: _right(n, list(range(1, 9)))})  # p = 2/2^8
+    weak = RowResult("weak", "six better", {731: _right(n, list(range(1, 7)))})  # p = 2/2^6
+    alike = RowResult("alike", "the same", {731: _right(n, [])})  # p = 1
+    for row in (mapd, strong, weak, alike):
+        row.examples = {731: (1, 1)}
+    by = {x["row"]: x for x in table_lines([mapd, strong, weak, alike])}
+    # sorted 0.0078, 0.031, 1 times 3, 2, 1
+    assert by["strong"]["p_holm"] == pytest.approx(3 * 2 / 2**8, abs=1e-6)
+    assert by["weak"]["p_value"] == pytest.approx(2 / 2**6, abs=1e-6)  # under 0.05
+    assert by["weak"]["p_holm"] == pytest.approx(2 * 2 / 2**6, abs=1e-6)
+    assert by["alike"]["p_holm"] == 1.0
+    md, _ = render(list(by.values()))
+    assert (
+        "- MAPD vs eight better: 0.0 % vs 66.7 %, 0 vs 8 discordant, p = 0.008, Holm p = 0.02: "
+        "eight better is better at the 5 % level after Holm's adjustment, on 12 questions." in md
+    )
+    assert (
+        "- MAPD vs six better: 0.0 % vs 50.0 %, 0 vs 6 discordant, p = 0.03, Holm p = 0.06: "
+        "no significant difference on 12 questions." in md
+    )
 
 
 def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_student):
@@ -225,6 +367,13 @@ def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_
     ]
     assert table[-1]["description"] == "MAPD with dataset.pick=all"
     assert table[-1]["both_right"] != ""  # compared with MAPD like the paper's rows
+    # each row's cost, replayed from the imported records: without review no review calls
+    cost = {r["row"]: r for r in table}
+    for row in ("mapd", "committee-no-review", "mapd-pick-all"):
+        assert int(cost[row]["mistakes_covered"]) == stats[row]["mistakes_used"] > 0
+        assert int(cost[row]["teacher_tokens"]) > int(cost[row]["teacher_calls"]) > 0
+    assert int(cost["committee-no-review"]["teacher_calls"]) < int(cost["mapd"]["teacher_calls"])
+    assert cost["untrained"]["teacher_calls"] == ""
 
 
 @pytest.mark.parametrize(
@@ -235,6 +384,7 @@ def test_ablation_of_an_imported_release_shares_its_teacher_data(tmp_path, tiny_
         (["--seeds", "1,1"], "seeds: 1 is given twice"),
         (["ablation.variants={mapd: [train.alpha=0.1]}"], "'mapd' is already a row"),
         (["ablation.variants={pick-all: [dataset.pik=all]}"], "dataset.pik"),
+        (["ablation.baseline=nope"], "unknown ablation baseline 'nope'"),
         (["ablation.variants={pick-all: [dataset.pick]}"], "a list of KEY=VALUE settings"),
     ],
 )

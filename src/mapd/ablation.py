@@ -15,9 +15,13 @@ reviews instead. A row whose stages are finished and unchanged is skipped, so a 
 ablation resumes.
 
 Writes `ablation/ablation.md` and `ablation.csv`: every finished row and seed (also those of
-earlier runs with other `--rows`), its accuracy with a 95 % Wilson interval, McNemar's exact
-test against MAPD on the same questions (pooled over seed × question pairs), and one
-sentence per comparison saying what the data supports.
+earlier runs with other `--rows`), its accuracy with a 95 % Wilson interval, an exact paired
+test against the baseline row (`ablation.baseline`, MAPD by default) on the same questions,
+its Holm-adjusted p-value, what its teachers cost (calls, estimated tokens, mistakes
+covered), and one sentence per comparison saying what the data supports. The test takes the
+question as the unit: each seed of a row is paired with the baseline's same seed, and
+d_q = (seeds this row is right on q) - (seeds the baseline is right on q) goes into the
+sign-flip exact test (`mapd.stats.seed_paired`); with one seed that is McNemar's exact test.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from mapd.rundir import (
     write_manifest,
     write_text_atomic,
 )
-from mapd.stats import paired_counts, wilson_interval
+from mapd.stats import holm, seed_paired, wilson_interval
 
 console = Console(stderr=True, soft_wrap=True)
 UNTRAINED = "untrained"
@@ -110,12 +114,16 @@ def variants(cfg: RunConfig) -> list[tuple[str, str, Changes]]:
 
 
 def selected_rows(cfg: RunConfig) -> list[str]:
-    """The rows to run: `ablation.rows`, checked, or every row."""
+    """The rows to run: `ablation.rows`, checked, or every row; `ablation.baseline` checked."""
     names = [UNTRAINED, *(name for name, _, _ in variants(cfg))]
     chosen = cfg.ablation.rows or names
     unknown = [r for r in chosen if r not in names]
     if unknown:
         raise MapdError(f"unknown ablation row {unknown[0]!r}", f"rows: {', '.join(names)}")
+    if cfg.ablation.baseline not in names:
+        raise MapdError(
+            f"unknown ablation baseline {cfg.ablation.baseline!r}", f"rows: {', '.join(names)}"
+        )
     return chosen
 
 
@@ -179,19 +187,25 @@ async def evaluate_untrained(ucfg: RunConfig) -> None:
 
 @dataclass
 class RowResult:
-    """A finished row: per seed (None for the untrained student) {question id: right?}."""
+    """A finished row: per seed (None for the untrained student) {question id: right?}, and
+    per trained seed its training examples and teacher cost."""
 
     name: str
     description: str
     right: dict[int | None, dict[str, bool]]
     examples: dict[int | None, tuple[int, int]] = field(default_factory=dict)  # (all, rationale)
+    # {"teacher_calls", "teacher_tokens" (when its records are there), "mistakes_covered"}
+    cost: dict[int | None, dict[str, int]] = field(default_factory=dict)
+
+    def answers(self, seed: int | None) -> dict[str, bool] | None:
+        """{question id: right?} of this seed; the untrained student answers alike in every one."""
+        return self.right.get(seed, self.right.get(None))
 
     def items(self, seeds: list[int | None]) -> dict[tuple[int | None, str], bool]:
-        """(seed, question id) -> right?; the untrained student answers alike for every seed."""
+        """(seed, question id) -> right? over these seeds."""
         out: dict[tuple[int | None, str], bool] = {}
         for s in seeds:
-            per_question = self.right.get(s, self.right.get(None))
-            out.update({(s, q): ok for q, ok in (per_question or {}).items()})
+            out.update({(s, q): ok for q, ok in (self.answers(s) or {}).items()})
         return out
 
 
@@ -213,6 +227,7 @@ def seeds_on_disk(cfg: RunConfig, row_folder: Path) -> list[int]:
 def collect_results(cfg: RunConfig, root: Path) -> list[RowResult]:
     """Every row and seed whose stages are finished and unchanged, in the table's order."""
     from mapd.stages.pipeline import is_current
+    from mapd.stages.review.cost import recipe_cost
 
     results = []
     ucfg = untrained_config(cfg, root)
@@ -229,13 +244,44 @@ def collect_results(cfg: RunConfig, root: Path) -> list[RowResult]:
                 stats = read_json(run_dir / "dataset" / "stats.json")
                 examples = stats["feedback_examples"] + stats["rationale_examples"]
                 row.examples[seed] = (examples, stats["rationale_examples"])
+                row.cost[seed] = {"mistakes_covered": stats["mistakes_used"]}
+                if (cost := recipe_cost(vcfg, run_dir)) is not None:
+                    row.cost[seed] |= {
+                        "teacher_calls": cost["calls"],
+                        "teacher_tokens": cost["tokens"],
+                    }
         if row.right:
             results.append(row)
     return results
 
 
-def table_line(row: RowResult, seeds: list[int | None], mapd: RowResult | None) -> dict[str, Any]:
-    """One line of the table: `row` on `seeds` (pooled when several), and against MAPD."""
+def comparison(row: RowResult, seeds: list[int | None], baseline: RowResult) -> dict[str, Any]:
+    """`row` on `seeds` against the baseline, question by question: each seed beside the
+    baseline's same seed; a row evaluated once (the untrained student) beside every seed."""
+    paired = list(baseline.right) if seeds == [None] else seeds
+    pairs = [
+        (mine, theirs)
+        for s in paired
+        if (mine := row.answers(s)) is not None and (theirs := baseline.answers(s)) is not None
+    ]
+    test = seed_paired(pairs)
+    if not test.questions:
+        return {}
+    return {
+        "baseline": baseline.name,
+        "both_right": test.counts.both_right,
+        "only_this": test.counts.only_a,
+        "only_baseline": test.counts.only_b,
+        "p_value": test.p_value,
+        "paired_n": test.questions,
+        "paired_seeds": test.seeds,
+    }
+
+
+def table_line(
+    row: RowResult, seeds: list[int | None], baseline: RowResult | None
+) -> dict[str, Any]:
+    """One line of the table: `row` on `seeds` (pooled when several), and against the baseline."""
     own = row.items(seeds)
     correct, n = sum(own.values()), len(own)
     low, high = wilson_interval(correct, n)
@@ -252,33 +298,34 @@ def table_line(row: RowResult, seeds: list[int | None], mapd: RowResult | None) 
     }
     if trained and len(seeds) == 1:
         line["examples"], line["rationale_examples"] = row.examples[seeds[0]]
-    elif not trained:
+        line |= row.cost.get(seeds[0], {})
+    elif trained:
+        # the seeds share their teachers' data; a pooled line shows the cost when it agrees
+        costs = [row.cost.get(s, {}) for s in seeds]
+        line |= costs[0] if all(c == costs[0] for c in costs) else {}
+    else:
         line["examples"] = line["rationale_examples"] = 0
-    if mapd is not None and row is not mapd:
-        # the untrained student answers once: pairing it with every MAPD seed would count
-        # its answers once per seed, so it is paired with MAPD's first seed only
-        paired = [s for s in seeds if s in mapd.right] if trained else list(mapd.right)[:1]
-        pair = paired_counts(row.items(paired), mapd.items(paired))
-        if pair.n:
-            line |= {
-                "both_right": pair.both_right,
-                "only_this": pair.only_a,
-                "only_mapd": pair.only_b,
-                "p_value": round(pair.p_value, 6),
-                "paired_n": pair.n,
-                "paired_seeds": len(paired),
-            }
+    if baseline is not None and row is not baseline:
+        line |= comparison(row, seeds, baseline)
     return line
 
 
-def table_lines(results: list[RowResult]) -> list[dict[str, Any]]:
-    """Per row: one line per seed, then the pooled line when there are several seeds."""
-    mapd = next((r for r in results if r.name == "mapd"), None)
+def table_lines(results: list[RowResult], baseline: str = "mapd") -> list[dict[str, Any]]:
+    """Per row: one line per seed, then the pooled line when there are several seeds; each
+    row's last line (its headline) with its Holm-adjusted p-value."""
+    base = next((r for r in results if r.name == baseline), None)
     lines = []
     for row in results:
         seeds = list(row.right)
         groups = [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else [])
-        lines += [table_line(row, group, mapd) for group in groups]
+        lines += [table_line(row, group, base) for group in groups]
+    headline = {line["row"]: line for line in lines}
+    compared = [line for line in headline.values() if "p_value" in line]
+    for line, p in zip(compared, holm([x["p_value"] for x in compared]), strict=True):
+        line["p_holm"] = round(p, 6)
+    for line in lines:
+        if "p_value" in line:
+            line["p_value"] = round(line["p_value"], 6)
     return lines
 
 
@@ -288,21 +335,22 @@ def format_p(p: float) -> str:
     return f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
 
 
-def verdict(line: dict[str, Any]) -> str:
-    """One sentence: what the paired comparison of this line with MAPD supports."""
-    n, both = line["paired_n"], line["both_right"]
-    mapd_acc, this_acc = (both + line["only_mapd"]) / n, (both + line["only_this"]) / n
-    k = line["paired_seeds"]
-    size = f"n = {n}" + (f" ({k} seeds × {n // k} questions)" if k > 1 else "")
-    if line["p_value"] >= SIGNIFICANCE:
-        finding = f"no significant difference at {size}"
+def verdict(line: dict[str, Any], baseline: str) -> str:
+    """One sentence: what the paired comparison of this headline line with the baseline row
+    (described as `baseline`) supports, significant after Holm's adjustment."""
+    both, this, base = line["both_right"], line["only_this"], line["only_baseline"]
+    questions, k = line["paired_n"], line["paired_seeds"]
+    size = f"{questions} questions" + (f" × {k} seeds" if k > 1 else "")
+    if line["p_holm"] >= SIGNIFICANCE:
+        finding = f"no significant difference on {size}"
     else:
-        better = "MAPD" if line["only_mapd"] > line["only_this"] else line["description"]
-        finding = f"{better} is better at the 5 % level, {size}"
+        better = baseline if base > this else line["description"]
+        finding = f"{better} is better at the 5 % level after Holm's adjustment, on {size}"
+    pairs = questions * k
     return (
-        f"MAPD vs {line['description']}: {100 * mapd_acc:.1f} % vs {100 * this_acc:.1f} %, "
-        f"{line['only_mapd']} vs {line['only_this']} discordant, {format_p(line['p_value'])}: "
-        f"{finding}."
+        f"{baseline} vs {line['description']}: {100 * (both + base) / pairs:.1f} % vs "
+        f"{100 * (both + this) / pairs:.1f} %, {base} vs {this} discordant, "
+        f"{format_p(line['p_value'])}, Holm {format_p(line['p_holm'])}: {finding}."
     )
 
 
@@ -315,42 +363,74 @@ COLUMNS = [
     "accuracy",
     "ci_low",
     "ci_high",
+    "baseline",
     "both_right",
     "only_this",
-    "only_mapd",
+    "only_baseline",
     "p_value",
+    "p_holm",
     "examples",
     "rationale_examples",
+    "teacher_calls",
+    "teacher_tokens",
+    "mistakes_covered",
 ]
+
+
+def explanation(baseline: str | None) -> str:
+    """The paragraph above the table: what its figures are."""
+    against = (
+        f"Each row against the baseline, {baseline} (`ablation.baseline`), on the same "
+        "questions, with the question as the unit: each seed of a row is paired with the "
+        "baseline's same seed (the untrained student, evaluated once, with every seed), "
+        "d = the seeds this row is right minus those the baseline is right, and p is the exact "
+        "two-sided sign-flip test of the d's (McNemar's exact test with one seed). Holm p "
+        "adjusts each row's headline line (its pooled line with several seeds) for the number "
+        "of comparisons; the sentences below use it. Both right, only this and only baseline "
+        "count seed × question pairs. "
+        if baseline
+        else ""
+    )
+    return (
+        "Accuracy with its 95 % Wilson interval (a pooled interval counts seed × question "
+        f"pairs as independent, so it is somewhat too narrow). {against}Teacher calls and "
+        "tokens: what the row's recipe asks of its teachers (tokens estimated from characters, "
+        "as `mapd.stages.review.cost` counts them); mistakes covered: the mistakes with a "
+        "training example. A pooled line repeats them when every seed's are the same."
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def render(lines: list[dict[str, Any]]) -> tuple[str, str]:
     """The table as Markdown (with the sentences) and as CSV."""
+    descriptions = {r["row"]: r["description"] for r in lines}
+    baseline = next((r["baseline"] for r in lines if "baseline" in r), None)
     md = [
         "# Ablation",
         "",
-        "Accuracy with its 95 % Wilson interval; McNemar's exact test against MAPD on the same "
-        "questions (pooled lines: every seed × question pair; the untrained student is paired "
-        "with MAPD's first seed; a pooled interval counts those pairs as independent, so it is "
-        "somewhat too narrow).",
+        explanation(descriptions[baseline] if baseline else None),
         "",
-        "| row | seed | accuracy (95 % CI) | right / n | both right | only this | only MAPD "
-        "| McNemar p | training examples |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | seed | accuracy (95 % CI) | right / n | both right | only this | only baseline "
+        "| p | Holm p | training examples | teacher calls | teacher tokens (estimated) "
+        "| mistakes covered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in lines:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} %"
         ci = f"{100 * r['ci_low']:.1f}–{100 * r['ci_high']:.1f}"
-        vs = [str(r.get(k, "-")) for k in ("both_right", "only_this", "only_mapd")]
-        p = format_p(r["p_value"]).removeprefix("p = ") if "p_value" in r else "-"
+        vs = [_cell(r.get(k)) for k in ("both_right", "only_this", "only_baseline")]
+        ps = [format_p(r[k]).removeprefix("p = ") if k in r else "-" for k in ("p_value", "p_holm")]
+        cost = [_cell(r.get(k)) for k in ("teacher_calls", "teacher_tokens", "mistakes_covered")]
         md.append(
             f"| {r['description']} | {r['seed'] if r['seed'] != '' else '-'} | {acc} ({ci}) | {r['correct']} / {r['n']} "
-            f"| {' | '.join(vs)} | {p} | {r.get('examples', '')} |"
+            f"| {' | '.join(vs)} | {' | '.join(ps)} | {r.get('examples', '')} | {' | '.join(cost)} |"
         )
-    headline = {}
-    for r in lines:  # a row's last line is its pooled one when it has several seeds
-        headline[r["row"]] = r
-    sentences = [verdict(r) for r in headline.values() if "paired_n" in r]
+    sentences = [verdict(r, descriptions[r["baseline"]]) for r in lines if "p_holm" in r]
     if sentences:
         md += ["", "## What the data supports", "", *(f"- {s}" for s in sentences)]
     buf = io.StringIO()
@@ -362,7 +442,7 @@ def render(lines: list[dict[str, Any]]) -> tuple[str, str]:
 
 def write_tables(cfg: RunConfig, root: Path) -> None:
     """ablation.md and ablation.csv from what is finished on disk (partial tables survive)."""
-    md, csv_text = render(table_lines(collect_results(cfg, root)))
+    md, csv_text = render(table_lines(collect_results(cfg, root), cfg.ablation.baseline))
     write_text_atomic(root / "ablation.md", md)
     write_text_atomic(root / "ablation.csv", csv_text)
 

@@ -680,6 +680,11 @@ class AblationConfig(Strict):
         description="`mapd ablate`: more rows, each MAPD with these KEY=VALUE settings, "
         "compared with MAPD like the others, e.g. {mapd-pick-all: [dataset.pick=all]}.",
     )
+    baseline: str = Field(
+        "mapd",
+        description="`mapd ablate`: the row every other row is compared with, question by "
+        "question (a row's name, e.g. mapd-answer-check to compare the cascade with it).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AblationConfig:

@@ -97,7 +97,8 @@ def review_statistics(reviews: list[Review], decisions: list[Decision]) -> dict[
         t["rationales"] += 1
         t["accepted"] += d.accepted
         t["reasons"][d.reason] += 1
-    passed_review = [d for d in decisions if d.reason in ("accepted", "wrong_answer")]
+    # "wrong_answer" after a review (a cascade rejects a wrong answer before any review)
+    passed_review = [d for d in decisions if d.reason in ("accepted", "wrong_answer") and d.scores]
     failed_review = [d for d in decisions if d.reason in ("low_score", "no_valid_review")]
     return {
         "reviews": len(reviews),

@@ -28,7 +28,7 @@ from mapd.stages.report.html import items_payload
 from mapd.stages.summary import print_summary
 from mapd.testing.loopback import LoopbackServer
 
-RELEASE = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "release").glob("*.json"))
+RELEASE = sorted((Path(__file__).resolve().parents[2] / "fixtures" / "release").glob("*.json"))
 CASCADE = [
     "committee.mode=cascade",
     "review.require_correct_answer=true",

@@ -411,3 +411,28 @@ def test_every_row_is_evaluated_from_its_own_student_not_one_served_adapter(tmp_
     )
     row = variant_config(cfg, tmp_path / "ablation", "mapd-alpha0", [(["train", "alpha"], 0.0)], 1)
     assert row.eval.trained is None and row.train.alpha == 0.0
+
+
+def test_a_cascade_config_still_gives_the_papers_rows_and_a_cascade_row(tmp_path):
+    """The paper's rows run the full committee whatever the config's committee.mode; the
+    cascade row keeps the config's order."""
+    from mapd.ablation import row_configs
+    from mapd.config import validate_config
+
+    cfg = validate_config(
+        {
+            "name": "c",
+            "output_dir": str(tmp_path),
+            "task": {"name": "gsm8k"},
+            "student": {"model": "s"},
+            "teachers": [
+                {"name": "a", "model": "a", "base_url": "http://127.0.0.1:9/v1"},
+                {"name": "b", "model": "b", "base_url": "http://127.0.0.1:9/v1"},
+            ],
+            "committee": {"mode": "cascade", "order": ["b", "a"]},
+        }
+    )
+    rows = row_configs(cfg)
+    assert rows["mapd", cfg.seed].committee.mode == "full"
+    cascade = rows["cascade", cfg.seed]
+    assert cascade.committee.mode == "cascade" and cascade.committee.order == ["b", "a"]

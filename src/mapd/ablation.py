@@ -135,6 +135,7 @@ def _row_config(cfg: RunConfig, out: Path, name: str) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
     data["review"]["require_correct_answer"] = False  # the paper's MAPD; one row adds the check
     data["dataset"]["feedback_from"] = "any"  # the paper's feedback choice in every row
+    data["committee"]["mode"] = "full"  # the paper's committee; the cascade row sets its own
     data["output_dir"] = str(out)
     data["name"] = f"{cfg.name}-{name}"
     data["rounds"] = 1

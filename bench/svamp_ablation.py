@@ -13,7 +13,8 @@ mistakes. Rows: untrained; each single teacher without review; the committee wit
 MAPD; MAPD with alpha = 0; MAPD with the answer check; then the candidate recipes of
 CANDIDATES below (issue 21, item 2: a recipe that beats the paper's), each MAPD with a few
 settings changed. Each row: accuracy with a 95 % Wilson
-interval and McNemar's exact test against MAPD on the same problems; with several seeds, each
+interval and the paired exact test against MAPD (or `--set ablation.baseline=ROW`) on the same
+problems, Holm-adjusted; with several seeds, each
 seed and the pooled figure. On 2 cores about 50 min of training and 15 min of evaluation per
 row and seed; a killed run resumes where it stopped, and a later run with other --rows or
 --seeds adds to the same table. Prints the table and writes bench/results/svamp_ablation.json.

@@ -72,7 +72,12 @@ class Step:
     scores: dict[str, float | None] = field(default_factory=dict)  # reviewer -> score
 
     def as_dict(self, number: int) -> dict[str, Any]:
-        return {"step": number, "teacher": self.teacher, "outcome": self.outcome, "reviews": self.scores}
+        return {
+            "step": number,
+            "teacher": self.teacher,
+            "outcome": self.outcome,
+            "reviews": self.scores,
+        }
 
 
 @dataclass
@@ -94,7 +99,9 @@ class CascadeResult:
         return [
             {
                 "question_id": m.question_id,
-                "steps": [s.as_dict(i + 1) for i, s in enumerate(self.trace.get(m.question_id, []))],
+                "steps": [
+                    s.as_dict(i + 1) for i, s in enumerate(self.trace.get(m.question_id, []))
+                ],
                 "accepted": self.accepted_teacher(m.question_id),
             }
             for m in mistakes
@@ -105,9 +112,7 @@ class CascadeResult:
         out = []
         for number, teacher in enumerate(teacher_order(cfg), start=1):
             outcomes = Counter(
-                steps[number - 1].outcome
-                for steps in self.trace.values()
-                if len(steps) >= number
+                steps[number - 1].outcome for steps in self.trace.values() if len(steps) >= number
             )
             if not outcomes:
                 break
@@ -191,7 +196,9 @@ class RecordOracle:
         self._feedback = {(f.teacher, f.question_id): f for f in feedback}
 
     async def rationales(self, teacher: str, mistakes: list[Mistake]) -> list[Rationale]:
-        missing = [m.question_id for m in mistakes if (teacher, m.question_id) not in self._rationales]
+        missing = [
+            m.question_id for m in mistakes if (teacher, m.question_id) not in self._rationales
+        ]
         if missing:
             raise MapdError(
                 f"review: rationales.jsonl has no rationale of {teacher} for {missing[0]} "

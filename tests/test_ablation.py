@@ -169,10 +169,6 @@ def _right(n: int, ids: list[int]) -> dict[str, bool]:
     return {f"q{i}": i in ids for i in range(1, n + 1)}
 
 
-def _right(n: int, ids: list[int]) -> dict[str, bool]:
-    return {f"q{i}": i in ids for i in range(1, n + 1)}
-
-
 def _synthetic_rows() -> list[RowResult]:
     mapd = RowResult(
         "mapd", "MAPD", {731: _right(10, [1, 2, 3, 4, 5, 6]), 1: _right(10, [1, 2, 3, 4, 5])}
@@ -434,5 +430,10 @@ def test_a_cascade_config_still_gives_the_papers_rows_and_a_cascade_row(tmp_path
     )
     rows = row_configs(cfg)
     assert rows["mapd", cfg.seed].committee.mode == "full"
+    # and a full-committee config whose settings the cascade cannot take still validates
+    data = cfg.model_dump(mode="json")
+    data["committee"] = {"mode": "full"}
+    data["review"]["reviewers"] = 1
+    assert row_configs(validate_config(data))["cascade", cfg.seed].review.reviewers is None
     cascade = rows["cascade", cfg.seed]
     assert cascade.committee.mode == "cascade" and cascade.committee.order == ["b", "a"]

@@ -91,6 +91,9 @@ def variants(cfg: RunConfig) -> list[tuple[str, str, Changes]]:
                 (["committee", "mode"], "cascade"),
                 (["review", "require_correct_answer"], True),
                 (["dataset", "feedback_from"], "accepted"),
+                # what the cascade needs, whatever the config says for the full committee
+                (["dataset", "mode"], "mapd"),
+                (["review", "reviewers"], None),
             ],
         ),
     ]

@@ -391,14 +391,15 @@ class CommitteeConfig(Strict):
         None,
         min_length=1,
         description="cascade: the teachers asked in turn; none = cheapest first by price "
-        "(input plus output per million tokens), then the config's order. Reviewers are the "
-        "other teachers, cheapest first.",
+        "(input plus output per million tokens, at the batch price with batch:), then the "
+        "config's order. Reviewers are the other teachers, cheapest first.",
     )
     min_reviews: int = Field(
         1,
         ge=1,
-        description="cascade: valid review scores a rationale needs before it is accepted or "
-        "rejected; reviewers are asked one at a time until it has them (or none is left).",
+        description="cascade: valid review scores a rationale needs; reviewers are asked one "
+        "at a time, cheapest first, until it has them, and a rationale left with fewer when "
+        "none is left is rejected (no_valid_review).",
     )
 
 

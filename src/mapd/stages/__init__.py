@@ -30,3 +30,16 @@ class Stage(Protocol):
     def run(self, cfg: RunConfig, run_dir: Path) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Do the work; return the summary kept in its manifest."""
         ...
+
+
+def stage_inputs(stage: Stage, cfg: RunConfig) -> list[str]:
+    """Its INPUTS and those its settings add (a module's `extra_inputs(cfg)`, e.g. the
+    review stage of a cascade, which replays the reviews and feedback the teach stage asked)."""
+    extra = getattr(stage, "extra_inputs", None)
+    return [*stage.INPUTS, *(extra(cfg) if extra else [])]
+
+
+def stage_outputs(stage: Stage, cfg: RunConfig) -> list[str]:
+    """Its OUTPUTS and those its settings add (a module's `extra_outputs(cfg)`)."""
+    extra = getattr(stage, "extra_outputs", None)
+    return [*stage.OUTPUTS, *(extra(cfg) if extra else [])]

@@ -32,7 +32,18 @@ from mapd.rundir import (
     write_manifest,
     write_text_atomic,
 )
-from mapd.stages import Stage, build, evaluate, exam, report, review, teach, train
+from mapd.stages import (
+    Stage,
+    build,
+    evaluate,
+    exam,
+    report,
+    review,
+    stage_inputs,
+    stage_outputs,
+    teach,
+    train,
+)
 from mapd.stages.changes import MISSING, Change, changed_settings, recorded_config
 from mapd.stages.trained import next_round_student
 
@@ -62,7 +73,7 @@ def _is_imported(run_dir: Path, stage: str) -> bool:
 
 def stage_fingerprint(cfg: RunConfig, run_dir: Path, name: str) -> str:
     stage = STAGES[name]
-    return fingerprint(stage.settings(cfg), [run_dir / i for i in stage.INPUTS])
+    return fingerprint(stage.settings(cfg), [run_dir / i for i in stage_inputs(stage, cfg)])
 
 
 def is_current(cfg: RunConfig, run_dir: Path, name: str) -> bool:
@@ -84,7 +95,7 @@ async def run_stage(
     if _is_imported(run_dir, name):
         console.print(f"[dim]{name}: imported, kept as is[/]")
         return (load_manifest(run_dir, name) or {}).get("summary", {})
-    missing = [i for i in stage.INPUTS if not (run_dir / i).exists()]
+    missing = [i for i in stage_inputs(stage, cfg) if not (run_dir / i).exists()]
     if missing:
         raise MapdError(
             f"{name}: {run_dir / missing[0]} is missing",
@@ -98,7 +109,8 @@ async def run_stage(
     started = time.time()
     console.print(f"[bold]{name}[/] ...")
     summary = await _run(stage, cfg, run_dir)
-    write_manifest(run_dir, name, fp, stage.OUTPUTS, summary, started, recorded_config(cfg))
+    outputs = stage_outputs(stage, cfg)
+    write_manifest(run_dir, name, fp, outputs, summary, started, recorded_config(cfg))
     console.print(
         f"[green]{name}[/] done in {time.time() - started:.1f}s: {headline(name, summary)}"
     )
@@ -176,7 +188,7 @@ def student_changes(
             found.update((c.key, c) for c in new)
             lines += [c.line("for the student") for c in new]
         elif not lines:  # the first stage whose files changed says so; the rest follow from it
-            inputs = ", ".join(STAGES[name].INPUTS)
+            inputs = ", ".join(stage_inputs(STAGES[name], cfg))
             lines.append(
                 f"{name}: its {'inputs or ' if inputs else ''}outputs changed since it ran"
             )

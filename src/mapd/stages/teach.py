@@ -53,6 +53,11 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def extra_outputs(cfg: RunConfig) -> list[str]:
+    """A cascade asks for the reviews here."""
+    return ["reviews.jsonl"] if cfg.committee.mode == "cascade" else []
+
+
 def teaching_requests(
     prompts: Prompts, mistakes: list[Mistake]
 ) -> tuple[list[Request], list[Request]]:

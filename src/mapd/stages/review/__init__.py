@@ -52,7 +52,18 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     }
     if cfg.committee.mode != "full":
         out["committee"] = cfg.committee.model_dump()
+        # the order asked (when unset) and the dollars counted follow the prices
+        out["price"] = {t.name: [t.price.model_dump(), bool(t.batch)] for t in cfg.teachers}
     return out
+
+
+def extra_inputs(cfg: RunConfig) -> list[str]:
+    """A cascade's review stage replays the feedback and reviews its teach stage asked for."""
+    return ["feedback.jsonl", "reviews.jsonl"] if cfg.committee.mode == "cascade" else []
+
+
+def extra_outputs(cfg: RunConfig) -> list[str]:
+    return [CASCADE_TRACE] if cfg.committee.mode == "cascade" else []
 
 
 def assign_reviewers(cfg: RunConfig, rationales: list[Rationale]) -> list[tuple[Rationale, str]]:
@@ -140,7 +151,9 @@ async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     feedback = read_jsonl(run_dir / "feedback.jsonl", Feedback)
     path = run_dir / "reviews.jsonl"
     on_file = read_jsonl(path, Review) if path.exists() else []
-    result = await run_cascade(cfg, mistakes, RecordOracle(rationales, on_file, feedback))
+    imported = (run_dir / RELEASE_MARKER).exists()
+    oracle = RecordOracle(rationales, on_file, feedback, imported=imported)
+    result = await run_cascade(cfg, mistakes, oracle)
     decisions = [
         result.decisions.get(r.id)
         or Decision(
@@ -159,8 +172,11 @@ async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     stats = review_statistics(result.reviews, asked)
     cost = tally(cfg, mistakes, result.feedback, result.rationales, result.reviews)
     # the full committee's calls where every teacher's records are on file: an import
-    complete = (run_dir / RELEASE_MARKER).exists()
-    full = tally(cfg, mistakes, *full_committee_records(cfg, feedback, rationales, on_file))
+    full_records = full_committee_records(cfg, feedback, rationales, on_file)
+    complete = imported and len(full_records[0]) == len(full_records[1]) == len(cfg.teachers) * len(
+        mistakes
+    )
+    full = tally(cfg, mistakes, *full_records) if complete else None
     covered = sum(result.accepted_teacher(m.question_id) is not None for m in mistakes)
     stats["cascade"] = {
         "order": teacher_order(cfg),
@@ -168,7 +184,7 @@ async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "mistakes": len(mistakes),
         "covered": covered,
         "cost": cost,
-        "full_committee": full if complete else None,
+        "full_committee": full,
         "not_asked": len(decisions) - len(asked),
     }
     return stats

@@ -46,8 +46,11 @@ class Oracle(Protocol):
 
 
 def _price(cfg: RunConfig, name: str) -> float:
+    """Input plus output price per million tokens, at the batch price where `batch:` is on."""
     t = next(t for t in cfg.teachers if t.name == name)
-    return t.price.input_per_mtok + t.price.output_per_mtok
+    return (t.price.input_per_mtok + t.price.output_per_mtok) * (
+        t.price.batch_discount if t.batch else 1.0
+    )
 
 
 def teacher_order(cfg: RunConfig) -> list[str]:
@@ -128,13 +131,14 @@ class CascadeResult:
         return out
 
 
-def _rejected_unreviewed(r: Rationale, reason: str) -> Decision:
+def _rejected(r: Rationale, reason: str, scores: dict[str, float] | None = None) -> Decision:
     return Decision(
         rationale_id=r.id,
         question_id=r.question_id,
         teacher=r.teacher,
         accepted=False,
         reason=reason,
+        scores=scores or {},
         answer_correct=r.correct,
     )
 
@@ -153,9 +157,9 @@ async def run_cascade(cfg: RunConfig, mistakes: list[Mistake], oracle: Oracle) -
         pending: list[Rationale] = []
         for r in rationales:
             if r.cut_off:
-                result.decisions[r.id] = _rejected_unreviewed(r, "cut_off")
+                result.decisions[r.id] = _rejected(r, "cut_off")
             elif cfg.review.require_correct_answer and not r.correct:
-                result.decisions[r.id] = _rejected_unreviewed(r, "wrong_answer")
+                result.decisions[r.id] = _rejected(r, "wrong_answer")
             else:
                 pending.append(r)
         got: dict[str, list[Review]] = defaultdict(list)
@@ -167,7 +171,11 @@ async def run_cascade(cfg: RunConfig, mistakes: list[Mistake], oracle: Oracle) -
                 got[review.rationale_id].append(review)
                 result.reviews.append(review)
         for r in pending:
-            result.decisions[r.id] = decide(r, got[r.id], cfg.review, reviewed=True)
+            valid = {v.reviewer: v.score for v in got[r.id] if v.score is not None}
+            if len(valid) < need:  # the reviewers ran out first
+                result.decisions[r.id] = _rejected(r, "no_valid_review", valid)
+            else:
+                result.decisions[r.id] = decide(r, got[r.id], cfg.review, reviewed=True)
         for r in rationales:
             scores = {v.reviewer: v.score for v in got.get(r.id, [])}
             result.trace[r.question_id].append(Step(teacher, result.decisions[r.id].reason, scores))
@@ -178,36 +186,57 @@ async def run_cascade(cfg: RunConfig, mistakes: list[Mistake], oracle: Oracle) -
     for m in mistakes:
         if (teacher := result.accepted_teacher(m.question_id)) is not None:
             explained[teacher].append(by_question[m.question_id])
-    answers = await asyncio.gather(*(oracle.feedback(t, ms) for t, ms in explained.items()))
-    result.feedback = [f for fb in answers for f in fb]
+    # every teacher's feedback runs to its end before a failure is raised: what finished is
+    # cached, and a run again pays only for what failed
+    answers = await asyncio.gather(
+        *(oracle.feedback(t, ms) for t, ms in explained.items()), return_exceptions=True
+    )
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    result.feedback = [f for fb in answers if not isinstance(fb, BaseException) for f in fb]
     return result
 
 
 class RecordOracle:
-    """The cascade's answers from records: rationales, reviews and feedback already on file
-    (those a live cascade wrote, or every one of an imported release). A review the records
-    lack counts as a reply without a valid score, as an unparseable one would."""
+    """The cascade's answers from records: rationales, reviews and feedback already on file.
+
+    A live cascade's folder holds exactly what it asked for: a record the replay asks for and
+    does not find means the teach stage ran with other settings, and stops the replay. An
+    imported release (`imported`) holds what the paper's teachers wrote: a rationale it lacks
+    leaves the mistake open for the next teacher, a review it lacks counts as a reply without
+    a valid score, as an unparseable one would, and feedback it lacks is not trained."""
 
     def __init__(
-        self, rationales: list[Rationale], reviews: list[Review], feedback: list[Feedback]
+        self,
+        rationales: list[Rationale],
+        reviews: list[Review],
+        feedback: list[Feedback],
+        imported: bool = False,
     ) -> None:
         self._rationales = {(r.teacher, r.question_id): r for r in rationales}
         self._reviews = {(v.rationale_id, v.reviewer): v for v in reviews}
         self._feedback = {(f.teacher, f.question_id): f for f in feedback}
+        self.imported = imported
+
+    def _missing(self, what: str, name: str, keys: list[str]) -> None:
+        if keys and not self.imported:
+            raise MapdError(
+                f"review: the cascade asks for {len(keys)} {what} of {name} that the teach "
+                f"stage did not ask for (the first: {keys[0]}); the folder's teach stage ran "
+                "with other settings",
+                "run from the teach stage: mapd run CONFIG --from teach (asked calls are cached)",
+            )
 
     async def rationales(self, teacher: str, mistakes: list[Mistake]) -> list[Rationale]:
-        missing = [
-            m.question_id for m in mistakes if (teacher, m.question_id) not in self._rationales
-        ]
-        if missing:
-            raise MapdError(
-                f"review: rationales.jsonl has no rationale of {teacher} for {missing[0]} "
-                f"(and {len(missing) - 1} more), which the cascade asks for",
-                "run the teach stage again: mapd run CONFIG --from teach",
-            )
-        return [self._rationales[teacher, m.question_id] for m in mistakes]
+        keys = [(teacher, m.question_id) for m in mistakes]
+        missing = [q for t, q in keys if (t, q) not in self._rationales]
+        self._missing("rationales", teacher, missing)
+        return [self._rationales[k] for k in keys if k in self._rationales]
 
     async def reviews(self, reviewer: str, rationales: list[Rationale]) -> list[Review]:
+        missing = [r.id for r in rationales if (r.id, reviewer) not in self._reviews]
+        self._missing("reviews", reviewer, missing)
         return [
             self._reviews.get((r.id, reviewer))
             or Review(
@@ -223,8 +252,6 @@ class RecordOracle:
         ]
 
     async def feedback(self, teacher: str, mistakes: list[Mistake]) -> list[Feedback]:
-        return [
-            self._feedback[teacher, m.question_id]
-            for m in mistakes
-            if (teacher, m.question_id) in self._feedback
-        ]
+        keys = [(teacher, m.question_id) for m in mistakes]
+        self._missing("feedback", teacher, [q for t, q in keys if (t, q) not in self._feedback])
+        return [self._feedback[k] for k in keys if k in self._feedback]

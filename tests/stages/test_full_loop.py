@@ -84,7 +84,7 @@ def test_ablate_writes_every_row(tmp_path, tiny_student):
         overrides = in_process(tiny_student, 1)
         root = asyncio.run(run_ablation(load_config(config, overrides)))
         sent = len(server.requests)
-        # teaching and reviews are the same requests in every row: paid once
+        # teaching and reviews are the same requests in every row, the cascade's too: paid once
         teach_calls = sum(
             "Student's answer" in r["messages"][-1]["content"] for r in server.requests
         )
@@ -96,6 +96,7 @@ def test_ablate_writes_every_row(tmp_path, tiny_student):
         "mapd-alpha0",
         "mapd-answer-check",
         "committee-no-review",
+        "cascade",
         "single-alice",
         "single-bob",
         "single-carol",

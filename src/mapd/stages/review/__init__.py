@@ -23,7 +23,7 @@ from mapd.config import RunConfig
 from mapd.llm.client import Client
 from mapd.llm.types import Request
 from mapd.prompts import Prompts
-from mapd.records import Decision, Feedback, Mistake, Rationale, Review
+from mapd.records import Feedback, Mistake, Rationale, Review
 from mapd.rundir import RELEASE_MARKER, read_jsonl, write_json, write_jsonl
 from mapd.stages.calls import endpoint_settings, open_clients, raise_if_failed
 from mapd.stages.review.decisions import decide_all, review_statistics
@@ -143,7 +143,13 @@ async def gather_reviews(
 
 async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Decisions, trace and cost of the cascade, replayed from the records on file."""
-    from mapd.stages.review.cascade import NOT_ASKED, RecordOracle, run_cascade, teacher_order
+    from mapd.stages.review.cascade import (
+        NOT_ASKED,
+        RecordOracle,
+        rejected,
+        run_cascade,
+        teacher_order,
+    )
     from mapd.stages.review.cost import full_committee_records, tally
 
     mistakes = read_jsonl(run_dir / "mistakes.jsonl", Mistake)
@@ -154,18 +160,7 @@ async def replay_cascade(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     imported = (run_dir / RELEASE_MARKER).exists()
     oracle = RecordOracle(rationales, on_file, feedback, imported=imported)
     result = await run_cascade(cfg, mistakes, oracle)
-    decisions = [
-        result.decisions.get(r.id)
-        or Decision(
-            rationale_id=r.id,
-            question_id=r.question_id,
-            teacher=r.teacher,
-            accepted=False,
-            reason=NOT_ASKED,
-            answer_correct=r.correct,
-        )
-        for r in rationales
-    ]
+    decisions = [result.decisions.get(r.id) or rejected(r, NOT_ASKED) for r in rationales]
     write_jsonl(run_dir / "decisions.jsonl", decisions)
     write_jsonl(run_dir / CASCADE_TRACE, result.trace_rows(mistakes))
     asked = [d for d in decisions if d.reason != NOT_ASKED]

@@ -131,7 +131,7 @@ class CascadeResult:
         return out
 
 
-def _rejected(r: Rationale, reason: str, scores: dict[str, float] | None = None) -> Decision:
+def rejected(r: Rationale, reason: str, scores: dict[str, float] | None = None) -> Decision:
     return Decision(
         rationale_id=r.id,
         question_id=r.question_id,
@@ -157,9 +157,9 @@ async def run_cascade(cfg: RunConfig, mistakes: list[Mistake], oracle: Oracle) -
         pending: list[Rationale] = []
         for r in rationales:
             if r.cut_off:
-                result.decisions[r.id] = _rejected(r, "cut_off")
+                result.decisions[r.id] = rejected(r, "cut_off")
             elif cfg.review.require_correct_answer and not r.correct:
-                result.decisions[r.id] = _rejected(r, "wrong_answer")
+                result.decisions[r.id] = rejected(r, "wrong_answer")
             else:
                 pending.append(r)
         got: dict[str, list[Review]] = defaultdict(list)
@@ -173,7 +173,7 @@ async def run_cascade(cfg: RunConfig, mistakes: list[Mistake], oracle: Oracle) -
         for r in pending:
             valid = {v.reviewer: v.score for v in got[r.id] if v.score is not None}
             if len(valid) < need:  # the reviewers ran out first
-                result.decisions[r.id] = _rejected(r, "no_valid_review", valid)
+                result.decisions[r.id] = rejected(r, "no_valid_review", valid)
             else:
                 result.decisions[r.id] = decide(r, got[r.id], cfg.review, reviewed=True)
         for r in rationales:

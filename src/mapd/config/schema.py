@@ -594,7 +594,9 @@ class TrainConfig(Strict):
         "transformers before the model loads, e.g. {weight_decay: 0.01, optim: "
         "adamw_torch_fused, max_grad_norm: 0.5}, {deepspeed: ds.json} or {fsdp: true, "
         "fsdp_config: {...}} (configs/accelerate/README.md); not those mapd sets (lr, epochs, "
-        "...). They enter the fingerprint: a change trains again.",
+        "...). They enter the fingerprint: a change trains again, except save_strategy, "
+        "save_steps and save_total_limit (e.g. {save_strategy: steps, save_steps: 50} to "
+        "lose less of a long run that is stopped).",
     )
 
     @field_validator("args")

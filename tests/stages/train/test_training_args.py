@@ -55,6 +55,18 @@ def test_args_enter_the_fingerprint_and_trackers_do_not(tmp_path):
     assert settings(tracked) == base
 
 
+def test_how_often_checkpoints_are_saved_leaves_the_fingerprint_alone(tmp_path):
+    """A long run switched to saving every 20 steps (to lose less when stopped) resumes and
+    keeps its student: only what it saves changes, not the weights it trains."""
+    plain = settings(make_config(tmp_path, tmp_path))
+    saving = {"save_strategy": "steps", "save_steps": 20, "save_total_limit": 1}
+    assert settings(make_config(tmp_path, tmp_path, args=saving)) == plain
+    decayed = settings(make_config(tmp_path, tmp_path, args={"weight_decay": 0.1}))
+    assert settings(make_config(tmp_path, tmp_path, args={**saving, "weight_decay": 0.1})) == (
+        decayed
+    )
+
+
 def test_settings_added_later_leave_an_earlier_students_fingerprint_alone(tmp_path):
     """A student trained before `args` and `quantize` existed is still current: unset, they
     are not in the train stage's settings (else every upgrade would train it again)."""

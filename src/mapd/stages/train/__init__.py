@@ -22,6 +22,10 @@ INPUTS = ["dataset/train.jsonl"]
 OUTPUTS = ["student/manifest.json"]
 ALWAYS_RUNS = False
 
+# TrainingArguments of `train.args` that say only when checkpoints are saved: a run that
+# saves more often (to lose less when it is stopped) trains the same student
+CHECKPOINT_ARGS = frozenset({"save_strategy", "save_steps", "save_total_limit"})
+
 
 def settings(cfg: RunConfig) -> dict[str, Any]:
     """What the trained student depends on besides the dataset (its fingerprint's settings).
@@ -33,10 +37,15 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     fixed: dict[str, Any] = {"gradient_checkpointing": False}
     if cfg.train.method == "full":
         fixed["merge"] = False
+    # how often checkpoints are saved changes only what an interrupted run resumes from
+    args = {k: v for k, v in cfg.train.args.items() if k not in CHECKPOINT_ARGS}
+    fixed["args"] = args
     train = cfg.train.model_copy(update=fixed)
     # settings added later enter only when set, so that a student trained before they
     # existed stays current (a user's trained student is not thrown away by an upgrade)
-    unset = {name for name in ("args", "quantize") if not getattr(cfg.train, name)}
+    unset = {name for name in ("quantize",) if not getattr(cfg.train, name)}
+    if not args:
+        unset.add("args")
     if cfg.train.packing == "group":
         unset.add("packing")
     return {

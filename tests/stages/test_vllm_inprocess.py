@@ -108,3 +108,36 @@ def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys)
     }
     with capsys.disabled():  # shown in CI's log, also when the test passes
         print(f"\nvLLM in-process against transformers, the same adapter: {json.dumps(figures)}")
+
+
+def test_a_prompt_vllm_refuses_fails_alone_and_nothing_hangs(smollm2):
+    """A prompt longer than the engine's positions is answered with the error at once; the
+    requests beside it are answered; then the engine's processes are gone."""
+    from mapd.config import Sampling, StudentConfig
+    from mapd.llm import Request, client_for
+    from mapd.llm.vllm_backend import _engines, close_idle_engines
+
+    student = StudentConfig(
+        name="smol",
+        model=str(smollm2),
+        backend="vllm",
+        batch_size=4,
+        sampling=Sampling(temperature=0.0, max_tokens=16),
+        limits={"max_attempts": 1},
+    )
+    requests = [Request.user("What is 2 + 3?"), Request.user("word " * 5000)]
+    requests.append(Request.user("Name a colour."))
+
+    async def ask():
+        client = client_for(student, store=None, cache_mode="off")
+        try:
+            return await asyncio.wait_for(client.complete_many(requests, progress=False), 600)
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(ask())
+    assert results[0].ok and results[2].ok, [r.error for r in results]
+    assert not results[1].ok and "taking a prompt of" in results[1].error
+    assert _engines  # idle, until the stage ends
+    close_idle_engines()
+    assert not _engines

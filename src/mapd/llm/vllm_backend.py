@@ -168,7 +168,8 @@ class VLLMBackend:
 
         # auto: vLLM computes a float32 checkpoint in 16 bits
         dtype_bytes = 4 if self.dtype == "float32" else 2
-        tokens = max(self.batch_size * SEQUENCE_TOKENS, self.max_model_len)
+        # and a margin: vLLM needs a little more than one longest sequence (whole blocks)
+        tokens = max(self.batch_size * SEQUENCE_TOKENS, self.max_model_len) + 512
         kv = kv_cache_bytes(self.config, 1, tokens, dtype_bytes)
         print(
             f"{self.name}: starting vLLM for {self.base} (LoRA up to rank {self.rank}, "
@@ -240,12 +241,17 @@ class VLLMBackend:
                         self.count += 1
                         rid = f"{id(self)}-{self.count}"
                         prompt = self._encode(request)
-                        engine.engine.add_request(
-                            rid,
-                            {"prompt_token_ids": prompt},
-                            self._params(request),
-                            lora_request=self._lora(),
-                        )
+                        try:
+                            engine.engine.add_request(
+                                rid,
+                                {"prompt_token_ids": prompt},
+                                self._params(request),
+                                lora_request=self._lora(),
+                            )
+                        except Exception as exc:  # this request refused (too long): only it
+                            error = self.failure(exc, f"taking a prompt of {len(prompt)} tokens")
+                            loop.call_soon_threadsafe(settle, future, error)
+                            continue
                         asked[rid] = (request, future, len(prompt), time.monotonic())
                     gone = [rid for rid, (_, future, _, _) in asked.items() if future.done()]
                     if gone:

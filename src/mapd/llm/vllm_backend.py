@@ -54,7 +54,6 @@ class Engine:
 
     key: tuple[Any, ...]
     engine: Any
-    max_lora_rank: int
     users: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)  # one stepping thread
 
@@ -148,19 +147,13 @@ class VLLMBackend:
     # the engine, shared within the process -------------------------------------------------
 
     def _engine(self) -> Engine:
-        """This backend's engine: an existing one of the same base and size, else a new one
-        (about 20 s for a small model on a CPU). Runs in the worker thread."""
-        key = (self.base, self.dtype, self.max_model_len, self.batch_size)
+        """This backend's engine: an existing one of the same base, size and LoRA rank, else a
+        new one (20-80 s for a small model on a CPU). Runs in the worker thread."""
+        key = (self.base, self.dtype, self.max_model_len, self.batch_size, self.rank)
         with _engines_lock:
-            found = _engines.get(key)
-            if found is not None and found.max_lora_rank >= self.rank:
-                found.users += 1
-                return found
-            if found is not None and found.users == 0:
-                del _engines[key]
-                shutdown(found)
-            engine = Engine(key, self._start(), self.rank, users=1)
-            _engines[key] = engine
+            if (engine := _engines.get(key)) is None:
+                engine = _engines[key] = Engine(key, self._start())
+            engine.users += 1
             return engine
 
     def _start(self) -> Any:

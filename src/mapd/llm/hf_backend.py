@@ -69,6 +69,26 @@ def settings(request: Request) -> tuple[Any, ...]:
     return (request.temperature, request.top_p, request.max_tokens, request.seed)
 
 
+def encode(tokenizer: Any, request: Request, chat_template: bool) -> list[int]:
+    """The request's prompt as token ids, as both in-process engines give it to the model."""
+    prompt = render_prompt(tokenizer, request.messages, chat_template)
+    return tokenizer(prompt, add_special_tokens=not chat_template)["input_ids"]
+
+
+def end_ids(tokenizer: Any, eos: int | list[int] | None, chat_template: bool) -> set[int]:
+    """The tokens that end a reply: the end-of-sequence ids (`eos`, else the tokenizer's),
+    padding, and with a chat template its end of turn (a student trained on the template ends
+    its turn with it, which a base model's generation config may not list: Qwen2.5 base,
+    `<|im_end|>`)."""
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    turn_end = template_end_ids(tokenizer) if chat_template else []
+    if len(turn_end) != 1:  # only a single token can stop generation
+        turn_end = []
+    return {tokenizer.pad_token_id, *eos_ids, *turn_end} - {None}
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...] | None) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found."""
     cuts = [i for s in stop or () if s and (i := text.find(s)) >= 0]
@@ -328,23 +348,10 @@ class HFBackend:
         return BackendError(message)
 
     def _encode(self, request: Request) -> list[int]:
-        tokenizer = self.loaded.tokenizer
-        prompt = render_prompt(tokenizer, request.messages, self.chat_template)
-        return tokenizer(prompt, add_special_tokens=not self.chat_template)["input_ids"]
+        return encode(self.loaded.tokenizer, request, self.chat_template)
 
     def _end_ids(self, config: Any) -> set[int]:
-        """The tokens that end a reply: the end-of-sequence ids, padding, and with a chat
-        template its end of turn (a student trained on the template ends its turn with it,
-        which a base model's generation config may not list: Qwen2.5 base, `<|im_end|>`)."""
-        tokenizer = self.loaded.tokenizer
-        eos = config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        turn_end = template_end_ids(tokenizer) if self.chat_template else []
-        if len(turn_end) != 1:  # only a single token can stop generation
-            turn_end = []
-        return {tokenizer.pad_token_id, *eos_ids, *turn_end} - {None}
+        return end_ids(self.loaded.tokenizer, config.eos_token_id, self.chat_template)
 
     def _completion(
         self,

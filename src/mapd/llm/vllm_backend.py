@@ -39,9 +39,8 @@ from typing import Any
 from mapd.config import ModelEndpoint
 from mapd.errors import MapdError
 from mapd.llm.cache import folder_stamp
-from mapd.llm.hf_backend import cut_at_stop, render_prompt, settle
+from mapd.llm.hf_backend import cut_at_stop, encode, end_ids, settle
 from mapd.llm.types import VLLM_INSTALL_HINT, BackendError, Completion, Request
-from mapd.prompts import template_end_ids
 
 MAX_MODEL_LEN = 4096  # the longest sequence the engine holds, when the model allows more
 SEQUENCE_TOKENS = 1024  # a prompt and its reply, on average, for sizing the KV cache
@@ -136,7 +135,7 @@ class VLLMBackend:
         text = getattr(self.config, "text_config", None) or self.config
         positions = getattr(text, "max_position_embeddings", None)
         self.max_model_len = min(positions or MAX_MODEL_LEN, MAX_MODEL_LEN)
-        self.end_ids = self._end_ids()
+        self.end_ids = end_ids(self.tokenizer, self.eos, self.chat_template)
         self.engine: Engine | None = None
         self.pending: list[tuple[Request, asyncio.Future[Completion]]] = []
         self.pending_lock = threading.Lock()
@@ -233,7 +232,7 @@ class VLLMBackend:
                     for request, future in self._take():
                         self.count += 1
                         rid = f"{id(self)}-{self.count}"
-                        prompt = self._encode(request)
+                        prompt = encode(self.tokenizer, request, self.chat_template)
                         try:
                             engine.engine.add_request(
                                 rid,
@@ -292,20 +291,6 @@ class VLLMBackend:
             stop_token_ids=sorted(self.end_ids),
             skip_special_tokens=True,
         )
-
-    def _encode(self, request: Request) -> list[int]:
-        prompt = render_prompt(self.tokenizer, request.messages, self.chat_template)
-        return self.tokenizer(prompt, add_special_tokens=not self.chat_template)["input_ids"]
-
-    def _end_ids(self) -> set[int]:
-        """As the transformers backend: end of sequence, padding, the template's turn end."""
-        tokenizer = self.tokenizer
-        eos = self.eos if self.eos is not None else tokenizer.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        turn_end = template_end_ids(tokenizer) if self.chat_template else []
-        if len(turn_end) != 1:
-            turn_end = []
-        return {tokenizer.pad_token_id, *eos_ids, *turn_end} - {None}
 
     def _completion(
         self, request: Request, out: Any, prompt_tokens: int, started: float

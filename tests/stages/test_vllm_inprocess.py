@@ -27,7 +27,7 @@ from tests.stages.test_vllm_server import TEACHERS, predictions, vllm_run
 from tests.stages.test_vllm_server import smollm2 as smollm2  # noqa: F401 -- a fixture
 
 from mapd.config import load_config
-from mapd.llm.vllm_backend import adapter_id
+from mapd.llm.vllm_backend import VLLMBackend, adapter_id
 from mapd.stages.evaluate import eval_questions, evaluate
 from mapd.stages.pipeline import run_pipeline
 from mapd.stages.trained import trained_student
@@ -56,11 +56,20 @@ ON_VLLM = [
 ]
 
 
-def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys):
+def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys, monkeypatch):
     """Exam and both evals on vLLM in this process, the trained eval with the run's adapter
     as a LoRA request; trained again with another seed, the new adapter answers; the trained
     predictions compared with transformers' in-process ones (a figure: engines and precisions
     differ on near ties)."""
+    lora_ids: list[int | None] = []  # the LoRA id of each request that reached the engine
+    lora = VLLMBackend._lora
+
+    def recording(backend: VLLMBackend):
+        request = lora(backend)
+        lora_ids.append(request.lora_int_id if request is not None else None)
+        return request
+
+    monkeypatch.setattr(VLLMBackend, "_lora", recording)
     with LoopbackServer(reply=reply) as teachers:
         config = vllm_run(tmp_path, teachers.base_url, "http://127.0.0.1:9/v1", smollm2)
         on_vllm = [s.format(smollm2=smollm2) for s in ON_VLLM]
@@ -76,6 +85,7 @@ def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys)
     assert summaries["eval"]["trained"]["backend"] == "vllm"
     assert summaries["eval"]["trained"]["model"] == str(adapter)
     first_id = adapter_id(adapter)
+    assert set(lora_ids) == {None, first_id}  # the untrained student, then the adapter
     base, trained = predictions(run_dir, "base"), predictions(run_dir, "trained")
     assert all(p["output"].strip() for p in base + trained)
     # the LoRA request is applied: 2 steps at lr 3e-3 move the greedy replies
@@ -91,11 +101,13 @@ def test_the_loop_with_the_student_on_vllm_in_process(tmp_path, smollm2, capsys)
     here = predictions(tmp_path / "here", "trained")
 
     # trained again with another seed: another adapter, asked under another LoRA id
+    lora_ids.clear()
     with LoopbackServer(reply=reply) as teachers:
         again_cfg = load_config(config, [*on_vllm, "train.seed=5"])
         again = asyncio.run(run_pipeline(again_cfg))
     assert again["train"]["steps"] == 2 and again["eval"]["trained"]["backend"] == "vllm"
-    assert adapter_id(adapter) != first_id  # the new adapter is another LoRA request
+    # the new adapter is asked under its own LoRA id, never the one loaded before
+    assert first_id not in lora_ids and adapter_id(adapter) in lora_ids
 
     n = len(trained)
     answers = sum(a["extracted"] == b["extracted"] for a, b in zip(trained, here, strict=True))

@@ -111,6 +111,8 @@ class VLLMBackend:
         folder = Path(endpoint.model).expanduser()
         adapter = adapter_base(folder) if folder.is_dir() else None
         self.adapter = folder.resolve() if adapter else None
+        # fixed for the backend's life, like cache_scope below: stamped once, not per request
+        self.lora_id = adapter_id(self.adapter) if self.adapter else None
         base = model_source(adapter[0] if adapter else endpoint.model)
         self.base = base
         self.rank = lora_rank(max(16, adapter[1] if adapter else 0))
@@ -273,9 +275,7 @@ class VLLMBackend:
             return None
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(
-            f"{self.name}-{adapter_id(self.adapter)}", adapter_id(self.adapter), str(self.adapter)
-        )
+        return LoRARequest(f"{self.name}-{self.lora_id}", self.lora_id, str(self.adapter))
 
     def _params(self, request: Request) -> Any:
         from vllm import SamplingParams
